@@ -1,0 +1,136 @@
+//! Finding and loading ONNX Runtime, and opening sessions on an execution provider.
+//!
+//! The shared library is loaded at run time (`ort`'s `load-dynamic`), from the first of:
+//! `ORT_DYLIB_PATH`, the executable's own folder, the repository's `vendor/onnxruntime`
+//! (written by `ci/setup-ort.sh`). ONNX Runtime allows one environment per process, so it lives
+//! in a `OnceLock` and every session shares it.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::Session;
+
+/// The library file name inside each candidate folder.
+const LIBRARY: &str = "libonnxruntime.so.1.31.1";
+
+/// Where `ci/setup-ort.sh` puts the library, fixed at compile time.
+const VENDOR_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../vendor/onnxruntime");
+
+/// The command that provisions the library, quoted in errors.
+pub const SETUP_COMMAND: &str = "bash ci/setup-ort.sh";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not found; tried:\n{}\nprovision it with: {SETUP_COMMAND} (add --gpu for the CUDA provider)\nor point ORT_DYLIB_PATH at a libonnxruntime.so",
+        tried.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n")
+    )]
+    NotFound { tried: Vec<PathBuf> },
+    #[error("{path}: could not load ONNX Runtime: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error(
+        "CUDA execution provider unavailable: {message}\nit needs an NVIDIA GPU with its driver, CUDA 13 and cuDNN 9 libraries, and the GPU build of ONNX Runtime ({SETUP_COMMAND} --gpu); \
+         use --provider cpu to run on the CPU, or --provider auto to fall back to it"
+    )]
+    CudaUnavailable { message: String },
+    #[error("{path}: {message}")]
+    Session { path: PathBuf, message: String },
+}
+
+/// Which execution provider runs a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    /// Strict: an error if CUDA cannot be used.
+    Cuda,
+    /// CUDA when it works, else the CPU (and the caller is told which).
+    Auto,
+}
+
+/// The loaded library and its single environment.
+pub struct Runtime {
+    pub library: PathBuf,
+    environment: Environment,
+}
+
+/// Candidate library paths in search order.
+pub fn candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(path));
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        out.push(dir.join(LIBRARY));
+    }
+    out.push(Path::new(VENDOR_DIR).join(LIBRARY));
+    out
+}
+
+/// The process-wide runtime, loading the library on first use.
+pub fn runtime() -> Result<&'static Runtime, RuntimeError> {
+    static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
+    RUNTIME.get_or_init(load).as_ref().map_err(Clone::clone)
+}
+
+/// The first existing file among `candidates`, canonicalised so messages show the real path.
+pub fn find_library(candidates: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
+    let found =
+        candidates.iter().find(|p| p.is_file()).ok_or_else(|| RuntimeError::NotFound { tried: candidates.to_vec() })?;
+    Ok(found.canonicalize().unwrap_or_else(|_| found.clone()))
+}
+
+fn load() -> Result<Runtime, RuntimeError> {
+    let library = find_library(&candidates())?;
+    let load_error = |message: String| RuntimeError::Load { path: library.clone(), message };
+    let environment = ort::init_from(&library)
+        .map_err(|e| load_error(e.to_string()))?
+        .with_name("relkd")
+        .build()
+        .map_err(|e| load_error(e.to_string()))?;
+    Ok(Runtime { library, environment })
+}
+
+impl Runtime {
+    /// Opens `model` on `provider` with `threads` intra-op threads (0 = ONNX Runtime's choice).
+    /// Returns the session and the provider that actually runs it: with [`Provider::Auto`] that
+    /// is CUDA or, when CUDA fails to register, the CPU. Never a silent fallback for
+    /// [`Provider::Cuda`].
+    pub fn session(
+        &self,
+        model: &Path,
+        provider: Provider,
+        threads: usize,
+    ) -> Result<(Session, Provider), RuntimeError> {
+        let session_error = |e: ort::Error| RuntimeError::Session { path: model.into(), message: e.to_string() };
+        let builder = || -> Result<_, RuntimeError> {
+            let mut b = Session::builder(&self.environment).map_err(session_error)?;
+            if threads > 0 {
+                b = b
+                    .with_intra_threads(threads)
+                    .map_err(|e| RuntimeError::Session { path: model.into(), message: e.to_string() })?;
+            }
+            Ok(b)
+        };
+        let with_cuda = || -> Result<Session, RuntimeError> {
+            // error_on_failure: without it ONNX Runtime quietly runs the graph on the CPU.
+            let cuda = ep::CUDA::default().build().error_on_failure();
+            builder()?
+                .with_execution_providers([cuda])
+                .map_err(|e| RuntimeError::CudaUnavailable { message: e.to_string() })?
+                .commit_from_file(model)
+                .map_err(session_error)
+        };
+        let cpu = || builder()?.commit_from_file(model).map_err(session_error);
+        match provider {
+            Provider::Cpu => Ok((cpu()?, Provider::Cpu)),
+            Provider::Cuda => Ok((with_cuda()?, Provider::Cuda)),
+            Provider::Auto => match with_cuda() {
+                Ok(session) => Ok((session, Provider::Cuda)),
+                Err(RuntimeError::CudaUnavailable { .. }) => Ok((cpu()?, Provider::Cpu)),
+                Err(other) => Err(other),
+            },
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Reading and preprocessing one 384×384×24 int16 `.nii.gz` volume, the size of a real case.
+//!
+//!     cargo bench -p relkd-core --bench read_preprocess
+//!
+//! Prints the median and spread of repeated runs for each stage.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use relkd_core::nifti_io::{new_header, read_volume, write_volume};
+use relkd_core::transforms::{NormalizedVolume, Preprocessing};
+
+const RUNS: usize = 15;
+
+fn measure(name: &str, mut f: impl FnMut()) {
+    f(); // warm-up
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<42} median {:>7.2} ms   min {:>7.2}   max {:>7.2}   ({RUNS} runs)",
+        ms(times[RUNS / 2]),
+        ms(times[0]),
+        ms(times[RUNS - 1])
+    );
+}
+
+fn main() {
+    let dims = [384, 384, 24];
+    // Smooth anatomy-like structure plus noise, so gzip sees realistic entropy.
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let data: Vec<i16> = (0..dims.iter().product::<usize>())
+        .map(|i| {
+            let (x, y, z) = (i % 384, (i / 384) % 384, i / (384 * 384));
+            let r = ((x as f32 - 192.0).powi(2) + (y as f32 - 200.0).powi(2)).sqrt();
+            let base = 600.0 + 300.0 * (r / 25.0).sin() + 10.0 * z as f32;
+            (base + rng.random_range(-40.0..40.0)) as i16
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Case00.nii.gz");
+    let affine = [[0.5, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]];
+    write_volume(&path, &data, dims, &new_header([0.5, 0.5, 3.0], &affine)).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    println!("volume 384×384×24 int16, {:.1} MB compressed", size as f64 / 1e6);
+
+    measure("read .nii.gz", || {
+        black_box(read_volume(&path).unwrap());
+    });
+    let volume = read_volume(&path).unwrap();
+    measure("z-score", || {
+        black_box(NormalizedVolume::new(&volume));
+    });
+    let norm = NormalizedVolume::new(&volume);
+    for prep in [
+        Preprocessing { size: 384, context: 0 },
+        Preprocessing { size: 256, context: 0 },
+        Preprocessing { size: 384, context: 1 },
+    ] {
+        measure(&format!("24 slice inputs at {0}×{0}, {1} channel(s)", prep.size, prep.channels()), || {
+            for z in 0..norm.depth() {
+                black_box(norm.input(z, &prep));
+            }
+        });
+    }
+    let prep = Preprocessing { size: 384, context: 0 };
+    measure("total: read + z-score + 24 inputs at 384", || {
+        let v = read_volume(&path).unwrap();
+        let n = NormalizedVolume::new(&v);
+        for z in 0..n.depth() {
+            black_box(n.input(z, &prep));
+        }
+    });
+}

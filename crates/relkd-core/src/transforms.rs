@@ -1,0 +1,386 @@
+//! Preprocessing and augmentation, defined once for training and inference.
+//!
+//! Images are row-major 2D planes (`h` rows of `w` columns); a multi-channel image is its
+//! channels one after another (`[c, h, w]`). Resizing uses the half-pixel convention
+//! (`align_corners = false`, PyTorch's default and ONNX Resize's `half_pixel`): pixel centres
+//! sit at `i + 0.5`, so a resize does not shift the image.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::nifti_io::Volume;
+
+/// Per-volume z-score: subtract the mean, divide by the standard deviation of all voxels.
+/// A constant volume (σ = 0) is only centred, so it becomes all zeros rather than NaN.
+pub fn zscore(data: &mut [f32]) {
+    if data.is_empty() {
+        return;
+    }
+    let n = data.len() as f64;
+    let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let std = var.sqrt();
+    let scale = if std > 0.0 { 1.0 / std } else { 1.0 };
+    for v in data.iter_mut() {
+        *v = ((*v as f64 - mean) * scale) as f32;
+    }
+}
+
+/// Label binarisation: every non-zero label is prostate (RUNMC/BMC code a zone as 2).
+pub fn binarize(labels: &[f32]) -> Vec<u8> {
+    labels.iter().map(|&v| (v > 0.0) as u8).collect()
+}
+
+/// Source coordinate of destination index `i` under the half-pixel convention.
+fn source_coord(i: usize, scale: f32) -> f32 {
+    (i as f32 + 0.5) * scale - 0.5
+}
+
+/// Interpolation taps (lower index, upper index, weight of upper) per destination index,
+/// clamping at the borders.
+fn bilinear_taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f32 / dst as f32;
+    (0..dst)
+        .map(|i| {
+            let c = source_coord(i, scale).clamp(0.0, (src - 1) as f32);
+            let lo = c.floor() as usize;
+            let hi = (lo + 1).min(src - 1);
+            (lo, hi, c - lo as f32)
+        })
+        .collect()
+}
+
+/// Bilinear resize of an `h × w` plane to `out_h × out_w`.
+pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
+    assert_eq!(src.len(), h * w, "plane size does not match h × w");
+    if (h, w) == (out_h, out_w) {
+        return src.to_vec();
+    }
+    let rows = bilinear_taps(h, out_h);
+    let cols = bilinear_taps(w, out_w);
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for &(r0, r1, fy) in &rows {
+        let (a, b) = (&src[r0 * w..(r0 + 1) * w], &src[r1 * w..(r1 + 1) * w]);
+        for &(c0, c1, fx) in &cols {
+            let top = a[c0] + (a[c1] - a[c0]) * fx;
+            let bottom = b[c0] + (b[c1] - b[c0]) * fx;
+            out.push(top + (bottom - top) * fy);
+        }
+    }
+    out
+}
+
+/// Nearest-neighbour resize (for masks): destination pixel i takes source floor((i+0.5)·scale).
+pub fn resize_nearest<T: Copy>(src: &[T], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<T> {
+    assert_eq!(src.len(), h * w, "plane size does not match h × w");
+    let pick = |i: usize, s: usize, d: usize| (((i as f32 + 0.5) * s as f32 / d as f32) as usize).min(s - 1);
+    let cols: Vec<usize> = (0..out_w).map(|i| pick(i, w, out_w)).collect();
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for r in 0..out_h {
+        let row = &src[pick(r, h, out_h) * w..][..w];
+        out.extend(cols.iter().map(|&c| row[c]));
+    }
+    out
+}
+
+/// How volumes become network inputs. Travels with a trained model so inference cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocessing {
+    /// Height and width slices are resized to.
+    pub size: usize,
+    /// Neighbouring slices on each side used as extra channels (0 = 2D, 1 = 2.5D z−1, z, z+1).
+    pub context: usize,
+}
+
+impl Preprocessing {
+    /// Input channels of the network: the slice and its neighbours.
+    pub fn channels(&self) -> usize {
+        2 * self.context + 1
+    }
+}
+
+/// One 2D training or inference sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slice2d {
+    /// `[channels, size, size]`, z-scored.
+    pub image: Vec<f32>,
+    /// `[size, size]`, 0 or 1.
+    pub mask: Vec<u8>,
+    /// Axial index in the source volume.
+    pub z: usize,
+}
+
+/// A volume z-scored as a whole, ready to cut slices from.
+pub struct NormalizedVolume {
+    data: Vec<f32>,
+    dims: [usize; 3],
+}
+
+impl NormalizedVolume {
+    pub fn new(volume: &Volume) -> Self {
+        let mut data = volume.data.clone();
+        zscore(&mut data);
+        Self { data, dims: volume.dims }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.dims[2]
+    }
+
+    /// The network input for slice `z`: its context slices (replicated at the ends of the
+    /// volume), each resized to `size × size`, channel-first.
+    pub fn input(&self, z: usize, prep: &Preprocessing) -> Vec<f32> {
+        let [nx, ny, nz] = self.dims;
+        let plane = nx * ny;
+        let mut out = Vec::with_capacity(prep.channels() * prep.size * prep.size);
+        for offset in 0..prep.channels() {
+            let zz = (z + offset).saturating_sub(prep.context).min(nz - 1);
+            out.extend(resize_bilinear(&self.data[zz * plane..][..plane], ny, nx, prep.size, prep.size));
+        }
+        out
+    }
+}
+
+/// The slices of one case as samples. With `foreground_only`, slices whose mask is empty are
+/// skipped (the reference practice for training); evaluation always takes every slice.
+pub fn case_slices(image: &Volume, mask: &[u8], prep: &Preprocessing, foreground_only: bool) -> Vec<Slice2d> {
+    let norm = NormalizedVolume::new(image);
+    let [nx, ny, nz] = image.dims;
+    (0..nz)
+        .filter_map(|z| {
+            let m = &mask[z * nx * ny..][..nx * ny];
+            if foreground_only && m.iter().all(|&v| v == 0) {
+                return None;
+            }
+            Some(Slice2d { image: norm.input(z, prep), mask: resize_nearest(m, ny, nx, prep.size, prep.size), z })
+        })
+        .collect()
+}
+
+/// Augmentation strengths; each is drawn uniformly in ±range per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augmentation {
+    /// Probability of a left-right flip.
+    pub flip_lr: f32,
+    /// Probability of an up-down flip.
+    pub flip_ud: f32,
+    /// Largest rotation, degrees.
+    pub rotate_deg: f32,
+    /// Largest shift, as a fraction of the image size.
+    pub shift: f32,
+    /// Largest multiplicative intensity change (0.1 = ×0.9…×1.1).
+    pub intensity_scale: f32,
+    /// Largest additive intensity change, in z-score units.
+    pub intensity_shift: f32,
+}
+
+impl Default for Augmentation {
+    fn default() -> Self {
+        Self { flip_lr: 0.5, flip_ud: 0.0, rotate_deg: 10.0, shift: 0.05, intensity_scale: 0.1, intensity_shift: 0.1 }
+    }
+}
+
+impl Augmentation {
+    pub fn none() -> Self {
+        Self { flip_lr: 0.0, flip_ud: 0.0, rotate_deg: 0.0, shift: 0.0, intensity_scale: 0.0, intensity_shift: 0.0 }
+    }
+
+    /// Augments a square sample in place. The same geometric transform goes to the image
+    /// (bilinear, zero-filled: the z-score mean) and the mask (nearest). Deterministic for a
+    /// given random-number generator state.
+    pub fn apply<R: Rng>(&self, sample: &mut Slice2d, size: usize, rng: &mut R) {
+        let flip_lr = rng.random::<f32>() < self.flip_lr;
+        let flip_ud = rng.random::<f32>() < self.flip_ud;
+        let angle = symmetric(rng, self.rotate_deg).to_radians();
+        let (tx, ty) = (symmetric(rng, self.shift) * size as f32, symmetric(rng, self.shift) * size as f32);
+        let gain = 1.0 + symmetric(rng, self.intensity_scale);
+        let bias = symmetric(rng, self.intensity_shift);
+
+        let identity = !flip_lr && !flip_ud && angle == 0.0 && tx == 0.0 && ty == 0.0;
+        if !identity {
+            let warp = Warp::new(size, angle, tx, ty, flip_lr, flip_ud);
+            let plane = size * size;
+            let channels = sample.image.len() / plane;
+            let mut image = Vec::with_capacity(sample.image.len());
+            for c in 0..channels {
+                image.extend(warp.bilinear(&sample.image[c * plane..(c + 1) * plane]));
+            }
+            sample.image = image;
+            sample.mask = warp.nearest(&sample.mask);
+        }
+        if gain != 1.0 || bias != 0.0 {
+            sample.image.iter_mut().for_each(|v| *v = *v * gain + bias);
+        }
+    }
+}
+
+fn symmetric<R: Rng>(rng: &mut R, range: f32) -> f32 {
+    if range > 0.0 { rng.random_range(-range..=range) } else { 0.0 }
+}
+
+/// Inverse mapping from destination to source pixel centres: rotation about the centre,
+/// then shift, then flips.
+struct Warp {
+    size: usize,
+    cos: f32,
+    sin: f32,
+    tx: f32,
+    ty: f32,
+    flip_lr: bool,
+    flip_ud: bool,
+}
+
+impl Warp {
+    fn new(size: usize, angle: f32, tx: f32, ty: f32, flip_lr: bool, flip_ud: bool) -> Self {
+        Self { size, cos: angle.cos(), sin: angle.sin(), tx, ty, flip_lr, flip_ud }
+    }
+
+    fn source(&self, r: usize, c: usize) -> (f32, f32) {
+        let centre = (self.size as f32 - 1.0) / 2.0;
+        let mut x = c as f32;
+        let mut y = r as f32;
+        if self.flip_lr {
+            x = self.size as f32 - 1.0 - x;
+        }
+        if self.flip_ud {
+            y = self.size as f32 - 1.0 - y;
+        }
+        let (dx, dy) = (x - centre - self.tx, y - centre - self.ty);
+        (centre + self.cos * dx + self.sin * dy, centre - self.sin * dx + self.cos * dy)
+    }
+
+    fn bilinear(&self, src: &[f32]) -> Vec<f32> {
+        let n = self.size as isize;
+        let at = |y: isize, x: isize| {
+            if (0..n).contains(&y) && (0..n).contains(&x) { src[(y * n + x) as usize] } else { 0.0 }
+        };
+        let mut out = Vec::with_capacity(src.len());
+        for r in 0..self.size {
+            for c in 0..self.size {
+                let (x, y) = self.source(r, c);
+                let (x0, y0) = (x.floor(), y.floor());
+                let (fx, fy) = (x - x0, y - y0);
+                let (x0, y0) = (x0 as isize, y0 as isize);
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+                let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+                out.push(top * (1.0 - fy) + bottom * fy);
+            }
+        }
+        out
+    }
+
+    fn nearest(&self, src: &[u8]) -> Vec<u8> {
+        let n = self.size as isize;
+        let mut out = Vec::with_capacity(src.len());
+        for r in 0..self.size {
+            for c in 0..self.size {
+                let (x, y) = self.source(r, c);
+                let (x, y) = (x.round() as isize, y.round() as isize);
+                out.push(if (0..n).contains(&x) && (0..n).contains(&y) { src[(y * n + x) as usize] } else { 0 });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn zscore_by_hand() {
+        // mean 2.5, population σ = √1.25
+        let mut v = [1.0, 2.0, 3.0, 4.0];
+        zscore(&mut v);
+        let s = 1.25f32.sqrt();
+        for (got, want) in v.iter().zip([-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s]) {
+            assert!((got - want).abs() < 1e-6);
+        }
+        let mut flat = [7.0; 3];
+        zscore(&mut flat);
+        assert_eq!(flat, [0.0; 3]);
+    }
+
+    #[test]
+    fn binarize_keeps_every_zone() {
+        assert_eq!(binarize(&[0.0, 1.0, 2.0, 0.0]), vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn bilinear_upsample_by_hand() {
+        // 1×2 → 1×4, half-pixel: dst centres map to src x = -0.25, 0.25, 0.75, 1.25,
+        // clamped to [0, 1]: values 0, 0.25·10, 0.75·10, 10.
+        assert_eq!(resize_bilinear(&[0.0, 10.0], 1, 2, 1, 4), vec![0.0, 2.5, 7.5, 10.0]);
+        // 2×2 → 1×1 averages the four pixels (source centre 0.5, 0.5).
+        assert_eq!(resize_bilinear(&[0.0, 2.0, 4.0, 6.0], 2, 2, 1, 1), vec![3.0]);
+        // Identity size is a copy.
+        assert_eq!(resize_bilinear(&[1.0, 2.0], 1, 2, 1, 2), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn nearest_resize_by_hand() {
+        // 2×2 → 4×4 replicates each pixel into a 2×2 block.
+        let up = resize_nearest(&[1u8, 2, 3, 4], 2, 2, 4, 4);
+        assert_eq!(up, vec![1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]);
+        // 4 → 2 takes source pixels floor(0.5·2)=1 and floor(1.5·2)=3.
+        assert_eq!(resize_nearest(&[10u8, 11, 12, 13], 1, 4, 1, 2), vec![11, 13]);
+    }
+
+    #[test]
+    fn flip_moves_pixels_and_mask_together() {
+        let aug = Augmentation { flip_lr: 1.0, ..Augmentation::none() };
+        let mut s = Slice2d { image: vec![1.0, 2.0, 3.0, 4.0], mask: vec![1, 0, 0, 0], z: 0 };
+        aug.apply(&mut s, 2, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(s.image, vec![2.0, 1.0, 4.0, 3.0]);
+        assert_eq!(s.mask, vec![0, 1, 0, 0]);
+    }
+
+    #[test]
+    fn rotation_by_90_degrees_by_hand() {
+        // Destination (r, c) reads source (y, x) = (2 − c, r): rows become reversed columns.
+        let warp = Warp::new(3, 90f32.to_radians(), 0.0, 0.0, false, false);
+        let src: Vec<f32> = (0..9).map(|v| v as f32).collect();
+        let out = warp.bilinear(&src);
+        for (got, want) in out.iter().zip([6.0, 3.0, 0.0, 7.0, 4.0, 1.0, 8.0, 5.0, 2.0]) {
+            assert!((got - want).abs() < 1e-4, "{out:?}");
+        }
+        let mask = warp.nearest(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(mask, vec![0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn augmentation_is_deterministic_per_seed() {
+        let aug = Augmentation::default();
+        let base = Slice2d { image: (0..64).map(|v| v as f32).collect(), mask: vec![1; 64], z: 0 };
+        let run = |seed| {
+            let mut s = base.clone();
+            aug.apply(&mut s, 8, &mut ChaCha8Rng::seed_from_u64(seed));
+            s
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn context_slices_replicate_at_the_ends() {
+        // 1×1×3 volume with values 10, 20, 30; 2.5D input of slice 0 is (10, 10, 20).
+        let header = nifti::NiftiHeader { pixdim: [1.0; 8], ..Default::default() };
+        let vol =
+            Volume { data: vec![10.0, 20.0, 30.0], dims: [1, 1, 3], spacing: [1.0; 3], affine: [[0.0; 4]; 4], header };
+        let norm = NormalizedVolume::new(&vol);
+        let prep = Preprocessing { size: 1, context: 1 };
+        let s = 200f32 / 3.0;
+        let z = |v: f32| (v - 20.0) / s.sqrt();
+        let first = norm.input(0, &prep);
+        let last = norm.input(2, &prep);
+        for (got, want) in
+            first.iter().zip([z(10.0), z(10.0), z(20.0)]).chain(last.iter().zip([z(20.0), z(30.0), z(30.0)]))
+        {
+            assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `train` binary's library: command-line interface, dataset summaries and (with the
+//! models) training. `main.rs` only parses arguments and reports errors.
+
+pub mod cli;
+pub mod summary;

@@ -1,0 +1,12 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = relkd_train::cli::Cli::parse();
+    match relkd_train::cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

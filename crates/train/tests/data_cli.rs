@@ -1,0 +1,81 @@
+//! `train phantom` then `train data`, through the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_train")).args(args).output().expect("train binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn make_phantom(dir: &Path) {
+    let out = train(&["phantom", "--out", dir.to_str().unwrap(), "--cases", "2", "--size", "32", "--seed", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn row<'a>(table: &'a str, site: &str) -> &'a str {
+    table.lines().find(|l| l.starts_with(site)).unwrap_or_else(|| panic!("no row for {site} in\n{table}"))
+}
+
+#[test]
+fn phantom_then_data_lists_six_sites_with_both_quirks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("phantom");
+    make_phantom(&root);
+    assert!(root.join("BMC/Case00_Segmentation.nii.gz").is_file(), "BMC spells its masks _Segmentation");
+
+    let out = train(&["data", "--root", root.to_str().unwrap()]);
+    let table = stdout(&out);
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    for site in ["S1 RUNMC", "S2 BMC", "S3 HCRUDB", "S4 UCL", "S5 BIDMC", "S6 HK"] {
+        let r = row(&table, site);
+        // Two usable cases per site, 32×32 in-plane.
+        let cells: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(cells[2], "2", "{r}");
+        assert_eq!(cells[4], "32×32", "{r}");
+    }
+    // RUNMC's zone label 2 is seen and binarised; BMC's capitalised masks are paired.
+    assert!(row(&table, "S1 RUNMC").contains("0,1,2"));
+    assert!(row(&table, "S2 BMC").ends_with("_Segmentation"));
+    assert!(table.contains("no problems found"));
+}
+
+#[test]
+fn data_reports_every_problem_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("phantom");
+    make_phantom(&root);
+    std::fs::remove_file(root.join("UCL/Case01_segmentation.nii.gz")).unwrap();
+    let corrupt = root.join("HK/Case00.nii.gz");
+    let bytes = std::fs::read(&corrupt).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 3]).unwrap();
+
+    let out = train(&["data", "--root", root.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(!out.status.success());
+    assert!(text.contains("2 problem(s)"), "{text}");
+    assert!(text.contains("UCL/Case01: no mask"), "{text}");
+    assert!(text.contains("HK/Case00") && text.contains("gzip"), "{text}");
+    assert!(row(&text, "S6 HK").contains("(1 bad)"), "{text}");
+}
+
+#[test]
+fn phantom_never_writes_into_a_non_empty_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("precious.txt"), "keep me").unwrap();
+    let out = train(&["phantom", "--out", tmp.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn data_on_an_empty_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = train(&["data", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no site folders"));
+}
