@@ -5,32 +5,17 @@
 //! Prints the median and spread of repeated runs for each stage.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use relkd_core::nifti_io::{new_header, read_volume, write_volume};
+use relkd_core::timing::time_runs;
 use relkd_core::transforms::{NormalizedVolume, Preprocessing};
 
 const RUNS: usize = 15;
 
-fn measure(name: &str, mut f: impl FnMut()) {
-    f(); // warm-up
-    let mut times: Vec<Duration> = (0..RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{name:<42} median {:>7.2} ms   min {:>7.2}   max {:>7.2}   ({RUNS} runs)",
-        ms(times[RUNS / 2]),
-        ms(times[0]),
-        ms(times[RUNS - 1])
-    );
+fn measure(name: &str, f: impl FnMut()) {
+    println!("{name:<42} {}", time_runs(1, RUNS, f).summary());
 }
 
 fn main() {

@@ -8,4 +8,5 @@ pub mod dataset;
 pub mod metrics;
 pub mod nifti_io;
 pub mod phantom;
+pub mod timing;
 pub mod transforms;

@@ -18,7 +18,8 @@ use crate::summary;
     about = "relkd training: data, teachers, students and relational distillation",
     after_help = "Examples:\n  \
         train phantom --out data/phantom          # synthetic 6-site prostate MRI\n  \
-        train data --root data/phantom            # per-site summary and problems"
+        train data --root data/phantom            # per-site summary and problems\n  \
+        train models --size 384                   # the five networks against Table 1"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -55,6 +56,14 @@ pub enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+    /// The five networks at the paper's widths: parameters, GFLOPs and distillation taps,
+    /// beside the paper's Table 1.
+    #[command(after_help = "Example:\n  train models --size 384")]
+    Models {
+        /// Input height and width for the FLOP count.
+        #[arg(long, default_value_t = 384)]
+        size: usize,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -64,6 +73,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { root } => data_summary(&root),
+        Command::Models { size } => {
+            print!("{}", crate::models::table(size));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

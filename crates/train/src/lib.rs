@@ -2,4 +2,5 @@
 //! models) training. `main.rs` only parses arguments and reports errors.
 
 pub mod cli;
+pub mod models;
 pub mod summary;

@@ -1,0 +1,163 @@
+//! UNet++ (NestedUNet, Zhou et al., 2018), the paper's teacher T2.
+//!
+//! Live parameters with base filters 64 (64…1024), one input channel and two classes:
+//! **36,628,546**, exactly the reference count (EMKD `networks/NestedUNet.py`). Deep
+//! supervision is off by default, as in the reference; turning it on adds a 1×1 head on each
+//! of X⁰¹…X⁰⁴ and averages their logits (the UNet++ paper's "accurate" mode).
+//!
+//! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 16; `f` is the base
+//! filter count.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Relu};
+use burn::tensor::{Device, Tensor};
+
+use crate::flops::MacCounter;
+use crate::layers::{batch_norm, conv_same, max_pool2x2_with_indices, resize_bilinear};
+use crate::{SegOutput, Segmenter, Tap};
+
+/// Encoder depth: X⁰⁰ … X⁴⁰.
+const LEVELS: usize = 5;
+/// The distillation tap X³⁰ sits at level 3 (stride 8).
+const TAP_LEVEL: usize = 3;
+
+#[derive(Config, Debug)]
+pub struct UnetppConfig {
+    #[config(default = 1)]
+    pub in_channels: usize,
+    #[config(default = 2)]
+    pub classes: usize,
+    /// Filters of the first level; level i has `base_filters · 2^i`.
+    #[config(default = 64)]
+    pub base_filters: usize,
+    #[config(default = false)]
+    pub deep_supervision: bool,
+}
+
+impl UnetppConfig {
+    /// The network of the paper: filters 64…1024, one input channel, two classes.
+    pub fn paper() -> Self {
+        Self::new()
+    }
+
+    pub fn init(&self, device: &Device) -> Unetpp {
+        let filters: Vec<usize> = (0..LEVELS).map(|i| self.base_filters << i).collect();
+        // Node X^{i,j} sees X^{i,0..j} and the upsampled X^{i+1,j-1}; X^{i,0} sees the pooled
+        // X^{i-1,0} (or the image).
+        let nodes = (0..LEVELS)
+            .map(|i| {
+                (0..LEVELS - i)
+                    .map(|j| {
+                        let cin = match (i, j) {
+                            (0, 0) => self.in_channels,
+                            (_, 0) => filters[i - 1],
+                            _ => filters[i] * j + filters[i + 1],
+                        };
+                        ConvBlock::new(cin, filters[i], device)
+                    })
+                    .collect()
+            })
+            .collect();
+        let heads = if self.deep_supervision { LEVELS - 1 } else { 1 };
+        Unetpp {
+            nodes,
+            heads: (0..heads).map(|_| conv_same(filters[0], self.classes, 1, 1, 1, true, device)).collect(),
+        }
+    }
+}
+
+/// UNet++: a U-Net whose skip connections are nested, densely connected decoders.
+#[derive(Module, Debug)]
+pub struct Unetpp {
+    /// `nodes[i][j]` is X^{i,j}: level i (stride 2^i), j-th node along the skip pathway.
+    nodes: Vec<Vec<ConvBlock>>,
+    /// 1×1 classifiers on X^{0,4} only, or on X^{0,1}…X^{0,4} with deep supervision.
+    heads: Vec<Conv2d>,
+}
+
+fn upsample(x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    resize_bilinear(x, [2 * h, 2 * w])
+}
+
+impl Segmenter for Unetpp {
+    fn forward_aligned(&self, input: Tensor<4>) -> SegOutput {
+        // x[i] holds X^{i,0}, X^{i,1}, … as they are computed. Each new encoder node X^{i,0}
+        // completes the anti-diagonal X^{i-1,1}, X^{i-2,2}, …, X^{0,i} (the reference's order).
+        let mut x: Vec<Vec<Tensor<4>>> = vec![Vec::new(); LEVELS];
+        x[0].push(self.nodes[0][0].forward(input)); // X⁰⁰ [b, f, h, w]
+        for i in 1..LEVELS {
+            let (pooled, _) = max_pool2x2_with_indices(x[i - 1][0].clone());
+            x[i].push(self.nodes[i][0].forward(pooled)); // X^{i,0} [b, f·2^i, h/2^i, w/2^i]
+            for j in 1..=i {
+                let level = i - j;
+                let mut inputs = x[level].clone();
+                inputs.push(upsample(x[level + 1][j - 1].clone()));
+                let node = self.nodes[level][j].forward(Tensor::cat(inputs, 1)); // [b, f·2^level, …]
+                x[level].push(node);
+            }
+        }
+        let feature = x[TAP_LEVEL][0].clone(); // X³⁰ [b, 8f, h/8, w/8]
+        // The last head reads X⁰⁴; with deep supervision the others read X⁰¹…X⁰³.
+        let first = LEVELS - self.heads.len();
+        let logits = self
+            .heads
+            .iter()
+            .zip(&x[0][first..])
+            .map(|(head, node)| head.forward(node.clone()))
+            .reduce(|a, b| a + b)
+            .expect("at least one head")
+            .div_scalar(self.heads.len() as f32); // [b, classes, h, w]
+        SegOutput { logits, feature }
+    }
+
+    fn total_stride(&self) -> usize {
+        1 << (LEVELS - 1)
+    }
+
+    fn tap(&self) -> Tap {
+        let [channels, _, _, _] = self.nodes[TAP_LEVEL][0].conv2.weight.shape().dims();
+        Tap { name: "x3_0", channels, stride: 1 << TAP_LEVEL }
+    }
+
+    fn count_macs(&self, [h, w]: [usize; 2], m: &mut MacCounter) {
+        for (i, row) in self.nodes.iter().enumerate() {
+            let hw = [h >> i, w >> i];
+            row.iter().for_each(|node| {
+                m.conv(&node.conv1, hw);
+                m.conv(&node.conv2, hw);
+            });
+        }
+        self.heads.iter().for_each(|head| _ = m.conv(head, [h, w]));
+    }
+}
+
+/// Two 3×3 convolutions (with bias), each followed by batch norm and ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    relu: Relu,
+}
+
+impl ConvBlock {
+    pub fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        Self {
+            conv1: conv_same(cin, cout, 3, 1, 1, true, device),
+            bn1: batch_norm(cout, 1e-5, device),
+            conv2: conv_same(cout, cout, 3, 1, 1, true, device),
+            bn2: batch_norm(cout, 1e-5, device),
+            relu: Relu::new(),
+        }
+    }
+
+    /// `[b, cin, h, w] → [b, cout, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
+        self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
+    }
+}
