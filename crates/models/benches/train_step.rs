@@ -7,8 +7,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use relkd_core::timing::time_runs;
-use relkd_models::enet::EnetConfig;
 use relkd_models::Segmenter;
+use relkd_models::enet::EnetConfig;
 
 const BATCH: usize = 8;
 const SIZE: usize = 128;

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::flops::MacCounter;
 use crate::layers::{
-    Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose, max_pool2x2_with_indices, max_unpool2d,
-    scaled,
+    Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose,
+    max_pool2x2_with_indices, max_unpool2d, scaled,
 };
 use crate::{SegOutput, Segmenter, Tap};
 
@@ -65,7 +65,14 @@ impl EnetConfig {
             [regular(c128, i32), dilated(2), asymmetric(), dilated(4), dilated(8), asymmetric(), dilated(16)];
         Enet {
             repeat_input: self.in_channels == 1,
-            initial: InitialBlockConfig::new(c3, c16).init(device),
+            initial: DownsamplerBlock::new(
+                c3,
+                c16,
+                false,
+                BN_EPS,
+                Activation::PRelu(PReluConfig::new().init(device)),
+                device,
+            ),
             bottleneck1_0: BottleneckConfig::new([c16, i16, c64]).with_kind(BottleneckKind::Downsampling).init(device),
             stage1: (0..4).map(|_| regular(c64, i16).init(device)).collect(),
             bottleneck2_0: BottleneckConfig::new([c64, i32, c128]).with_kind(BottleneckKind::Downsampling).init(device),
@@ -86,7 +93,7 @@ impl EnetConfig {
 pub struct Enet {
     /// One grey channel is repeated to the three the initial block expects.
     repeat_input: bool,
-    initial: InitialBlock,
+    initial: DownsamplerBlock,
     bottleneck1_0: Bottleneck,
     stage1: Vec<Bottleneck>,
     bottleneck2_0: Bottleneck,
@@ -128,7 +135,7 @@ impl Segmenter for Enet {
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let hw2 = self.initial.count_macs(hw, m);
+        let hw2 = m.conv(&self.initial.conv, hw);
         let hw4 = self.bottleneck1_0.count_macs(hw2, m);
         self.stage1.iter().for_each(|b| _ = b.count_macs(hw4, m));
         let hw8 = self.bottleneck2_0.count_macs(hw4, m);
@@ -144,43 +151,6 @@ impl Segmenter for Enet {
 fn spatial(x: &Tensor<4>) -> [usize; 2] {
     let [_, _, h, w] = x.dims();
     [h, w]
-}
-
-#[derive(Config, Debug)]
-pub struct InitialBlockConfig {
-    pub in_channels: usize,
-    pub out_channels: usize,
-}
-
-impl InitialBlockConfig {
-    pub fn init(&self, device: &Device) -> InitialBlock {
-        assert!(self.out_channels > self.in_channels, "ENet's initial block needs more output than input channels");
-        InitialBlock {
-            conv: conv_same(self.in_channels, self.out_channels - self.in_channels, 3, 2, 1, false, device),
-            bn: batch_norm(self.out_channels, BN_EPS, device),
-            act: PReluConfig::new().init(device),
-        }
-    }
-}
-
-/// A 3×3 stride-2 convolution beside a 2×2 max-pool of the input, concatenated.
-#[derive(Module, Debug)]
-pub struct InitialBlock {
-    conv: Conv2d,
-    bn: BatchNorm,
-    act: PRelu,
-}
-
-impl InitialBlock {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let conv = self.conv.forward(x.clone()); // [b, 16 − c, h/2, w/2]
-        let (pool, _) = max_pool2x2_with_indices(x); // [b, c, h/2, w/2]
-        self.act.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1))) // [b, 16, h/2, w/2]
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        m.conv(&self.conv, hw)
-    }
 }
 
 /// What the middle convolution of a bottleneck is.

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::flops::MacCounter;
 use crate::layers::{
-    Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose, max_pool2x2_with_indices, scaled,
+    Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_transpose, scaled,
 };
 use crate::{SegOutput, Segmenter, Tap};
 
@@ -44,10 +44,10 @@ impl ErfnetConfig {
         let (c16, c64, c128) = (w(16).max(self.in_channels + 1), w(64), w(128));
         let nb = |c, dropout, dilation| NonBottleneck1dConfig::new(c, dilation).with_dropout(dropout).init(device);
         Erfnet {
-            initial_block: DownsamplerBlockConfig::new(self.in_channels, c16).init(device),
-            down1: DownsamplerBlockConfig::new(c16, c64).init(device),
+            initial_block: downsampler(self.in_channels, c16, device),
+            down1: downsampler(c16, c64, device),
             stage1: (0..5).map(|_| nb(c64, 0.03, 1)).collect(),
-            down2: DownsamplerBlockConfig::new(c64, c128).init(device),
+            down2: downsampler(c64, c128, device),
             stage2: (0..2).flat_map(|_| [2, 4, 8, 16]).map(|d| nb(c128, 0.3, d)).collect(),
             up1: UpsamplerBlockConfig::new(c128, c64).init(device),
             decoder1: (0..2).map(|_| nb(c64, 0.0, 1)).collect(),
@@ -56,6 +56,10 @@ impl ErfnetConfig {
             output_conv: conv_transpose(c16, self.classes, 2, true, device),
         }
     }
+}
+
+fn downsampler(cin: usize, cout: usize, device: &Device) -> DownsamplerBlock {
+    DownsamplerBlock::new(cin, cout, true, BN_EPS, Activation::Relu(Relu::new()), device)
 }
 
 /// ERFNet: an encoder of factorised (3×1, 1×3) residual blocks with growing dilation down to
@@ -99,53 +103,16 @@ impl Segmenter for Erfnet {
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let hw2 = self.initial_block.count_macs(hw, m);
-        let hw4 = self.down1.count_macs(hw2, m);
+        let hw2 = m.conv(&self.initial_block.conv, hw);
+        let hw4 = m.conv(&self.down1.conv, hw2);
         self.stage1.iter().for_each(|b| b.count_macs(hw4, m));
-        let hw8 = self.down2.count_macs(hw4, m);
+        let hw8 = m.conv(&self.down2.conv, hw4);
         self.stage2.iter().for_each(|b| b.count_macs(hw8, m));
         let up4 = m.conv_transpose(&self.up1.conv, hw8);
         self.decoder1.iter().for_each(|b| b.count_macs(up4, m));
         let up2 = m.conv_transpose(&self.up2.conv, up4);
         self.decoder2.iter().for_each(|b| b.count_macs(up2, m));
         m.conv_transpose(&self.output_conv, up2);
-    }
-}
-
-#[derive(Config, Debug)]
-pub struct DownsamplerBlockConfig {
-    pub in_channels: usize,
-    pub out_channels: usize,
-}
-
-impl DownsamplerBlockConfig {
-    pub fn init(&self, device: &Device) -> DownsamplerBlock {
-        assert!(self.out_channels > self.in_channels, "a downsampler block needs more output than input channels");
-        DownsamplerBlock {
-            conv: conv_same(self.in_channels, self.out_channels - self.in_channels, 3, 2, 1, true, device),
-            bn: batch_norm(self.out_channels, BN_EPS, device),
-            relu: Relu::new(),
-        }
-    }
-}
-
-/// A 3×3 stride-2 convolution beside a 2×2 max-pool, concatenated, normalised.
-#[derive(Module, Debug)]
-pub struct DownsamplerBlock {
-    conv: Conv2d,
-    bn: BatchNorm,
-    relu: Relu,
-}
-
-impl DownsamplerBlock {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let conv = self.conv.forward(x.clone()); // [b, out − in, h/2, w/2]
-        let (pool, _) = max_pool2x2_with_indices(x); // [b, in, h/2, w/2]
-        self.relu.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1))) // [b, out, h/2, w/2]
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        m.conv(&self.conv, hw)
     }
 }
 

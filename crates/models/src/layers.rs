@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, BatchNormConfig, PRelu, PaddingConfig2d, Relu};
 use burn::tensor::module::max_pool2d_with_indices;
 use burn::tensor::ops::{MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -169,4 +169,48 @@ pub fn crop(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
         return x;
     }
     x.slice([0..b, 0..c, 0..h, 0..w])
+}
+
+/// The activation after a [`DownsamplerBlock`]: ENet uses PReLU, ERFNet ReLU.
+#[derive(Module, Debug)]
+pub enum Activation {
+    PRelu(PRelu),
+    Relu(Relu),
+}
+
+impl Activation {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Activation::PRelu(a) => a.forward(x),
+            Activation::Relu(a) => a.forward(x),
+        }
+    }
+}
+
+/// ENet's initial block, which ERFNet reuses as its downsampler: a 3×3 stride-2 convolution
+/// beside a 2×2 max-pool of the input, concatenated, normalised and activated.
+#[derive(Module, Debug)]
+pub struct DownsamplerBlock {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    pub act: Activation,
+}
+
+impl DownsamplerBlock {
+    /// The convolution makes `out − in` channels so that the pooled input completes `out`.
+    pub fn new(cin: usize, cout: usize, conv_bias: bool, bn_epsilon: f64, act: Activation, device: &Device) -> Self {
+        assert!(cout > cin, "a downsampler block needs more output than input channels ({cout} ≤ {cin})");
+        Self {
+            conv: conv_same(cin, cout - cin, 3, 2, 1, conv_bias, device),
+            bn: batch_norm(cout, bn_epsilon, device),
+            act,
+        }
+    }
+
+    /// `[b, in, h, w] → [b, out, h/2, w/2]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let conv = self.conv.forward(x.clone()); // [b, out − in, h/2, w/2]
+        let (pool, _) = max_pool2x2_with_indices(x); // [b, in, h/2, w/2]
+        self.act.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1)))
+    }
 }

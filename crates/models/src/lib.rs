@@ -8,6 +8,7 @@ pub mod flops;
 pub mod layers;
 
 pub mod deeplabv3plus;
+pub mod device;
 pub mod enet;
 pub mod erfnet;
 pub mod espnet;

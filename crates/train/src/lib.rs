@@ -2,5 +2,6 @@
 //! models) training. `main.rs` only parses arguments and reports errors.
 
 pub mod cli;
+pub mod losses;
 pub mod models;
 pub mod summary;

@@ -1,0 +1,113 @@
+//! Where Burn computes: `cpu` (flex), `cuda[:N]` (burn-cuda, with the `cuda` feature) or
+//! `auto`. A CUDA device that cannot run is an error, never a silent CPU fallback, unless the
+//! user asked for `auto`, and then the fallback is reported.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "auto" => Ok(DeviceChoice::Auto),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (use cpu, cuda, cuda:N or auto)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceChoice::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "this build has no CUDA support; rebuild with `cargo build --release --features cuda` \
+         (after `bash ci/setup-cuda-build.sh`), or use --device cpu"
+    )]
+    CudaNotBuilt,
+    #[error(
+        "CUDA device {index} is unavailable: {reason}\nit needs an NVIDIA GPU and its driver (libcuda); use --device cpu, or --device auto to fall back to the CPU"
+    )]
+    CudaUnavailable { index: usize, reason: String },
+}
+
+/// The device to use, and why it is not the one asked for when `auto` fell back.
+pub struct Resolved {
+    pub device: Device,
+    /// `cpu (flex)` or `cuda:0`.
+    pub description: String,
+    /// Set when `auto` could not use CUDA.
+    pub fallback: Option<DeviceError>,
+}
+
+impl DeviceChoice {
+    /// Opens the device, checking that CUDA really runs (one tiny allocation) before anything
+    /// is built on it.
+    pub fn resolve(self) -> Result<Resolved, DeviceError> {
+        let cpu = |fallback| Resolved { device: Device::flex(), description: "cpu (flex)".into(), fallback };
+        match self {
+            DeviceChoice::Cpu => Ok(cpu(None)),
+            DeviceChoice::Cuda(index) => {
+                Ok(Resolved { device: cuda_device(index)?, description: format!("cuda:{index}"), fallback: None })
+            }
+            DeviceChoice::Auto => match cuda_device(0) {
+                Ok(device) => Ok(Resolved { device, description: "cuda:0".into(), fallback: None }),
+                Err(reason) => Ok(cpu(Some(reason))),
+            },
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_index: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::CudaNotBuilt)
+}
+
+/// cudarc loads the driver at run time and panics when it is missing; the probe turns that
+/// panic into an error.
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<Device, DeviceError> {
+    use burn::tensor::Tensor;
+    use std::panic::{AssertUnwindSafe, catch_unwind, set_hook, take_hook};
+
+    let previous_hook = take_hook();
+    set_hook(Box::new(|_| {}));
+    let probe = catch_unwind(AssertUnwindSafe(|| {
+        let device = Device::cuda(index);
+        Tensor::<1>::zeros([1], &device).into_data();
+        device
+    }));
+    set_hook(previous_hook);
+    probe.map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA runtime failed to start".into());
+        DeviceError::CudaUnavailable { index, reason }
+    })
+}

@@ -1,0 +1,140 @@
+//! The adaptive affinity module `L_AA` (eqs. 1–4), after Adaptive Affinity Fields (Ke et al.,
+//! ECCV 2018).
+//!
+//! Each pixel i is paired with its neighbours j at the 8 compass offsets of each dilation
+//! (1, 2, 3); pairs that leave the image are skipped. The teacher's predicted labels split the
+//! pairs into P+ (same label) and P− (different labels). On the student's probabilities,
+//! clamped to [1e-4, 1], `W_ij = KL(p_i ‖ p_j)`;
+//! `L_P+ = mean over P+ of W_ij`, `L_P− = mean over P− of max(0, m − W_ij)` with margin m = 3,
+//! and `L_AA = L_P+ + L_P−`.
+//!
+//! "Adaptive" (AAF's learned neighbourhood sizes): with `adaptive`, each pair's terms are
+//! weighted by a per-class softmax over the dilations (the class of pixel i), scaled so that
+//! equal weights give the plain loss. The weights are trained by gradient *ascent* (AAF's
+//! min-max), implemented by reversing their gradient, so one optimiser step serves both.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor};
+
+use relkd_models::layers::resize_bilinear;
+
+use super::segmentation::one_hot;
+
+/// Lower clamp of the student's probabilities before the logarithm.
+const PROBABILITY_FLOOR: f64 = 1e-4;
+
+#[derive(Config, Debug)]
+pub struct AffinityConfig {
+    pub classes: usize,
+    #[config(default = "vec![1, 2, 3]")]
+    pub dilations: Vec<usize>,
+    #[config(default = 3.0)]
+    pub margin: f64,
+    /// Learned per-class weights over the dilations; plain equal weights when false.
+    #[config(default = false)]
+    pub adaptive: bool,
+}
+
+impl AffinityConfig {
+    pub fn init(&self, device: &Device) -> Affinity {
+        Affinity {
+            // Zeros: the softmax starts from equal weights.
+            weights: self
+                .adaptive
+                .then(|| Param::from_tensor(Tensor::zeros([self.classes, self.dilations.len()], device))),
+            dilations: self.dilations.clone(),
+            margin: self.margin,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Affinity {
+    /// `[classes, dilations]` logits of the adaptive weights.
+    pub weights: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    pub dilations: Vec<usize>,
+    #[module(skip)]
+    pub margin: f64,
+}
+
+/// `L_AA` and its two parts.
+#[derive(Debug, Clone)]
+pub struct AffinityLoss {
+    pub total: Tensor<1>,
+    pub positive: Tensor<1>,
+    pub negative: Tensor<1>,
+}
+
+/// Value x, gradient −1: descent on the loss becomes ascent on x.
+fn reverse_gradient<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone().detach().mul_scalar(2.0) - x
+}
+
+impl Affinity {
+    /// `student [b, k, h, w]` logits; `teacher [b, k, h', w']` logits (resized to h × w,
+    /// detached).
+    pub fn forward(&self, student: Tensor<4>, teacher: Tensor<4>) -> AffinityLoss {
+        let [b, k, h, w] = student.dims();
+        let device = student.device();
+        let labels = resize_bilinear(teacher.detach(), [h, w]).argmax(1); // [b, 1, h, w]
+        let p = softmax(student, 1).clamp(PROBABILITY_FLOOR, 1.0); // [b, k, h, w]
+        let log_p = p.clone().log();
+        let class_weights = self.weights.as_ref().map(|w| {
+            let n = self.dilations.len() as f64;
+            reverse_gradient(softmax(w.val(), 1).mul_scalar(n)) // [k, dilations], mean 1 per class
+        });
+
+        let zero = || Tensor::<1>::zeros([1], &device);
+        let (mut pos_sum, mut pos_count, mut neg_sum, mut neg_count) = (zero(), zero(), zero(), zero());
+        for (di, &d) in self.dilations.iter().enumerate() {
+            let d = d as isize;
+            for (dy, dx) in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)] {
+                let (Some(rows), Some(cols)) = (overlap(h, dy), overlap(w, dx)) else { continue };
+                let (ri, rj) = rows;
+                let (ci, cj) = cols;
+                let at =
+                    |t: Tensor<4>, r: std::ops::Range<usize>, c: std::ops::Range<usize>| t.slice([0..b, 0..k, r, c]);
+                let (p_i, log_p_i, log_p_j) = (
+                    at(p.clone(), ri.clone(), ci.clone()),
+                    at(log_p.clone(), ri.clone(), ci.clone()),
+                    at(log_p.clone(), rj.clone(), cj.clone()),
+                );
+                let w_ij = (p_i * (log_p_i - log_p_j)).sum_dim(1); // [b, 1, h', w']
+                let labels_i: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, ri.clone(), ci.clone()]);
+                let labels_j: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, rj, cj]);
+                let same = labels_i.clone().equal(labels_j).float(); // 1 on P+, 0 on P−
+                let different = same.clone().neg().add_scalar(1.0);
+                let weight = match &class_weights {
+                    Some(cw) => {
+                        let [_, _, hh, ww] = same.dims();
+                        let column = cw.clone().slice([0..k, di..di + 1]).reshape([1, k, 1, 1]);
+                        (one_hot(labels_i.reshape([b, hh, ww]), k) * column).sum_dim(1) // [b, 1, h', w']
+                    }
+                    None => same.ones_like(),
+                };
+                let hinge = w_ij.clone().neg().add_scalar(self.margin).clamp_min(0.0);
+                pos_sum = pos_sum + (w_ij * same.clone() * weight.clone()).sum();
+                neg_sum = neg_sum + (hinge * different.clone() * weight).sum();
+                pos_count = pos_count + same.sum();
+                neg_count = neg_count + different.sum();
+            }
+        }
+        // An empty set (no P− pairs in a slice without foreground) contributes 0.
+        let positive = pos_sum / pos_count.clamp_min(1.0);
+        let negative = neg_sum / neg_count.clamp_min(1.0);
+        AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
+    }
+}
+
+/// For an offset along an axis of length n: the index ranges of the pixels i and of their
+/// neighbours j = i + offset that both lie inside, or None when no pair does.
+fn overlap(n: usize, offset: isize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+    let shift = offset.unsigned_abs();
+    if shift >= n {
+        return None;
+    }
+    Some(if offset >= 0 { (0..n - shift, shift..n) } else { (shift..n, 0..n - shift) })
+}

@@ -1,0 +1,292 @@
+//! Every loss against values computed by hand (or by an independent loop in f64), the zeros
+//! that must be zeros, finite-difference gradients, and where gradients may and may not flow.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use relkd_train::losses::affinity::AffinityConfig;
+use relkd_train::losses::kernel_matrix::{
+    GramMode, KernelMatrix, KernelMatrixConfig, batch_gram, channel_gram, gram_distance,
+};
+use relkd_train::losses::logits::logits_kl;
+use relkd_train::losses::segmentation::{SegmentationLoss, dice_loss, focal_loss};
+use relkd_train::losses::{DistillationWeights, LossTerms};
+
+const LN2: f64 = std::f64::consts::LN_2;
+
+fn t4(values: &[f32], shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// Two pixels side by side, 1×2×1×2: pixel 0 has p = (½, ½), pixel 1 has p = (¼, ¾).
+fn two_pixel_logits(device: &Device) -> Tensor<4> {
+    let ln3 = 3f32.ln();
+    t4(&[0.0, 0.0, 0.0, ln3], [1, 2, 1, 2], device)
+}
+
+fn labels(values: &[i64], shape: [usize; 3], device: &Device) -> Tensor<3, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}
+
+fn close(got: f64, want: f64, tol: f64) {
+    assert!((got - want).abs() <= tol, "got {got}, want {want}");
+}
+
+#[test]
+fn dice_and_focal_by_hand() {
+    let device = Device::flex();
+    let y = labels(&[1, 1], [1, 1, 2], &device);
+    // Class 0: no overlap, Σp = ¾; class 1: overlap ½ + ¾, Σp + Σy = 1¼ + 2.
+    let s = 1e-5;
+    let dice = 1.0 - (s / (0.75 + s) + (2.5 + s) / (3.25 + s)) / 2.0;
+    close(scalar(dice_loss(two_pixel_logits(&device), y.clone())), dice, 1e-6);
+    // p_t = ½ and ¾: −mean((1 − p_t)² ln p_t).
+    let focal = -(0.25 * 0.5f64.ln() + 0.0625 * 0.75f64.ln()) / 2.0;
+    close(scalar(focal_loss(two_pixel_logits(&device), y.clone(), 2.0)), focal, 1e-6);
+    let both = SegmentationLoss::default().forward(two_pixel_logits(&device), y);
+    close(scalar(both), 0.5 * dice + 0.5 * focal, 1e-6);
+}
+
+#[test]
+fn logits_kl_by_hand() {
+    let device = Device::flex();
+    let student = t4(&[0.0, 0.0], [1, 2, 1, 1], &device);
+    let teacher = t4(&[0.0, 3f32.ln()], [1, 2, 1, 1], &device);
+    // KL((½, ½) ‖ (¼, ¾)) = ½ ln 2 + ½ ln ⅔.
+    let kl = 0.5 * LN2 + 0.5 * (2.0f64 / 3.0).ln();
+    close(scalar(logits_kl(student.clone(), teacher.clone(), 1.0)), kl, 1e-6);
+    // T = 2: the teacher becomes (1, √3)/(1 + √3).
+    let q = 1.0 / (1.0 + 3f64.sqrt());
+    let kl_t2 = 0.5 * (0.5 / q).ln() + 0.5 * (0.5 / (1.0 - q)).ln();
+    close(scalar(logits_kl(student.clone(), teacher, 2.0)), kl_t2, 1e-6);
+    // Equal logits: zero.
+    close(scalar(logits_kl(student.clone(), student, 1.0)), 0.0, 1e-7);
+    // A larger teacher map is resized to the student's size first.
+    let big_teacher = t4(&[[0.0f32; 16], [3f32.ln(); 16]].concat(), [1, 2, 4, 4], &device);
+    let small_student = t4(&[0.0; 8], [1, 2, 2, 2], &device);
+    close(scalar(logits_kl(small_student, big_teacher, 1.0)), kl, 1e-6);
+}
+
+/// An adapter that is the identity (c → c, bias 0).
+fn identity_kmm(channels: usize, mode: GramMode, device: &Device) -> KernelMatrix {
+    let mut kmm = KernelMatrixConfig::new(channels, channels).with_mode(mode).init(device);
+    let eye: Vec<f32> = (0..channels * channels).map(|i| if i % (channels + 1) == 0 { 1.0 } else { 0.0 }).collect();
+    kmm.adapter.weight = Param::from_tensor(t4(&eye, [channels, channels, 1, 1], device));
+    kmm.adapter.bias = Some(Param::from_tensor(Tensor::zeros([channels], device)));
+    kmm
+}
+
+#[test]
+fn kernel_matrix_by_hand() {
+    let device = Device::flex();
+    // Samples (3, 4) and (1, 0) normalise to (0.6, 0.8) and (1, 0): K_S = [[1, .6], [.6, 1]].
+    let student = t4(&[3.0, 4.0, 1.0, 0.0], [2, 1, 1, 2], &device);
+    // Teacher samples (0, 2) and (1, 0) are orthonormal: K_T = I.
+    let teacher = t4(&[0.0, 2.0, 1.0, 0.0], [2, 1, 1, 2], &device);
+    assert_eq!(values(batch_gram(student.clone())), vec![1.0, 0.6, 0.6, 1.0]);
+    // mean(diff²) = 2·0.36/4, mean|diff| = 1.2/4.
+    close(scalar(gram_distance(batch_gram(student.clone()), batch_gram(teacher.clone()))), 0.18 + 0.3, 1e-6);
+    close(scalar(identity_kmm(1, GramMode::Batch, &device).forward(student, teacher)), 0.48, 1e-6);
+
+    // Channel Gram: one sample whose two channels are (3, 4) and (1, 0).
+    let student = t4(&[3.0, 4.0, 1.0, 0.0], [1, 2, 1, 2], &device);
+    let teacher = t4(&[0.0, 2.0, 1.0, 0.0], [1, 2, 1, 2], &device);
+    assert_eq!(values(channel_gram(student.clone())), vec![1.0, 0.6, 0.6, 1.0]);
+    close(scalar(identity_kmm(2, GramMode::Channel, &device).forward(student, teacher)), 0.48, 1e-6);
+}
+
+#[test]
+fn kernel_matrix_is_zero_for_identical_normalised_features() {
+    let device = Device::flex();
+    let teacher = Tensor::<4>::random([3, 2, 2, 2], Distribution::Normal(0.0, 1.0), &device);
+    let student = teacher.clone().mul_scalar(2.5); // same direction, other scale
+    for mode in [GramMode::Batch, GramMode::Channel] {
+        close(scalar(identity_kmm(2, mode, &device).forward(student.clone(), teacher.clone())), 0.0, 1e-6);
+    }
+}
+
+#[test]
+fn adapter_gets_gradients_and_the_teacher_none() {
+    let device = Device::flex().autodiff();
+    let kmm = KernelMatrixConfig::new(3, 5).init(&device);
+    let student = Tensor::<4>::random([2, 3, 2, 2], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let teacher = Tensor::<4>::random([2, 5, 4, 4], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let grads = kmm.forward(student.clone(), teacher.clone()).backward();
+    let adapter_grad = kmm.adapter.weight.grad(&grads).expect("adapter receives a gradient");
+    assert!(values(adapter_grad).iter().any(|g| g.abs() > 0.0));
+    assert!(student.grad(&grads).is_some());
+    assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
+}
+
+/// Central differences of `f` at every element of `x`, against autodiff.
+fn check_gradient(x: Vec<f32>, shape: [usize; 4], f: impl Fn(Tensor<4>) -> Tensor<1>) {
+    let device = Device::flex().autodiff();
+    let input = t4(&x, shape, &device).require_grad();
+    let grads = f(input.clone()).backward();
+    let analytic = values(input.grad(&grads).unwrap());
+    let plain = Device::flex();
+    let eps = 1e-2f32;
+    for i in 0..x.len() {
+        let at = |delta: f32| {
+            let mut y = x.clone();
+            y[i] += delta;
+            scalar(f(t4(&y, shape, &plain))) as f32
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+        let tol = 2e-3 + 2e-2 * numeric.abs();
+        assert!((numeric - analytic[i]).abs() <= tol, "element {i}: numeric {numeric}, autodiff {}", analytic[i]);
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    // A fixed, dependency-free pseudo-random sequence in [-1, 1].
+    (0..n)
+        .map(|i| {
+            let z = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn kernel_matrix_gradient_matches_finite_differences() {
+    let teacher = random(2 * 4 * 2 * 2, 7);
+    let kmm = KernelMatrixConfig::new(3, 4).init(&Device::flex());
+    for mode in [GramMode::Batch, GramMode::Channel] {
+        let kmm = KernelMatrix { mode, ..kmm.clone() };
+        check_gradient(random(2 * 3 * 2 * 2, 3), [2, 3, 2, 2], |student| {
+            let device = student.device();
+            kmm.clone().to_device(&device).forward(student, t4(&teacher, [2, 4, 2, 2], &device))
+        });
+    }
+}
+
+#[test]
+fn affinity_by_hand() {
+    let device = Device::flex();
+    let aam = AffinityConfig::new(2).with_dilations(vec![1]).init(&device);
+    // The only pairs: (0 → 1) and (1 → 0).
+    let w01 = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
+    let w10 = 0.25 * (0.25f64 / 0.5).ln() + 0.75 * (0.75f64 / 0.5).ln();
+    // Teacher says both pixels are foreground: both pairs in P+.
+    let same = t4(&[0.0, 0.0, 1.0, 1.0], [1, 2, 1, 2], &device);
+    let out = aam.forward(two_pixel_logits(&device), same);
+    close(scalar(out.positive), (w01 + w10) / 2.0, 1e-6);
+    close(scalar(out.negative), 0.0, 1e-7);
+    // Teacher splits them: both pairs in P−, hinge at margin 3.
+    let split = t4(&[1.0, 0.0, 0.0, 1.0], [1, 2, 1, 2], &device);
+    let out = aam.forward(two_pixel_logits(&device), split);
+    close(scalar(out.positive), 0.0, 1e-7);
+    close(scalar(out.negative), ((3.0 - w01) + (3.0 - w10)) / 2.0, 1e-5);
+    close(scalar(out.total), ((3.0 - w01) + (3.0 - w10)) / 2.0, 1e-5);
+}
+
+/// An independent f64 loop over pixels, neighbours and dilations.
+fn affinity_reference(
+    student: &[f32],
+    teacher: &[f32],
+    [h, w]: [usize; 2],
+    dilations: &[usize],
+    margin: f64,
+) -> (f64, f64) {
+    let prob = |logits: &[f32], y: usize, x: usize| {
+        let (a, b) = (logits[y * w + x] as f64, logits[h * w + y * w + x] as f64);
+        let p1 = 1.0 / (1.0 + (a - b).exp());
+        [(1.0 - p1).clamp(1e-4, 1.0), p1.clamp(1e-4, 1.0)]
+    };
+    let label = |y: usize, x: usize| (teacher[h * w + y * w + x] > teacher[y * w + x]) as usize;
+    let (mut pos, mut npos, mut neg, mut nneg) = (0.0, 0, 0.0, 0);
+    for &d in dilations {
+        let d = d as isize;
+        for (dy, dx) in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)] {
+            for y in 0..h as isize {
+                for x in 0..w as isize {
+                    let (yj, xj) = (y + dy, x + dx);
+                    if yj < 0 || xj < 0 || yj >= h as isize || xj >= w as isize {
+                        continue;
+                    }
+                    let (pi, pj) = (prob(student, y as usize, x as usize), prob(student, yj as usize, xj as usize));
+                    let kl: f64 = (0..2).map(|c| pi[c] * (pi[c].ln() - pj[c].ln())).sum();
+                    if label(y as usize, x as usize) == label(yj as usize, xj as usize) {
+                        pos += kl;
+                        npos += 1;
+                    } else {
+                        neg += (margin - kl).max(0.0);
+                        nneg += 1;
+                    }
+                }
+            }
+        }
+    }
+    (pos / npos.max(1) as f64, neg / nneg.max(1) as f64)
+}
+
+#[test]
+fn affinity_matches_an_independent_loop() {
+    let device = Device::flex();
+    let [h, w] = [3, 3];
+    let student: Vec<f32> = random(2 * h * w, 11).iter().map(|v| v * 3.0).collect();
+    let teacher = random(2 * h * w, 5);
+    let aam = AffinityConfig::new(2).init(&device); // dilations 1, 2, 3; margin 3
+    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device));
+    let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0);
+    close(scalar(out.positive), pos, 1e-5);
+    close(scalar(out.negative), neg, 1e-4);
+}
+
+#[test]
+fn affinity_positive_term_vanishes_for_constant_probabilities() {
+    let device = Device::flex();
+    let student = t4(&[[0.3f32; 9], [-1.2f32; 9]].concat(), [1, 2, 3, 3], &device);
+    let teacher = Tensor::<4>::random([1, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let out = AffinityConfig::new(2).init(&device).forward(student, teacher);
+    close(scalar(out.positive), 0.0, 1e-7);
+}
+
+#[test]
+fn affinity_gradient_matches_finite_differences() {
+    let teacher = random(2 * 4 * 4, 9);
+    let aam = AffinityConfig::new(2).init(&Device::flex());
+    check_gradient(random(2 * 4 * 4, 4), [1, 2, 4, 4], |student| {
+        let device = student.device();
+        aam.forward(student, t4(&teacher, [1, 2, 4, 4], &device)).total
+    });
+}
+
+#[test]
+fn adaptive_weights_start_equal_and_climb_the_loss() {
+    let device = Device::flex().autodiff();
+    let student = t4(&random(2 * 5 * 5, 1), [1, 2, 5, 5], &device);
+    let teacher = t4(&random(2 * 5 * 5, 2), [1, 2, 5, 5], &device);
+    let plain = AffinityConfig::new(2).with_dilations(vec![1, 2]).init(&device);
+    let adaptive = AffinityConfig::new(2).with_dilations(vec![1, 2]).with_adaptive(true).init(&device);
+    let l0 = adaptive.forward(student.clone(), teacher.clone()).total;
+    close(scalar(l0.clone()), scalar(plain.forward(student.clone(), teacher.clone()).total), 1e-6);
+
+    // One plain gradient-descent step on the loss moves the weights uphill.
+    let weights = adaptive.weights.as_ref().unwrap();
+    let grad = weights.grad(&l0.backward()).expect("adaptive weights receive a gradient");
+    let stepped = (weights.val().detach() - grad.mul_scalar(5.0)).into_data();
+    let mut moved = adaptive.clone();
+    moved.weights = Some(Param::from_tensor(Tensor::from_data(stepped, &device)));
+    let l1 = moved.forward(student, teacher).total;
+    assert!(scalar(l1.clone()) > scalar(l0.clone()) + 1e-6, "{} vs {}", scalar(l1), scalar(l0));
+}
+
+#[test]
+fn total_follows_equation_8() {
+    let device = Device::flex();
+    let s = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
+    let terms = LossTerms { segmentation: s(1.0), lm: Some(s(2.0)), kmm: Some(s(3.0)), aam: Some(s(4.0)) };
+    close(scalar(terms.total(&DistillationWeights::default())), 1.0 + 0.2 * 2.0 + 0.9 * 3.0 + 0.9 * 4.0, 1e-6);
+    close(scalar(terms.total(&DistillationWeights::none())), 1.0, 1e-7);
+    let lm_only = LossTerms { kmm: None, aam: None, ..terms };
+    close(scalar(lm_only.total(&DistillationWeights::default())), 1.4, 1e-6);
+}
