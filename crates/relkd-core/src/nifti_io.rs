@@ -252,7 +252,10 @@ pub fn new_header(spacing: [f32; 3], affine: &Affine) -> NiftiHeader {
 pub trait VoxelType: nifti::DataElement + bytemuck::Pod {}
 impl VoxelType for u8 {}
 impl VoxelType for i16 {}
+impl VoxelType for u16 {}
+impl VoxelType for i32 {}
 impl VoxelType for f32 {}
+impl VoxelType for f64 {}
 
 /// Writes `data` (x fastest, like [`Volume::data`]) on the grid of `reference`, atomically:
 /// a temporary file in the same folder is renamed over `path` once complete.

@@ -311,3 +311,25 @@ fn written_volumes_round_trip() {
     assert!(write_volume(&dir.path().join("bad.nii"), &floats[..5], DIMS, &header).is_err());
     assert!(!dir.path().join("bad.nii").exists());
 }
+
+#[test]
+fn every_datatype_round_trips_through_the_writer() {
+    fn round_trip<T: relkd_core::nifti_io::VoxelType + Copy + Into<f64>>(name: &str, data: Vec<T>, code: i16) {
+        let dir = tempfile::tempdir().unwrap();
+        let affine = [[0.5, 0.0, 0.0, 1.0], [0.0, 0.75, 0.0, 2.0], [0.0, 0.0, 3.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
+        let path = dir.path().join(format!("{name}.nii.gz"));
+        write_volume(&path, &data, DIMS, &new_header([0.5, 0.75, 3.0], &affine)).unwrap();
+        assert_eq!(i16_at(&raw_header(&path), 70), code, "{name} datatype code");
+        let back = read_volume(&path).unwrap();
+        let want: Vec<f32> = data.iter().map(|&v| v.into() as f32).collect();
+        assert_eq!(back.data, want, "{name}");
+        assert_eq!(back.dims, DIMS);
+    }
+    let n = DIMS.iter().product::<usize>();
+    round_trip("uint8", (0..n).map(|v| (v * 10) as u8).collect(), 2);
+    round_trip("int16", (0..n).map(|v| v as i16 * -300).collect(), 4);
+    round_trip("uint16", (0..n).map(|v| v as u16 * 2700).collect(), 512);
+    round_trip("int32", (0..n).map(|v| v as i32 * -70_000).collect(), 8);
+    round_trip("float32", (0..n).map(|v| v as f32 / 3.0).collect(), 16);
+    round_trip("float64", (0..n).map(|v| v as f64 * 0.125).collect(), 64);
+}
