@@ -2,8 +2,8 @@
 
 use relkd_core::dataset::{CaseFiles, Dataset, load_case};
 use relkd_core::nifti_io::{new_header, write_volume};
-use relkd_core::transforms::{Preprocessing, case_slices};
 use relkd_core::phantom::{MANIFEST, PhantomConfig, generate};
+use relkd_core::transforms::{Preprocessing, case_slices};
 
 fn write(config: &PhantomConfig) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -66,11 +66,13 @@ fn image_and_mask_must_share_shape_and_affine() {
     write_volume(&image, &[0i16; 8], [2, 2, 2], &new_header([1.0, 1.0, 2.0], &affine)).unwrap();
     let files = |mask: &str| CaseFiles { id: "Case00".into(), image: image.clone(), mask: dir.path().join(mask) };
 
-    write_volume(&dir.path().join("small.nii.gz"), &[0u8; 4], [2, 2, 1], &new_header([1.0, 1.0, 2.0], &affine)).unwrap();
+    write_volume(&dir.path().join("small.nii.gz"), &[0u8; 4], [2, 2, 1], &new_header([1.0, 1.0, 2.0], &affine))
+        .unwrap();
     let err = load_case("X", &files("small.nii.gz")).unwrap_err();
     assert!(err.message.contains("shape"), "{err}");
 
-    write_volume(&dir.path().join("moved.nii.gz"), &[0u8; 8], [2, 2, 2], &new_header([1.0, 1.0, 2.0], &shifted)).unwrap();
+    write_volume(&dir.path().join("moved.nii.gz"), &[0u8; 8], [2, 2, 2], &new_header([1.0, 1.0, 2.0], &shifted))
+        .unwrap();
     let err = load_case("X", &files("moved.nii.gz")).unwrap_err();
     assert!(err.message.contains("affines differ"), "{err}");
 }
@@ -82,7 +84,8 @@ fn training_slices_keep_only_foreground_and_evaluation_takes_all() {
     let case = load_case("RUNMC", &data.sites[0].cases[0]).unwrap();
     let prep = Preprocessing { size: 16, context: 1 };
     let depth = case.image.dims[2];
-    let with_fg: Vec<usize> = (0..depth).filter(|&z| case.mask[z * 1024..(z + 1) * 1024].iter().any(|&m| m > 0)).collect();
+    let with_fg: Vec<usize> =
+        (0..depth).filter(|&z| case.mask[z * 1024..(z + 1) * 1024].iter().any(|&m| m > 0)).collect();
     let training = case_slices(&case.image, &case.mask, &prep, true);
     assert_eq!(training.iter().map(|s| s.z).collect::<Vec<_>>(), with_fg);
     assert!(with_fg.len() < depth, "the phantom has slices without gland");

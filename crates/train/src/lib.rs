@@ -4,4 +4,6 @@
 pub mod cli;
 pub mod losses;
 pub mod models;
+pub mod protocol;
+pub mod schedule;
 pub mod summary;
