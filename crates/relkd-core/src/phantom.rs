@@ -20,7 +20,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::nifti_io::{Affine, NiftiError, new_header, write_volume};
 
 /// What to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PhantomConfig {
     /// Number of sites, 1 to 6, taken in paper order (RUNMC, BMC, HCRUDB, UCL, BIDMC, HK).
     pub sites: usize,

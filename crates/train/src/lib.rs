@@ -2,6 +2,7 @@
 //! models) training. `main.rs` only parses arguments and reports errors.
 
 pub mod cli;
+pub mod config;
 pub mod losses;
 pub mod models;
 pub mod protocol;

@@ -1,0 +1,189 @@
+//! Experiment configuration, read from YAML (`configs/`). Unknown keys are errors, so a typo
+//! never silently falls back to a default; every value a run used is written back with it.
+
+use std::path::{Path, PathBuf};
+
+use relkd_core::phantom::PhantomConfig;
+use relkd_core::transforms::{Augmentation, Preprocessing};
+use relkd_models::Architecture;
+use serde::{Deserialize, Serialize};
+
+use crate::losses::DistillationWeights;
+use crate::losses::kernel_matrix::GramMode;
+use crate::losses::segmentation::SegmentationLoss;
+use crate::protocol::{Protocol, SitePlan};
+use crate::schedule::CyclicLrConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// One experiment: data, sites, preprocessing, the teacher/student pair and how they train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// The unseen site (folder name, canonical name or paper id such as `S6`).
+    pub target: String,
+    /// Explicit site lists; when absent, `protocol` fills them from `target`.
+    #[serde(default)]
+    pub sites: Option<SitePlan>,
+    pub preprocessing: Preprocessing,
+    /// Train on slices that contain prostate only (the reference practice).
+    #[serde(default = "default_true")]
+    pub foreground_only: bool,
+    #[serde(default)]
+    pub augmentation: Augmentation,
+    /// Fraction of each training site's cases held out to choose the checkpoint.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f32,
+    pub teacher: ModelSpec,
+    pub student: ModelSpec,
+    pub training: TrainingConfig,
+    #[serde(default)]
+    pub losses: LossConfig,
+}
+
+/// Where the data comes from: a dataset root, or (when absent) the phantom, generated once.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    #[serde(default)]
+    pub phantom: PhantomConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub architecture: Architecture,
+    /// Channel multiplier (UNet++: base filters = 64 × width); 1.0 is the paper's network.
+    #[serde(default = "default_width")]
+    pub width: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Adam with a cyclic learning rate (see [`crate::schedule`]).
+    #[serde(default)]
+    pub lr: CyclicLrConfig,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub segmentation: SegmentationLoss,
+    /// λ1 (LM), λ2 (KMM), λ3 (AAM); 0 switches a module off.
+    pub lambda: DistillationWeights,
+    /// Softmax temperature of the logits module.
+    pub temperature: f64,
+    pub kmm_gram: GramMode,
+    pub aam: AffinitySpec,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            segmentation: SegmentationLoss::default(),
+            lambda: DistillationWeights::default(),
+            temperature: 1.0,
+            kmm_gram: GramMode::Batch,
+            aam: AffinitySpec::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinitySpec {
+    pub dilations: Vec<usize>,
+    pub margin: f64,
+    pub adaptive: bool,
+}
+
+impl Default for AffinitySpec {
+    /// SPEC §4: dilations 1, 2, 3, margin 3, equal weights.
+    fn default() -> Self {
+        Self { dilations: vec![1, 2, 3], margin: 3.0, adaptive: false }
+    }
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Cross
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_val_fraction() -> f32 {
+    0.2
+}
+
+fn default_width() -> f64 {
+    1.0
+}
+
+impl ExperimentConfig {
+    /// Reads and checks a YAML file; every error names the file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        let config: Self =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.into(), source })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        Ok(config)
+    }
+
+    /// The resolved configuration as YAML, written beside a run's outputs.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("configs serialise")
+    }
+
+    /// Ranges serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.training;
+        let checks = [
+            (t.epochs > 0, "training.epochs must be at least 1".to_string()),
+            (t.batch_size > 0, "training.batch_size must be at least 1".to_string()),
+            (t.lr.step_size > 0, "training.lr.step_size must be at least 1".to_string()),
+            (
+                0.0 < t.lr.base_lr && t.lr.base_lr <= t.lr.max_lr,
+                format!("training.lr needs 0 < base_lr ≤ max_lr, got {} and {}", t.lr.base_lr, t.lr.max_lr),
+            ),
+            (
+                self.preprocessing.size >= 16,
+                format!("preprocessing.size must be at least 16, got {}", self.preprocessing.size),
+            ),
+            (
+                (0.0..1.0).contains(&self.val_fraction),
+                format!("val_fraction must be in [0, 1), got {}", self.val_fraction),
+            ),
+            (self.teacher.width > 0.0, format!("teacher.width must be positive, got {}", self.teacher.width)),
+            (self.student.width > 0.0, format!("student.width must be positive, got {}", self.student.width)),
+            (
+                self.losses.temperature > 0.0,
+                format!("losses.temperature must be positive, got {}", self.losses.temperature),
+            ),
+            (!self.losses.aam.dilations.is_empty(), "losses.aam.dilations must not be empty".to_string()),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(message),
+            None => Ok(()),
+        }
+    }
+}

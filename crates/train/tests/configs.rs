@@ -1,0 +1,97 @@
+//! The shipped configs parse and carry the paper's values; bad configs fail with the file named.
+
+use std::path::{Path, PathBuf};
+
+use relkd_models::Architecture;
+use relkd_train::config::{ConfigError, ExperimentConfig};
+use relkd_train::protocol::Protocol;
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+fn shipped() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![configs_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_shipped_config_loads_and_round_trips() {
+    let files = shipped();
+    assert!(files.len() >= 3, "{files:?}");
+    for path in files {
+        let config = ExperimentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let again: ExperimentConfig = serde_yaml::from_str(&config.to_yaml()).unwrap();
+        assert_eq!(again, config, "{}", path.display());
+    }
+}
+
+#[test]
+fn paper_configs_carry_the_papers_hyper_parameters() {
+    for (file, protocol) in [("paper/cross.yaml", Protocol::Cross), ("paper/loso.yaml", Protocol::Loso)] {
+        let c = ExperimentConfig::load(&configs_dir().join(file)).unwrap();
+        assert_eq!(c.protocol, protocol);
+        assert_eq!((c.preprocessing.size, c.training.batch_size, c.training.epochs), (384, 16, 100));
+        assert_eq!((c.training.lr.max_lr, c.training.lr.base_lr, c.training.lr.step_size), (0.01, 1e-6, 2000));
+        assert_eq!((c.losses.lambda.lm, c.losses.lambda.kmm, c.losses.lambda.aam), (0.2, 0.9, 0.9));
+        assert_eq!((c.losses.segmentation.dice_weight, c.losses.segmentation.gamma), (0.5, 2.0));
+        assert_eq!((c.losses.aam.dilations.clone(), c.losses.aam.margin), (vec![1, 2, 3], 3.0));
+        assert_eq!((c.teacher.width, c.student.width), (1.0, 1.0));
+    }
+    let quick = ExperimentConfig::load(&configs_dir().join("quick.yaml")).unwrap();
+    assert_eq!((quick.teacher.architecture, quick.student.architecture), (Architecture::Unetpp, Architecture::Enet));
+    assert!(quick.data.root.is_none(), "quick runs on the phantom");
+}
+
+fn load_text(text: &str) -> Result<ExperimentConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, text).unwrap();
+    ExperimentConfig::load(&path)
+}
+
+const MINIMAL: &str = "target: HK
+preprocessing: { size: 64, context: 0 }
+teacher: { architecture: unetpp }
+student: { architecture: enet }
+training: { epochs: 1, batch_size: 2 }
+";
+
+#[test]
+fn minimal_config_takes_the_specs_defaults() {
+    let c = load_text(MINIMAL).unwrap();
+    assert_eq!(c.protocol, Protocol::Cross);
+    assert_eq!((c.losses.lambda.lm, c.losses.lambda.kmm, c.losses.lambda.aam), (0.2, 0.9, 0.9));
+    assert_eq!(c.training.lr.max_lr, 0.01);
+    assert!(c.foreground_only);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_errors_that_name_the_file() {
+    let typo = load_text(&format!("{MINIMAL}lossses: {{}}\n")).unwrap_err();
+    let msg = typo.to_string();
+    assert!(msg.contains("bad.yaml") && msg.contains("lossses"), "{msg}");
+
+    let nested = load_text(&MINIMAL.replace("epochs: 1", "epochs: 1, epoch: 3")).unwrap_err();
+    assert!(nested.to_string().contains("epoch"), "{nested}");
+
+    let network = load_text(&MINIMAL.replace("architecture: enet", "architecture: segnet")).unwrap_err();
+    assert!(network.to_string().contains("segnet"), "{network}");
+
+    let zero = load_text(&MINIMAL.replace("batch_size: 2", "batch_size: 0")).unwrap_err();
+    assert!(zero.to_string().contains("batch_size must be at least 1"), "{zero}");
+
+    let missing = ExperimentConfig::load(Path::new("/nowhere/quick.yaml")).unwrap_err();
+    assert!(missing.to_string().contains("/nowhere/quick.yaml"), "{missing}");
+}
