@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod evaluate;
 pub mod losses;
 pub mod models;
 pub mod protocol;
