@@ -9,3 +9,4 @@ pub mod models;
 pub mod protocol;
 pub mod schedule;
 pub mod summary;
+pub mod trainer;

@@ -1,0 +1,217 @@
+//! The optimisation loop shared by teacher, baseline and distilled-student runs: batches of
+//! slices, the losses of eq. 8, Adam with the cyclic learning rate, and per-epoch validation
+//! Dice on held-out cases of the training sites (never the target site) to pick the model kept.
+
+use burn::module::Module;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use relkd_core::dataset::Case;
+use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d};
+use relkd_models::{Network, SegOutput, Segmenter};
+
+use crate::evaluate::{predict_volume, score};
+use crate::losses::affinity::Affinity;
+use crate::losses::kernel_matrix::KernelMatrix;
+use crate::losses::logits::logits_kl;
+use crate::losses::segmentation::SegmentationLoss;
+use crate::losses::{DistillationWeights, LossTerms};
+use crate::schedule::CyclicLrConfig;
+
+/// What one training run needs besides the data.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub prep: Preprocessing,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: CyclicLrConfig,
+    pub seed: u64,
+    pub augmentation: Augmentation,
+    pub segmentation: SegmentationLoss,
+}
+
+/// The network being trained, with the distillation modules that train alongside it (the KMM
+/// adapter and the adaptive AAM weights). Only `net` is ever exported.
+#[derive(Module, Debug)]
+pub struct Trainee {
+    pub net: Network,
+    pub kmm: Option<KernelMatrix>,
+    pub aam: Option<Affinity>,
+}
+
+/// The frozen teacher and how its knowledge is weighed.
+pub struct Distillation {
+    /// A validation snapshot (`Module::valid`): no autodiff, batch norm on running statistics.
+    pub teacher: Network,
+    pub weights: DistillationWeights,
+    pub temperature: f64,
+}
+
+/// Mean loss terms and validation Dice of one epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochLog {
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    pub segmentation: f64,
+    pub lm: Option<f64>,
+    pub kmm: Option<f64>,
+    pub aam: Option<f64>,
+    pub total: f64,
+    /// Mean 3D Dice over the validation cases (NaN without validation cases).
+    pub val_dice: f64,
+}
+
+/// One slice batch as tensors: images `[n, c, s, s]` and labels `[n, s, s]`.
+pub fn to_batch(samples: &[Slice2d], prep: &Preprocessing, device: &Device) -> (Tensor<4>, Tensor<3, Int>) {
+    let (n, c, s) = (samples.len(), prep.channels(), prep.size);
+    let images: Vec<f32> = samples.iter().flat_map(|x| x.image.iter().copied()).collect();
+    let labels: Vec<i64> = samples.iter().flat_map(|x| x.mask.iter().map(|&m| m as i64)).collect();
+    (
+        Tensor::from_data(TensorData::new(images, [n, c, s, s]), device),
+        Tensor::from_data(TensorData::new(labels, [n, s, s]), device),
+    )
+}
+
+/// Mean 3D Dice of `net` over `cases`.
+pub fn validation_dice(net: &Network, cases: &[Case], prep: &Preprocessing, batch: usize, device: &Device) -> f64 {
+    if cases.is_empty() {
+        return f64::NAN;
+    }
+    let snapshot = net.valid();
+    let total: f64 = cases
+        .iter()
+        .map(|case| {
+            let prediction = predict_volume(&case.image, prep, batch, device, &|x| snapshot.forward(x));
+            score(case, &prediction).dice
+        })
+        .sum();
+    total / cases.len() as f64
+}
+
+/// Trains `trainee` on `samples` for the configured epochs on `device` (an autodiff device).
+/// Returns the trainee of the epoch with the best validation Dice (the last one without
+/// validation cases) and the per-epoch log. `on_step` sees (epoch, step, steps per epoch,
+/// running total loss) for progress reporting.
+pub fn train(
+    mut trainee: Trainee,
+    samples: &[Slice2d],
+    validation: &[Case],
+    options: &TrainOptions,
+    distillation: Option<&Distillation>,
+    device: &Device,
+    on_step: &mut dyn FnMut(usize, usize, usize, f64),
+) -> (Trainee, Vec<EpochLog>) {
+    assert!(!samples.is_empty(), "no training slices");
+    let mut optimizer = AdamConfig::new().init();
+    let mut scheduler = options.lr.init();
+    let plain = device.clone().without_autodiff();
+    let steps = samples.len().div_ceil(options.batch_size);
+    let mut best: Option<(f64, Trainee)> = None;
+    let mut history = Vec::new();
+
+    for epoch in 0..options.epochs {
+        let mut order: Vec<usize> = (0..samples.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed ^ (epoch as u64) << 32));
+        let mut sums = TermSums::default();
+        let mut lr = 0.0;
+        for (step, chunk) in order.chunks(options.batch_size).enumerate() {
+            let batch: Vec<Slice2d> = chunk
+                .iter()
+                .map(|&i| {
+                    let mut s = samples[i].clone();
+                    // One generator per (epoch, sample): augmentation is reproducible by seed.
+                    let seed = options.seed.wrapping_add((epoch * samples.len() + i) as u64);
+                    options.augmentation.apply(&mut s, options.prep.size, &mut ChaCha8Rng::seed_from_u64(seed));
+                    s
+                })
+                .collect();
+            let (images, labels) = to_batch(&batch, &options.prep, device);
+            let out = trainee.net.forward_features(images.clone());
+            let terms = loss_terms(&trainee, out, labels, images, options, distillation, &plain);
+            let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
+            let total = terms.total(&weights);
+            sums.add(&terms, &total);
+            lr = scheduler.step();
+            let grads = GradientsParams::from_grads(total.backward(), &trainee);
+            trainee = optimizer.step(lr, trainee, grads);
+            on_step(epoch, step + 1, steps, sums.total / sums.steps as f64);
+        }
+        let val_dice = validation_dice(&trainee.net, validation, &options.prep, options.batch_size, &plain);
+        history.push(sums.log(epoch + 1, lr, val_dice));
+        let better = best.as_ref().is_none_or(|(dice, _)| val_dice.is_nan() || val_dice > *dice);
+        if better {
+            best = Some((val_dice, trainee.clone()));
+        }
+    }
+    (best.expect("at least one epoch").1, history)
+}
+
+fn loss_terms(
+    trainee: &Trainee,
+    out: SegOutput,
+    labels: Tensor<3, Int>,
+    images: Tensor<4>,
+    options: &TrainOptions,
+    distillation: Option<&Distillation>,
+    plain: &Device,
+) -> LossTerms {
+    let segmentation = options.segmentation.forward(out.logits.clone(), labels);
+    let Some(d) = distillation else {
+        return LossTerms { segmentation, lm: None, kmm: None, aam: None };
+    };
+    // The teacher runs without autodiff; its outputs join the student's graph as constants.
+    let teacher = d.teacher.forward_features(images.without_autodiff().to_device(plain));
+    let (t_logits, t_feature) = (teacher.logits.autodiff(), teacher.feature.autodiff());
+    let on = |w: f64| w > 0.0;
+    LossTerms {
+        segmentation,
+        lm: on(d.weights.lm).then(|| logits_kl(out.logits.clone(), t_logits.clone(), d.temperature)),
+        kmm: trainee.kmm.as_ref().filter(|_| on(d.weights.kmm)).map(|k| k.forward(out.feature.clone(), t_feature)),
+        aam: trainee.aam.as_ref().filter(|_| on(d.weights.aam)).map(|a| a.forward(out.logits, t_logits).total),
+    }
+}
+
+#[derive(Default)]
+struct TermSums {
+    steps: usize,
+    segmentation: f64,
+    lm: Option<f64>,
+    kmm: Option<f64>,
+    aam: Option<f64>,
+    total: f64,
+}
+
+impl TermSums {
+    fn add(&mut self, terms: &LossTerms, total: &Tensor<1>) {
+        let value = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
+        let accumulate = |sum: &mut Option<f64>, term: &Option<Tensor<1>>| {
+            if let Some(t) = term {
+                *sum = Some(sum.unwrap_or(0.0) + value(t));
+            }
+        };
+        self.steps += 1;
+        self.segmentation += value(&terms.segmentation);
+        accumulate(&mut self.lm, &terms.lm);
+        accumulate(&mut self.kmm, &terms.kmm);
+        accumulate(&mut self.aam, &terms.aam);
+        self.total += value(total);
+    }
+
+    fn log(&self, epoch: usize, lr: f64, val_dice: f64) -> EpochLog {
+        let n = self.steps as f64;
+        EpochLog {
+            epoch,
+            lr,
+            segmentation: self.segmentation / n,
+            lm: self.lm.map(|v| v / n),
+            kmm: self.kmm.map(|v| v / n),
+            aam: self.aam.map(|v| v / n),
+            total: self.total / n,
+            val_dice,
+        }
+    }
+}

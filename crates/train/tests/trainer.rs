@@ -1,0 +1,98 @@
+//! The optimisation loop on a tiny phantom: it learns, it distils, it validates.
+
+use burn::module::Module;
+use burn::tensor::Device;
+use relkd_core::dataset::{Case, Dataset, load_case};
+use relkd_core::phantom::{PhantomConfig, generate};
+use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
+use relkd_models::{Architecture, NetworkConfig, Segmenter};
+use relkd_train::losses::DistillationWeights;
+use relkd_train::losses::affinity::AffinityConfig;
+use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
+use relkd_train::losses::segmentation::SegmentationLoss;
+use relkd_train::schedule::CyclicLrConfig;
+use relkd_train::trainer::{Distillation, TrainOptions, Trainee, train};
+
+const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
+
+fn tiny_cases() -> Vec<Case> {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&PhantomConfig { sites: 1, cases: 3, size: 32, seed: 2 }, dir.path(), &|_, _| {}).unwrap();
+    let data = Dataset::discover(dir.path()).unwrap();
+    data.sites[0].cases.iter().map(|f| load_case("RUNMC", f).unwrap()).collect()
+}
+
+fn samples(cases: &[Case]) -> Vec<Slice2d> {
+    cases.iter().flat_map(|c| case_slices(&c.image, &c.mask, &PREP, true)).collect()
+}
+
+fn options(epochs: usize, lr: f64) -> TrainOptions {
+    TrainOptions {
+        prep: PREP,
+        epochs,
+        batch_size: 4,
+        lr: CyclicLrConfig { base_lr: lr, max_lr: lr, step_size: 1 },
+        seed: 0,
+        augmentation: Augmentation::none(),
+        segmentation: SegmentationLoss::default(),
+    }
+}
+
+fn student(device: &Device) -> Trainee {
+    Trainee { net: NetworkConfig::new(Architecture::Enet).with_width(0.25).init(device), kmm: None, aam: None }
+}
+
+#[test]
+fn a_fixed_batch_is_learned() {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let cases = tiny_cases();
+    let batch: Vec<Slice2d> = samples(&cases).into_iter().take(4).collect();
+    let (_, history) = train(student(&device), &batch, &[], &options(80, 0.01), None, &device, &mut |_, _, _, _| {});
+    let (first, last) = (history[0].segmentation, history.last().unwrap().segmentation);
+    assert!(
+        last < 0.6 * first,
+        "segmentation loss {first} → {last}: {:?}",
+        history.iter().map(|e| e.segmentation).collect::<Vec<_>>()
+    );
+    assert!(history.iter().all(|e| e.lm.is_none() && e.val_dice.is_nan()));
+}
+
+#[test]
+fn distillation_trains_the_adapter_against_a_frozen_teacher() {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let cases = tiny_cases();
+    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
+    let mut trainee = student(&device);
+    let (s_tap, t_tap) = (trainee.net.tap(), teacher.tap());
+    trainee.kmm = Some(KernelMatrixConfig::new(s_tap.channels, t_tap.channels).init(&device));
+    trainee.aam = Some(AffinityConfig::new(2).with_adaptive(true).init(&device));
+    let adapter_before = trainee.kmm.as_ref().unwrap().adapter.weight.val().into_data();
+    let distillation = Distillation { teacher, weights: DistillationWeights::default(), temperature: 1.0 };
+
+    let train_samples = samples(&cases[..2]);
+    let mut steps = 0;
+    let (trained, history) = train(
+        trainee,
+        &train_samples,
+        &cases[2..],
+        &options(1, 0.01),
+        Some(&distillation),
+        &device,
+        &mut |_, step, of, loss| {
+            steps = step;
+            assert!(loss.is_finite() && step <= of);
+        },
+    );
+    assert_eq!(steps, train_samples.len().div_ceil(4));
+    let log = &history[0];
+    for term in [log.lm, log.kmm, log.aam] {
+        assert!(term.is_some_and(f64::is_finite), "{log:?}");
+    }
+    let expected_total = log.segmentation + 0.2 * log.lm.unwrap() + 0.9 * log.kmm.unwrap() + 0.9 * log.aam.unwrap();
+    assert!((log.total - expected_total).abs() < 1e-3 * expected_total.abs().max(1.0), "{log:?}");
+    assert!((0.0..=1.0).contains(&log.val_dice), "validation Dice on the held-out case: {log:?}");
+    let adapter_after = trained.kmm.as_ref().unwrap().adapter.weight.val().into_data();
+    assert_ne!(adapter_before, adapter_after, "the KMM adapter trains with the student");
+}
