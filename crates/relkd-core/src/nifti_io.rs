@@ -281,8 +281,7 @@ pub fn write_volume<T: VoxelType>(
     // The nifti writer rewrites everything after the first dot of a name, so the temporary
     // file gets a dot-free stem with the target's extension.
     let gz = path.to_string_lossy().ends_with(".gz");
-    let tmp_name = format!(".relkd-partial-{}-{}.{}", std::process::id(), unique(), if gz { "nii.gz" } else { "nii" });
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = path.with_file_name(format!("{}.{}", crate::files::partial_stem(), if gz { "nii.gz" } else { "nii" }));
     let result = nifti::writer::WriterOptions::new(&tmp)
         .reference_header(&header)
         .write_nifti(&array)
@@ -295,12 +294,6 @@ pub fn write_volume<T: VoxelType>(
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Writes a binary mask as uint8 on the grid of `source` (same shape, pixdim, qform and sform).

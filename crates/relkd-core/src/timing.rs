@@ -23,6 +23,15 @@ pub fn time_runs(warmup: usize, runs: usize, mut f: impl FnMut()) -> Timings {
     Timings(times)
 }
 
+impl From<Vec<Duration>> for Timings {
+    /// Durations measured elsewhere (e.g. interleaved with other variants).
+    fn from(mut times: Vec<Duration>) -> Self {
+        assert!(!times.is_empty(), "at least one timed run");
+        times.sort();
+        Timings(times)
+    }
+}
+
 impl Timings {
     pub fn runs(&self) -> usize {
         self.0.len()

@@ -11,7 +11,7 @@ use relkd_core::transforms::{Augmentation, Preprocessing, case_slices};
 use relkd_models::{Architecture, NetworkConfig};
 use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::schedule::CyclicLrConfig;
-use relkd_train::trainer::{TrainOptions, Trainee, train, validation_dice};
+use relkd_train::trainer::{Quiet, TrainOptions, Trainee, train, validation_dice};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +37,8 @@ fn main() {
         prep,
         epochs,
         batch_size: 8,
-        lr: CyclicLrConfig { base_lr: 1e-4, max_lr: 2e-3, step_size: 200 },
+        // The paper's rate (Adam 0.01 → 1e-6) on a short cycle: a few hundred steps in all.
+        lr: CyclicLrConfig { base_lr: 1e-6, max_lr: 0.01, step_size: 100 },
         seed: 0,
         augmentation: Augmentation::default(),
         segmentation: SegmentationLoss::default(),
@@ -45,8 +46,8 @@ fn main() {
     let student =
         Trainee { net: NetworkConfig::new(Architecture::Enet).with_width(0.5).init(&device), kmm: None, aam: None };
     println!("training ENet (width 0.5) on {} slices of {} cases, {epochs} epochs", samples.len(), train_cases.len());
-    let (trained, history) = train(student, &samples, &val_cases, &options, None, &device, &mut |_, _, _, _| {});
-    for e in &history {
+    let (trained, state) = train(student, None, &samples, &val_cases, &options, None, &device, &mut Quiet).unwrap();
+    for e in &state.history {
         println!("epoch {:>2}  loss {:.4}  val Dice (training sites) {:.3}", e.epoch, e.total, e.val_dice);
     }
     let plain = device.without_autodiff();

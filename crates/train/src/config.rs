@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use relkd_core::phantom::PhantomConfig;
 use relkd_core::transforms::{Augmentation, Preprocessing};
-use relkd_models::Architecture;
+use relkd_models::{Architecture, NetworkConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::losses::DistillationWeights;
@@ -46,6 +46,11 @@ pub struct ExperimentConfig {
     /// Fraction of each training site's cases held out to choose the checkpoint.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f32,
+    /// Fraction of an evaluation site's cases kept for testing when the site is also a
+    /// training site (the teacher's site under `cross`); a site nobody trains on is tested
+    /// whole.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f32,
     pub teacher: ModelSpec,
     pub student: ModelSpec,
     pub training: TrainingConfig,
@@ -76,6 +81,11 @@ pub struct ModelSpec {
 #[serde(deny_unknown_fields)]
 pub struct TrainingConfig {
     pub epochs: usize,
+    /// The teacher's epochs when they differ from the students' (default: `epochs`). Under
+    /// `cross` the teacher sees one site, a fifth of the students' slices, so a short CPU run
+    /// gives it more epochs for a comparable number of steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_epochs: Option<usize>,
     pub batch_size: usize,
     /// Adam with a cyclic learning rate (see [`crate::schedule`]).
     #[serde(default)]
@@ -135,6 +145,10 @@ fn default_val_fraction() -> f32 {
     0.2
 }
 
+fn default_test_fraction() -> f32 {
+    0.25
+}
+
 fn default_width() -> f64 {
     1.0
 }
@@ -143,10 +157,28 @@ impl ExperimentConfig {
     /// Reads and checks a YAML file; every error names the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks YAML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
         let config: Self =
-            serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml { path: path.into(), source })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: origin.into(), source })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: origin.into(), message })?;
         Ok(config)
+    }
+
+    pub fn teacher_network(&self) -> NetworkConfig {
+        self.network(&self.teacher)
+    }
+
+    pub fn student_network(&self) -> NetworkConfig {
+        self.network(&self.student)
+    }
+
+    /// Two classes (background, prostate); input channels from the 2.5D context.
+    fn network(&self, spec: &ModelSpec) -> NetworkConfig {
+        NetworkConfig::new(spec.architecture).with_in_channels(self.preprocessing.channels()).with_width(spec.width)
     }
 
     /// The resolved configuration as YAML, written beside a run's outputs.
@@ -159,6 +191,7 @@ impl ExperimentConfig {
         let t = &self.training;
         let checks = [
             (t.epochs > 0, "training.epochs must be at least 1".to_string()),
+            (t.teacher_epochs != Some(0), "training.teacher_epochs must be at least 1".to_string()),
             (t.batch_size > 0, "training.batch_size must be at least 1".to_string()),
             (t.lr.step_size > 0, "training.lr.step_size must be at least 1".to_string()),
             (
@@ -172,6 +205,10 @@ impl ExperimentConfig {
             (
                 (0.0..1.0).contains(&self.val_fraction),
                 format!("val_fraction must be in [0, 1), got {}", self.val_fraction),
+            ),
+            (
+                0.0 < self.test_fraction && self.test_fraction < 1.0,
+                format!("test_fraction must be in (0, 1), got {}", self.test_fraction),
             ),
             (self.teacher.width > 0.0, format!("teacher.width must be positive, got {}", self.teacher.width)),
             (self.student.width > 0.0, format!("student.width must be positive, got {}", self.student.width)),

@@ -1,12 +1,15 @@
 //! The `train` binary's library: command-line interface, dataset summaries and (with the
 //! models) training. `main.rs` only parses arguments and reports errors.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod evaluate;
 pub mod losses;
 pub mod models;
 pub mod protocol;
+pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod summary;
 pub mod trainer;

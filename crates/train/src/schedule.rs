@@ -33,8 +33,13 @@ impl Default for CyclicLrConfig {
 
 impl CyclicLrConfig {
     pub fn init(&self) -> CyclicLrScheduler {
+        self.init_at(0)
+    }
+
+    /// A scheduler whose next step is iteration `iteration` (continuing a run).
+    pub fn init_at(&self, iteration: u64) -> CyclicLrScheduler {
         assert!(self.step_size > 0, "step_size must be positive");
-        CyclicLrScheduler { config: *self, iteration: 0 }
+        CyclicLrScheduler { config: *self, iteration }
     }
 
     /// The rate at iteration `it` (0-based).

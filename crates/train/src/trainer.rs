@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::optim::lr_scheduler::LrScheduler;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 use relkd_core::dataset::Case;
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d};
 use relkd_models::{Network, SegOutput, Segmenter};
+use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{predict_volume, score};
 use crate::losses::affinity::Affinity;
@@ -51,7 +52,7 @@ pub struct Distillation {
 }
 
 /// Mean loss terms and validation Dice of one epoch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochLog {
     pub epoch: usize,
     /// Learning rate at the epoch's last step.
@@ -92,30 +93,89 @@ pub fn validation_dice(net: &Network, cases: &[Case], prep: &Preprocessing, batc
     total / cases.len() as f64
 }
 
-/// Trains `trainee` on `samples` for the configured epochs on `device` (an autodiff device).
-/// Returns the trainee of the epoch with the best validation Dice (the last one without
-/// validation cases) and the per-epoch log. `on_step` sees (epoch, step, steps per epoch,
-/// running total loss) for progress reporting.
+/// The frozen teacher's logits and tapped feature for a batch of the student's `images`. The
+/// teacher runs on `plain` (the device without autodiff); its outputs join the student's
+/// graph as constants, so no gradient can reach it.
+pub fn teacher_outputs(d: &Distillation, images: &Tensor<4>, plain: &Device) -> SegOutput {
+    let out = d.teacher.forward_features(images.clone().without_autodiff().to_device(plain));
+    SegOutput { logits: out.logits.autodiff(), feature: out.feature.autodiff() }
+}
+
+/// Where a run stands after some epochs: everything besides the weights and the optimizer's
+/// moments that continuing it needs. The data order and augmentation of an epoch, and the
+/// device's random stream during it, are seeded from (seed, epoch), so the epoch count is the
+/// whole random state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimiser steps taken (the cyclic schedule's position).
+    pub iteration: u64,
+    /// The epoch (1-based) whose weights are kept, and its validation Dice.
+    pub best_epoch: Option<usize>,
+    pub best_val_dice: Option<f64>,
+    pub history: Vec<EpochLog>,
+}
+
+/// A run to continue: its state, optimiser and best weights so far.
+pub struct Resume {
+    pub state: TrainState,
+    pub optimizer: ModuleOptimizer,
+    pub best: Trainee,
+}
+
+/// What the caller sees while training runs: steps for progress bars, epoch ends for
+/// checkpoints. An error from `epoch_end` stops training.
+pub trait TrainHooks {
+    /// After each optimiser step: epoch (0-based), step (1-based), steps per epoch and the
+    /// epoch's running mean of the total loss.
+    fn step(&mut self, _epoch: usize, _step: usize, _steps: usize, _running_loss: f64) {}
+
+    /// After each epoch's validation; `improved` says the epoch's weights are the new best.
+    fn epoch_end(
+        &mut self,
+        _trainee: &Trainee,
+        _optimizer: &ModuleOptimizer,
+        _state: &TrainState,
+        _improved: bool,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hooks that do nothing.
+pub struct Quiet;
+
+impl TrainHooks for Quiet {}
+
+/// Trains `trainee` on `samples` for the configured epochs on `device` (an autodiff device),
+/// from scratch or from `resume`. Returns the trainee of the epoch with the best validation
+/// Dice (the last one without validation cases) and the final state.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     mut trainee: Trainee,
+    resume: Option<Resume>,
     samples: &[Slice2d],
     validation: &[Case],
     options: &TrainOptions,
     distillation: Option<&Distillation>,
     device: &Device,
-    on_step: &mut dyn FnMut(usize, usize, usize, f64),
-) -> (Trainee, Vec<EpochLog>) {
+    hooks: &mut dyn TrainHooks,
+) -> std::io::Result<(Trainee, TrainState)> {
     assert!(!samples.is_empty(), "no training slices");
-    let mut optimizer = AdamConfig::new().init();
-    let mut scheduler = options.lr.init();
+    let (mut state, mut optimizer, mut best) = match resume {
+        Some(r) => (r.state, r.optimizer, Some(r.best)),
+        None => (TrainState::default(), AdamConfig::new().init(), None),
+    };
+    let mut scheduler = options.lr.init_at(state.iteration);
     let plain = device.clone().without_autodiff();
     let steps = samples.len().div_ceil(options.batch_size);
-    let mut best: Option<(f64, Trainee)> = None;
-    let mut history = Vec::new();
 
-    for epoch in 0..options.epochs {
+    for epoch in state.epoch..options.epochs {
+        let epoch_seed = options.seed ^ ((epoch as u64) << 32);
+        device.seed(epoch_seed);
         let mut order: Vec<usize> = (0..samples.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed ^ (epoch as u64) << 32));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
         let mut sums = TermSums::default();
         let mut lr = 0.0;
         for (step, chunk) in order.chunks(options.batch_size).enumerate() {
@@ -130,42 +190,47 @@ pub fn train(
                 })
                 .collect();
             let (images, labels) = to_batch(&batch, &options.prep, device);
-            let out = trainee.net.forward_features(images.clone());
-            let terms = loss_terms(&trainee, out, labels, images, options, distillation, &plain);
+            let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
+            let terms = loss_terms(&trainee, images, labels, &options.segmentation, teacher);
             let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
             let total = terms.total(&weights);
             sums.add(&terms, &total);
             lr = scheduler.step();
             let grads = GradientsParams::from_grads(total.backward(), &trainee);
             trainee = optimizer.step(lr, trainee, grads);
-            on_step(epoch, step + 1, steps, sums.total / sums.steps as f64);
+            state.iteration += 1;
+            hooks.step(epoch, step + 1, steps, sums.total / sums.steps as f64);
         }
         let val_dice = validation_dice(&trainee.net, validation, &options.prep, options.batch_size, &plain);
-        history.push(sums.log(epoch + 1, lr, val_dice));
-        let better = best.as_ref().is_none_or(|(dice, _)| val_dice.is_nan() || val_dice > *dice);
-        if better {
-            best = Some((val_dice, trainee.clone()));
+        state.history.push(sums.log(epoch + 1, lr, val_dice));
+        state.epoch = epoch + 1;
+        let improved = state.best_val_dice.is_none_or(|dice| val_dice.is_nan() || val_dice > dice);
+        if improved {
+            state.best_epoch = Some(epoch + 1);
+            state.best_val_dice = Some(val_dice);
+            best = Some(trainee.clone());
         }
+        hooks.epoch_end(&trainee, &optimizer, &state, improved)?;
     }
-    (best.expect("at least one epoch").1, history)
+    let best = best.unwrap_or(trainee);
+    Ok((best, state))
 }
 
-fn loss_terms(
+/// The terms of eq. 8 for one batch: the student's forward pass, its segmentation loss and,
+/// given the teacher's outputs on the same batch, each distillation term switched on.
+pub fn loss_terms(
     trainee: &Trainee,
-    out: SegOutput,
-    labels: Tensor<3, Int>,
     images: Tensor<4>,
-    options: &TrainOptions,
-    distillation: Option<&Distillation>,
-    plain: &Device,
+    labels: Tensor<3, Int>,
+    segmentation: &SegmentationLoss,
+    teacher: Option<(SegOutput, &Distillation)>,
 ) -> LossTerms {
-    let segmentation = options.segmentation.forward(out.logits.clone(), labels);
-    let Some(d) = distillation else {
+    let out = trainee.net.forward_features(images);
+    let segmentation = segmentation.forward(out.logits.clone(), labels);
+    let Some((teacher, d)) = teacher else {
         return LossTerms { segmentation, lm: None, kmm: None, aam: None };
     };
-    // The teacher runs without autodiff; its outputs join the student's graph as constants.
-    let teacher = d.teacher.forward_features(images.without_autodiff().to_device(plain));
-    let (t_logits, t_feature) = (teacher.logits.autodiff(), teacher.feature.autodiff());
+    let (t_logits, t_feature) = (teacher.logits, teacher.feature);
     let on = |w: f64| w > 0.0;
     LossTerms {
         segmentation,

@@ -11,7 +11,7 @@ use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::schedule::CyclicLrConfig;
-use relkd_train::trainer::{Distillation, TrainOptions, Trainee, train};
+use relkd_train::trainer::{Distillation, Quiet, TrainHooks, TrainOptions, Trainee, train};
 
 const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
 
@@ -48,7 +48,8 @@ fn a_fixed_batch_is_learned() {
     device.seed(0);
     let cases = tiny_cases();
     let batch: Vec<Slice2d> = samples(&cases).into_iter().take(4).collect();
-    let (_, history) = train(student(&device), &batch, &[], &options(80, 0.01), None, &device, &mut |_, _, _, _| {});
+    let (_, state) = train(student(&device), None, &batch, &[], &options(80, 0.01), None, &device, &mut Quiet).unwrap();
+    let history = state.history;
     let (first, last) = (history[0].segmentation, history.last().unwrap().segmentation);
     assert!(
         last < 0.6 * first,
@@ -72,21 +73,28 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     let distillation = Distillation { teacher, weights: DistillationWeights::default(), temperature: 1.0 };
 
     let train_samples = samples(&cases[..2]);
-    let mut steps = 0;
-    let (trained, history) = train(
+    struct CountSteps(usize);
+    impl TrainHooks for CountSteps {
+        fn step(&mut self, _epoch: usize, step: usize, steps: usize, running_loss: f64) {
+            assert!(running_loss.is_finite() && step <= steps);
+            self.0 = step;
+        }
+    }
+    let mut counter = CountSteps(0);
+    let (trained, state) = train(
         trainee,
+        None,
         &train_samples,
         &cases[2..],
         &options(1, 0.01),
         Some(&distillation),
         &device,
-        &mut |_, step, of, loss| {
-            steps = step;
-            assert!(loss.is_finite() && step <= of);
-        },
-    );
-    assert_eq!(steps, train_samples.len().div_ceil(4));
-    let log = &history[0];
+        &mut counter,
+    )
+    .unwrap();
+    assert_eq!(counter.0, train_samples.len().div_ceil(4));
+    assert_eq!((state.epoch, state.iteration, state.best_epoch), (1, counter.0 as u64, Some(1)));
+    let log = &state.history[0];
     for term in [log.lm, log.kmm, log.aam] {
         assert!(term.is_some_and(f64::is_finite), "{log:?}");
     }

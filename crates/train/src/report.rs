@@ -1,0 +1,312 @@
+//! What a run writes for people: `metrics.csv` (per epoch), `scores.csv` (per case),
+//! `report.md` (the Table 2-shaped summary), `loss_curves.png`, and overlay pictures.
+
+use std::fmt::Write;
+
+use relkd_core::dataset::paper_site;
+use relkd_core::png::{BLACK, Canvas, GREY, Rgb, WHITE};
+use relkd_models::Architecture;
+
+use crate::checkpoint::ModelCard;
+use crate::evaluate::CaseScore;
+use crate::trainer::EpochLog;
+
+/// One trained model with its scores on the evaluation cases.
+pub struct Evaluated {
+    pub card: ModelCard,
+    pub history: Vec<EpochLog>,
+    pub scores: Vec<CaseScore>,
+}
+
+impl Evaluated {
+    /// The row label of Table 2: `teacher UNet++`, `ENet w/o`, `ENet w/ UNet++`.
+    pub fn label(&self, teacher: Architecture) -> String {
+        let name = self.card.architecture.display_name();
+        match self.card.model.as_str() {
+            "teacher" => format!("teacher {name}"),
+            "baseline" => format!("{name} w/o"),
+            _ => format!("{name} w/ {}", teacher.display_name()),
+        }
+    }
+}
+
+fn csv_number(v: Option<f64>) -> String {
+    v.map_or(String::new(), |v| format!("{v:.6}"))
+}
+
+/// Every epoch of every model: loss terms (empty when off), learning rate, validation Dice.
+pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
+    let mut out = String::from("model,epoch,lr,segmentation,lm,kmm,aam,total,val_dice\n");
+    for (model, history) in models {
+        for e in *history {
+            let _ = writeln!(
+                out,
+                "{model},{},{:.3e},{:.6},{},{},{},{:.6},{:.6}",
+                e.epoch,
+                e.lr,
+                e.segmentation,
+                csv_number(e.lm),
+                csv_number(e.kmm),
+                csv_number(e.aam),
+                e.total,
+                e.val_dice
+            );
+        }
+    }
+    out
+}
+
+/// Per case and model: Dice, HD95 and ASD (mm; `inf` when exactly one mask is empty).
+pub fn scores_csv(models: &[Evaluated]) -> String {
+    let mut out = String::from("model,architecture,site,case,dice,hd95_mm,asd_mm\n");
+    for m in models {
+        for s in &m.scores {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{:.6},{:.4},{:.4}",
+                m.card.model,
+                m.card.architecture.name(),
+                s.site,
+                s.case,
+                s.dice,
+                s.hd95,
+                s.asd
+            );
+        }
+    }
+    out
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+/// Table 2 of the paper for (row, site), when the site is one of the paper's six.
+pub fn paper_table2(model: &Evaluated, teacher: Architecture, site: &str) -> Option<f64> {
+    let column = paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1;
+    let t = match teacher {
+        Architecture::Deeplabv3plus => 0,
+        Architecture::Unetpp => 1,
+        _ => return None,
+    };
+    let row: [f64; 6] = match (model.card.model.as_str(), model.card.architecture) {
+        ("teacher", Architecture::Deeplabv3plus) => [0.895, 0.886, 0.889, 0.874, 0.878, 0.885],
+        ("teacher", Architecture::Unetpp) => [0.901, 0.893, 0.883, 0.880, 0.869, 0.871],
+        ("baseline", Architecture::Enet) => [0.714, 0.604, 0.539, 0.782, 0.701, 0.772],
+        ("baseline", Architecture::Espnet) => [0.703, 0.482, 0.573, 0.738, 0.745, 0.715],
+        ("baseline", Architecture::Erfnet) => [0.788, 0.720, 0.736, 0.760, 0.725, 0.694],
+        ("student", a) => {
+            let rows = match a {
+                Architecture::Enet => {
+                    [[0.810, 0.642, 0.734, 0.881, 0.796, 0.876], [0.808, 0.637, 0.684, 0.858, 0.894, 0.869]]
+                }
+                Architecture::Espnet => {
+                    [[0.819, 0.563, 0.604, 0.826, 0.819, 0.832], [0.837, 0.594, 0.643, 0.842, 0.836, 0.808]]
+                }
+                Architecture::Erfnet => {
+                    [[0.823, 0.751, 0.799, 0.869, 0.801, 0.861], [0.843, 0.746, 0.752, 0.892, 0.877, 0.852]]
+                }
+                _ => return None,
+            };
+            rows[t]
+        }
+        _ => return None,
+    };
+    Some(row[column])
+}
+
+/// What the report says about the run besides the models.
+pub struct RunSummary<'a> {
+    pub run_id: &'a str,
+    pub data: String,
+    /// The data is the real multi-site set (the paper's numbers are shown beside ours).
+    pub real_data: bool,
+    pub target: &'a str,
+    pub teacher: Architecture,
+    pub teacher_sites: &'a [String],
+    pub student_sites: &'a [String],
+    pub test_cases: usize,
+    pub device: &'a str,
+    /// (model, seconds, how it was obtained: trained / reused …).
+    pub timings: &'a [(String, f64, String)],
+    pub files: &'a [String],
+}
+
+/// `report.md`: Table 2 for the target site, then training details and the files written.
+pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
+    let mut md = String::new();
+    let site_label = match paper_site(run.target) {
+        Some((id, _)) => format!("{} ({id})", run.target),
+        None => run.target.to_string(),
+    };
+    let _ = writeln!(md, "# relkd run {}\n", run.run_id);
+    let _ = writeln!(
+        md,
+        "Data: {}. Teacher trained on {}; students trained on {}; all evaluated on {} held-out \
+         case(s) of {}, which no student saw. Device: {}.\n",
+        run.data,
+        run.teacher_sites.join(", "),
+        run.student_sites.join(", "),
+        run.test_cases,
+        site_label,
+        run.device
+    );
+    if !run.real_data {
+        md.push_str(
+            "These are phantom numbers: synthetic data at reduced size and width. They show the \
+             pipeline working and the direction of effects, not the paper's results.\n\n",
+        );
+    }
+    let _ = writeln!(md, "## Dice on the target site (Table 2)\n");
+    let mut header = format!("| model | {site_label} Dice | HD95 mm | ASD mm | live params |");
+    let mut rule = String::from("|---|---|---|---|---|");
+    if run.real_data {
+        header.push_str(" paper Dice |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for m in models {
+        let finite = |f: fn(&CaseScore) -> f64| mean(m.scores.iter().map(f).filter(|v| v.is_finite()));
+        let _ = write!(
+            md,
+            "| {} | {:.3} | {:.2} | {:.2} | {} |",
+            m.label(run.teacher),
+            mean(m.scores.iter().map(|s| s.dice)),
+            finite(|s| s.hd95),
+            finite(|s| s.asd),
+            m.card.live_params
+        );
+        if run.real_data {
+            let _ =
+                write!(md, " {} |", paper_table2(m, run.teacher, run.target).map_or("–".into(), |v| format!("{v:.3}")));
+        }
+        md.push('\n');
+    }
+    let infinite = models.iter().flat_map(|m| &m.scores).filter(|s| !s.hd95.is_finite()).count();
+    if infinite > 0 {
+        let _ = writeln!(md, "\nHD95 and ASD average the finite cases; {infinite} case score(s) had an empty mask.");
+    }
+    let _ = writeln!(md, "\n## Training\n");
+    let _ =
+        writeln!(md, "| model | sites | width | epochs | best epoch | val Dice (own sites) | distillation | time |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for m in models {
+        let c = &m.card;
+        let (seconds, how) = run
+            .timings
+            .iter()
+            .find(|(name, _, _)| *name == c.model)
+            .map_or((f64::NAN, String::new()), |(_, s, h)| (*s, h.clone()));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            m.label(run.teacher),
+            c.trained_sites.join(", "),
+            c.width,
+            c.epochs,
+            c.best_epoch.map_or("–".into(), |e| e.to_string()),
+            c.best_val_dice.map_or("–".into(), |d| format!("{d:.3}")),
+            if c.distillation.is_empty() { "–".into() } else { c.distillation.join(" + ") },
+            if seconds.is_finite() { format!("{seconds:.0} s {how}") } else { how },
+        );
+    }
+    let _ = writeln!(md, "\n![loss curves](loss_curves.png)\n\n## Files\n");
+    for f in run.files {
+        let _ = writeln!(md, "- `{f}`");
+    }
+    md
+}
+
+const PALETTE: [Rgb; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
+
+/// Two panels, training loss and validation Dice per epoch, one colour per model.
+pub fn loss_curves(models: &[(&str, &[EpochLog])]) -> Canvas {
+    let (panel_w, panel_h, margin) = (360i64, 240i64, 48i64);
+    let mut canvas = Canvas::new((2 * (panel_w + margin) + margin) as usize, (panel_h + 3 * margin) as usize, WHITE);
+    let panels: [(&str, fn(&EpochLog) -> f64); 2] =
+        [("TRAINING LOSS", |e| e.total), ("VALIDATION DICE", |e| e.val_dice)];
+    for (p, (title, value)) in panels.iter().enumerate() {
+        let (x0, y0) = (margin + p as i64 * (panel_w + margin), margin);
+        let values: Vec<f64> = models.iter().flat_map(|(_, h)| h.iter().map(value)).filter(|v| v.is_finite()).collect();
+        let (mut lo, mut hi) =
+            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        if !(lo.is_finite() && hi.is_finite()) {
+            (lo, hi) = (0.0, 1.0);
+        }
+        if hi - lo < 1e-9 {
+            hi = lo + 1.0;
+        }
+        let max_epoch = models.iter().map(|(_, h)| h.len()).max().unwrap_or(1).max(2) as f64;
+        canvas.text(x0, y0 - 20, title, 2, BLACK);
+        for i in 0..=4 {
+            let y = y0 + panel_h * i / 4;
+            canvas.line((x0, y), (x0 + panel_w, y), 1, GREY);
+        }
+        canvas.line((x0, y0), (x0, y0 + panel_h), 1, BLACK);
+        canvas.line((x0, y0 + panel_h), (x0 + panel_w, y0 + panel_h), 1, BLACK);
+        canvas.text(x0 - Canvas::text_width(&format!("{hi:.2}"), 1) - 4, y0 - 2, &format!("{hi:.2}"), 1, BLACK);
+        canvas.text(
+            x0 - Canvas::text_width(&format!("{lo:.2}"), 1) - 4,
+            y0 + panel_h - 3,
+            &format!("{lo:.2}"),
+            1,
+            BLACK,
+        );
+        canvas.text(x0, y0 + panel_h + 6, "1", 1, BLACK);
+        let last = format!("{max_epoch:.0}");
+        canvas.text(x0 + panel_w - Canvas::text_width(&last, 1), y0 + panel_h + 6, &last, 1, BLACK);
+        canvas.text(x0 + panel_w / 2 - 10, y0 + panel_h + 6, "EPOCH", 1, BLACK);
+        let point = |epoch: usize, v: f64| {
+            let x = x0 + ((epoch as f64 - 1.0) / (max_epoch - 1.0) * panel_w as f64) as i64;
+            let y = y0 + ((hi - v) / (hi - lo) * panel_h as f64) as i64;
+            (x, y)
+        };
+        for (m, (_, history)) in models.iter().enumerate() {
+            let color = PALETTE[m % PALETTE.len()];
+            let pts: Vec<(i64, i64)> =
+                history.iter().filter(|e| value(e).is_finite()).map(|e| point(e.epoch, value(e))).collect();
+            for pair in pts.windows(2) {
+                canvas.line(pair[0], pair[1], 2, color);
+            }
+            for &(x, y) in &pts {
+                canvas.fill_rect(x - 2, y - 2, 5, 5, color);
+            }
+        }
+    }
+    // Legend under the panels.
+    let mut x = margin;
+    let y = panel_h + 2 * margin + 8;
+    for (m, (name, _)) in models.iter().enumerate() {
+        canvas.fill_rect(x, y, 16, 10, PALETTE[m % PALETTE.len()]);
+        canvas.text(x + 22, y, name, 2, BLACK);
+        x += 22 + Canvas::text_width(name, 2) + 30;
+    }
+    canvas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
+        EpochLog { epoch, lr: 1e-3, segmentation: total, lm: None, kmm: Some(0.5), aam: None, total, val_dice }
+    }
+
+    #[test]
+    fn metrics_rows_leave_switched_off_terms_empty() {
+        let h = [log(1, 0.75, 0.5)];
+        let csv = metrics_csv(&[("baseline", &h)]);
+        assert_eq!(csv.lines().nth(1).unwrap(), "baseline,1,1.000e-3,0.750000,,0.500000,,0.750000,0.500000");
+    }
+
+    #[test]
+    fn curves_draw_each_model_in_its_colour() {
+        let a = [log(1, 1.0, 0.1), log(2, 0.5, 0.6)];
+        let b = [log(1, 0.8, 0.2), log(2, 0.4, 0.7)];
+        let c = loss_curves(&[("teacher", &a), ("baseline", &b)]);
+        let count = |color: Rgb| c.pixels.iter().filter(|p| **p == color).count();
+        assert!(count(PALETTE[0]) > 100 && count(PALETTE[1]) > 100);
+        assert_eq!(count(PALETTE[2]), 0);
+    }
+}

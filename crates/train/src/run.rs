@@ -1,0 +1,757 @@
+//! `train --teacher T --student S`: one experiment from data to report.
+//!
+//! The order: resolve the configuration (file or the built-in quick config, then the command
+//! line), find the data (generating the phantom into the cache once), plan the sites, load and
+//! split the cases, and check everything *before* the run folder is created, so bad input
+//! never touches an earlier run. Then three models, each skipped when already final: the
+//! teacher (reused from the cache or `--teacher-checkpoint` when one was trained with the same
+//! settings), the baseline student (segmentation loss only) and the distilled student. Last,
+//! every model is scored on the held-out cases of the target site and the report is written.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use relkd_core::dataset::{Case, CaseFiles, Dataset, load_case, split_cases};
+use relkd_core::files::write_atomic;
+use relkd_core::phantom;
+use relkd_core::png::Canvas;
+use relkd_core::transforms::{NormalizedVolume, Slice2d, case_slices, resize_bilinear};
+use relkd_models::device::DeviceChoice;
+use relkd_models::{Architecture, Segmenter, trainable_params};
+use serde::Serialize;
+
+use crate::checkpoint::{ModelCard, StageCheckpoints, copy_model, fingerprint, load_model, save_model};
+use crate::config::{DataConfig, ExperimentConfig};
+use crate::evaluate::{predict_volume, score};
+use crate::losses::affinity::AffinityConfig;
+use crate::losses::kernel_matrix::KernelMatrixConfig;
+use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
+use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, train};
+
+/// The configuration used when `--config` is not given: CPU-sized, on the phantom.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/quick.yaml");
+
+/// The file in a runs folder naming the most recent run (read by `export`).
+pub const LATEST: &str = "latest";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub teacher: Option<Architecture>,
+    pub student: Option<Architecture>,
+    pub config: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub target: Option<String>,
+    /// The run folder; a new one under `runs/` when absent.
+    pub out: Option<PathBuf>,
+    pub device: Option<DeviceChoice>,
+    /// Continue the run in `out` (or the latest run) instead of starting a new one.
+    pub resume: bool,
+    pub teacher_checkpoint: Option<PathBuf>,
+}
+
+/// The folder for caches shared by runs (the phantom, trained teachers): `$RELKD_CACHE`, else
+/// `$XDG_CACHE_HOME/relkd`, else `~/.cache/relkd`.
+pub fn cache_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("RELKD_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("relkd")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/relkd")))
+        .unwrap_or_else(|| PathBuf::from(".cache/relkd"))
+}
+
+/// Cases of one experiment, split by role.
+struct Cases {
+    teacher_train: Vec<Case>,
+    teacher_val: Vec<Case>,
+    student_train: Vec<Case>,
+    student_val: Vec<Case>,
+    test: Vec<Case>,
+}
+
+/// Runs (or continues) an experiment and returns its folder.
+pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
+    let (mut config, run_dir) = resolve(request)?;
+    let root = data_root(&config.data)?;
+    let dataset = Dataset::discover(&root)?;
+    let target = dataset.site(&config.target)?.name.clone();
+    config.target = target.clone();
+    let plan = match &config.sites {
+        Some(plan) => plan.clone(),
+        None => config.protocol.plan(&dataset, &target)?,
+    };
+    for name in plan.teacher_sites.iter().chain(&plan.student_sites).chain(&plan.eval_sites) {
+        dataset.site(name)?;
+    }
+    config.sites = Some(plan.clone());
+    let cases = load_cases(&dataset, &config)?;
+    if let Some(path) = &request.teacher_checkpoint {
+        check_teacher(path, &config)?;
+    }
+    let config_yaml = config.to_yaml();
+
+    // Everything is checked; only now is the run folder touched.
+    let run_dir = match run_dir {
+        Some(dir) => {
+            let saved = fs::read_to_string(dir.join("config.yaml")).with_context(|| format!("{}", dir.display()))?;
+            ensure!(
+                saved == config_yaml,
+                "{} was started with another configuration (see its config.yaml); resume it without changing \
+                 --config/--data/--target/--teacher/--student, or start a new run",
+                dir.display()
+            );
+            println!("resuming {}", dir.display());
+            dir
+        }
+        None => create_run_dir(request, &config)?,
+    };
+    let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let config_hash = fingerprint(&config_yaml);
+    if let Some(parent) = run_dir.parent() {
+        write_atomic(&parent.join(LATEST), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
+    }
+
+    let choice = request.device.unwrap_or(DeviceChoice::Cpu);
+    let resolved = choice.resolve()?;
+    if let Some(reason) = &resolved.fallback {
+        eprintln!("warning: --device auto falls back to the CPU: {reason}");
+    }
+    let device = resolved.device.clone().autodiff();
+    println!(
+        "run {run_id} on {}: teacher {} on {}, students {} on {}, tested on {} case(s) of {target}",
+        resolved.description,
+        config.teacher.architecture.display_name(),
+        plan.teacher_sites.join(", "),
+        config.student.architecture.display_name(),
+        plan.student_sites.join(", "),
+        cases.test.len(),
+    );
+
+    let stage =
+        Stage { config: &config, run_dir: &run_dir, run_id: &run_id, config_hash: &config_hash, device: &device };
+    let mut timings = Vec::new();
+
+    // Teacher.
+    let teacher_key = teacher_key(&config, &root);
+    let cached = cache_dir().join("teachers").join(&teacher_key).join("teacher.bpk");
+    let weights = run_dir.join("teacher.bpk");
+    let started = Instant::now();
+    let how = if ModelCard::path_for(&weights).exists() {
+        println!("teacher: done earlier in this run");
+        "(from this run)".to_string()
+    } else if let Some(path) = &request.teacher_checkpoint {
+        adopt_teacher(path, &weights, &config, &device)?;
+        format!("(given: {})", path.display())
+    } else if ModelCard::path_for(&cached).exists() {
+        adopt_teacher(&cached, &weights, &config, &device)?;
+        println!("teacher: reusing {} (same data, sites and settings)", cached.display());
+        "(reused from the cache)".to_string()
+    } else {
+        let trainee = |d: &Device| Trainee { net: config.teacher_network().init(d), kmm: None, aam: None };
+        stage.train("teacher", &trainee, &cases.teacher_train, &cases.teacher_val, &plan.teacher_sites, None)?;
+        if let Some(dir) = cached.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        }
+        copy_model(&weights, &cached)?;
+        "(trained)".to_string()
+    };
+    timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
+    let (teacher, teacher_card) = load_model(&weights, &device)?;
+    let teacher = teacher.valid();
+
+    // Baseline student: the segmentation loss alone.
+    let started = Instant::now();
+    let student_net = |d: &Device| config.student_network().init(d);
+    let baseline = |d: &Device| Trainee { net: student_net(d), kmm: None, aam: None };
+    stage.train("baseline", &baseline, &cases.student_train, &cases.student_val, &plan.student_sites, None)?;
+    timings.push(("baseline".to_string(), started.elapsed().as_secs_f64(), String::new()));
+
+    // Distilled student: eq. 8 with the frozen teacher.
+    let started = Instant::now();
+    let losses = &config.losses;
+    let (s_tap, t_tap) = (student_net(&device).tap(), teacher.tap());
+    let student = |d: &Device| Trainee {
+        net: student_net(d),
+        kmm: (losses.lambda.kmm > 0.0)
+            .then(|| KernelMatrixConfig::new(s_tap.channels, t_tap.channels).with_mode(losses.kmm_gram).init(d)),
+        aam: (losses.lambda.aam > 0.0).then(|| {
+            AffinityConfig::new(2)
+                .with_dilations(losses.aam.dilations.clone())
+                .with_margin(losses.aam.margin)
+                .with_adaptive(losses.aam.adaptive)
+                .init(d)
+        }),
+    };
+    let distillation =
+        Distillation { teacher: teacher.clone(), weights: losses.lambda, temperature: losses.temperature };
+    stage.train(
+        "student",
+        &student,
+        &cases.student_train,
+        &cases.student_val,
+        &plan.student_sites,
+        Some(&distillation),
+    )?;
+    timings.push(("student".to_string(), started.elapsed().as_secs_f64(), String::new()));
+    let _ = fs::remove_dir(run_dir.join("checkpoints")); // only when empty: every model is final
+
+    // Evaluation and report.
+    let plain = device.clone().without_autodiff();
+    let mut models = Vec::new();
+    let mut predictions = Vec::new();
+    let bar = progress_bar((3 * cases.test.len()) as u64, "scoring");
+    for name in ["teacher", "baseline", "student"] {
+        let (net, card) = if name == "teacher" {
+            (teacher.clone(), teacher_card.clone())
+        } else {
+            let (net, card) = load_model(&run_dir.join(format!("{name}.bpk")), &device)?;
+            (net.valid(), card)
+        };
+        let mut scores = Vec::new();
+        let mut masks = Vec::new();
+        for case in &cases.test {
+            let mask = predict_volume(&case.image, &config.preprocessing, config.training.batch_size, &plain, &|x| {
+                net.forward(x)
+            });
+            scores.push(score(case, &mask));
+            masks.push(mask);
+            bar.inc(1);
+        }
+        predictions.push(masks);
+        models.push(Evaluated { history: card.history.clone(), card, scores });
+    }
+    bar.finish_and_clear();
+
+    let histories: Vec<(&str, &[crate::trainer::EpochLog])> =
+        models.iter().map(|m| (m.card.model.as_str(), m.history.as_slice())).collect();
+    let write = |name: &str, bytes: &[u8]| -> anyhow::Result<String> {
+        let path = run_dir.join(name);
+        write_atomic(&path, bytes).with_context(|| format!("{}", path.display()))?;
+        Ok(name.to_string())
+    };
+    let mut files = vec!["config.yaml".to_string()];
+    files.extend(["teacher", "baseline", "student"].iter().flat_map(|m| [format!("{m}.bpk"), format!("{m}.yaml")]));
+    files.push(write("metrics.csv", metrics_csv(&histories).as_bytes())?);
+    files.push(write("scores.csv", scores_csv(&models).as_bytes())?);
+    files.push(write("loss_curves.png", &loss_curves(&histories).to_png())?);
+    files.extend(write_overlays(&run_dir, &cases.test, &predictions)?);
+    files.push("report.md".to_string());
+    let real_data = config.data.root.is_some();
+    let summary = RunSummary {
+        run_id: &run_id,
+        data: if real_data { format!("{}", root.display()) } else { format!("phantom ({})", root.display()) },
+        real_data,
+        target: &target,
+        teacher: config.teacher.architecture,
+        teacher_sites: &plan.teacher_sites,
+        student_sites: &plan.student_sites,
+        test_cases: cases.test.len(),
+        device: &resolved.description,
+        timings: &timings,
+        files: &files,
+    };
+    let report = report_md(&summary, &models);
+    write("report.md", report.as_bytes())?;
+    let table_end = report.find("\n## Training").unwrap_or(report.len());
+    println!("\n{}", &report[report.find("## Dice").unwrap_or(0)..table_end].trim_end());
+    println!("\nwrote {}", run_dir.join("report.md").display());
+    Ok(run_dir)
+}
+
+/// The configuration and, when resuming, the run folder to continue.
+fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<PathBuf>)> {
+    let resume_dir = if request.resume {
+        let dir = match &request.out {
+            Some(dir) => dir.clone(),
+            None => {
+                let latest = Path::new("runs").join(LATEST);
+                let id = fs::read_to_string(&latest).with_context(|| {
+                    format!("--resume without --out continues the latest run, but {} is missing", latest.display())
+                })?;
+                Path::new("runs").join(id.trim())
+            }
+        };
+        ensure!(
+            dir.join("config.yaml").exists(),
+            "{} is not a run folder (no config.yaml); nothing to resume",
+            dir.display()
+        );
+        Some(dir)
+    } else {
+        None
+    };
+    let mut config = match (&resume_dir, &request.config) {
+        (Some(dir), None) => ExperimentConfig::load(&dir.join("config.yaml"))?,
+        (_, Some(path)) => ExperimentConfig::load(path)?,
+        (None, None) => ExperimentConfig::parse(DEFAULT_CONFIG, Path::new("configs/quick.yaml (built in)"))?,
+    };
+    if let Some(t) = request.teacher {
+        config.teacher.architecture = t;
+    }
+    if let Some(s) = request.student {
+        config.student.architecture = s;
+    }
+    if let Some(target) = &request.target {
+        config.target = target.clone();
+    }
+    if let Some(data) = &request.data {
+        config.data.root = Some(data.clone());
+    }
+    if let Some(root) = &config.data.root {
+        let canonical = root.canonicalize().with_context(|| format!("data folder {}", root.display()))?;
+        config.data.root = Some(canonical);
+    }
+    for (spec, role) in [(&config.teacher, "--teacher"), (&config.student, "--student")] {
+        let expected = if role == "--teacher" { relkd_models::Role::Teacher } else { relkd_models::Role::Student };
+        if spec.architecture.role() != expected {
+            eprintln!(
+                "note: {role} {} is a {} in the paper",
+                spec.architecture.display_name(),
+                spec.architecture.role()
+            );
+        }
+    }
+    Ok((config, resume_dir))
+}
+
+/// The dataset root: the configured folder, or the phantom, generated once into the cache.
+fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
+    if let Some(root) = &data.root {
+        return Ok(root.clone());
+    }
+    let p = &data.phantom;
+    let dir = cache_dir().join(format!("phantom-{}x{}-{}px-seed{}", p.sites, p.cases, p.size, p.seed));
+    if dir.join(phantom::MANIFEST).exists() {
+        return Ok(dir);
+    }
+    let parent = dir.parent().expect("cache subfolder");
+    fs::create_dir_all(parent).with_context(|| format!("creating the cache folder {}", parent.display()))?;
+    // Generated beside its final name and renamed, so an interrupted generation is never used.
+    let staging = relkd_core::files::partial_path(&dir);
+    let bar = progress_bar((p.sites * p.cases) as u64, "phantom");
+    phantom::generate(p, &staging, &|done, _| bar.set_position(done as u64))
+        .with_context(|| format!("generating the phantom into {}", staging.display()))?;
+    bar.finish_and_clear();
+    if let Err(e) = fs::rename(&staging, &dir) {
+        // Another process finished first; its copy is identical (same seed).
+        let _ = fs::remove_dir_all(&staging);
+        ensure!(dir.join(phantom::MANIFEST).exists(), "moving the phantom into {}: {e}", dir.display());
+    }
+    println!("phantom data: {}", dir.display());
+    Ok(dir)
+}
+
+/// Reads every case the plan needs and splits them: the test cases of each evaluation site
+/// (a share when the site is also trained on, else all), then validation cases of each
+/// training site for choosing checkpoints.
+fn load_cases(dataset: &Dataset, config: &ExperimentConfig) -> anyhow::Result<Cases> {
+    let plan = config.sites.as_ref().expect("planned");
+    let seed = config.training.seed;
+    let mut names: Vec<&String> =
+        plan.teacher_sites.iter().chain(&plan.student_sites).chain(&plan.eval_sites).collect();
+    names.sort();
+    names.dedup();
+    let mut cases =
+        Cases { teacher_train: vec![], teacher_val: vec![], student_train: vec![], student_val: vec![], test: vec![] };
+    let total: usize = names.iter().map(|n| dataset.site(n).map_or(0, |s| s.cases.len())).sum();
+    let bar = progress_bar(total as u64, "reading");
+    let mut problems = Vec::new();
+    for name in names {
+        let site = dataset.site(name)?;
+        problems.extend(site.problems.iter().map(|p| p.to_string()));
+        let trained = plan.teacher_sites.contains(name) || plan.student_sites.contains(name);
+        let (rest, test) = match (plan.eval_sites.contains(name), trained) {
+            (true, true) => split_cases(&site.cases, config.test_fraction, seed),
+            (true, false) => (vec![], site.cases.clone()),
+            (false, _) => (site.cases.clone(), vec![]),
+        };
+        let (train, val) = split_cases(&rest, config.val_fraction, seed + 1);
+        let mut read = |files: &[CaseFiles]| -> Vec<Case> {
+            files
+                .iter()
+                .filter_map(|f| {
+                    bar.inc(1);
+                    load_case(name, f).map_err(|p| problems.push(p.to_string())).ok()
+                })
+                .collect()
+        };
+        let (train, val, test) = (read(&train), read(&val), read(&test));
+        if plan.teacher_sites.contains(name) {
+            cases.teacher_train.extend(train.iter().cloned());
+            cases.teacher_val.extend(val.iter().cloned());
+        }
+        if plan.student_sites.contains(name) {
+            cases.student_train.extend(train);
+            cases.student_val.extend(val);
+        }
+        cases.test.extend(test);
+    }
+    bar.finish_and_clear();
+    if !problems.is_empty() {
+        bail!(
+            "{} problem(s) in {}:\n  {}\n(`train data --root {}` lists every problem)",
+            problems.len(),
+            dataset.root.display(),
+            problems.join("\n  "),
+            dataset.root.display()
+        );
+    }
+    ensure!(
+        !cases.test.is_empty(),
+        "no test cases on {}: the evaluation sites need at least two cases each",
+        plan.eval_sites.join(", ")
+    );
+    ensure!(
+        !cases.teacher_train.is_empty(),
+        "no training cases on the teacher's sites {}",
+        plan.teacher_sites.join(", ")
+    );
+    ensure!(
+        !cases.student_train.is_empty(),
+        "no training cases on the students' sites {}",
+        plan.student_sites.join(", ")
+    );
+    Ok(cases)
+}
+
+/// A new run folder: `--out` (which must not hold anything yet) or `runs/DATE-TIME-T-S-TARGET`.
+fn create_run_dir(request: &RunRequest, config: &ExperimentConfig) -> anyhow::Result<PathBuf> {
+    let dir = match &request.out {
+        Some(dir) => {
+            if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                bail!(
+                    "{} already exists and is not empty; choose another --out, or add --resume to continue it",
+                    dir.display()
+                );
+            }
+            dir.clone()
+        }
+        None => {
+            let stem = format!(
+                "{}-{}-{}-{}",
+                timestamp(),
+                config.teacher.architecture.name(),
+                config.student.architecture.name(),
+                config.target
+            );
+            let mut dir = Path::new("runs").join(&stem);
+            let mut n = 2;
+            while dir.exists() {
+                dir = Path::new("runs").join(format!("{stem}-{n}"));
+                n += 1;
+            }
+            dir
+        }
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating the run folder {}", dir.display()))?;
+    write_atomic(&dir.join("config.yaml"), config.to_yaml().as_bytes())
+        .with_context(|| format!("{}", dir.display()))?;
+    Ok(dir)
+}
+
+/// UTC `YYYYMMDD-HHMMSS` from the system clock (civil-from-days, Howard Hinnant's algorithm).
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Everything that decides what a teacher learns; equal keys mean an interchangeable teacher.
+fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        data: String,
+        sites: &'a [String],
+        test_fraction: f32,
+        val_fraction: f32,
+        preprocessing: &'a relkd_core::transforms::Preprocessing,
+        foreground_only: bool,
+        augmentation: &'a relkd_core::transforms::Augmentation,
+        teacher: &'a crate::config::ModelSpec,
+        training: &'a crate::config::TrainingConfig,
+        segmentation: &'a crate::losses::segmentation::SegmentationLoss,
+        eval_sites: &'a [String],
+    }
+    let plan = config.sites.as_ref().expect("planned");
+    let key = Key {
+        data: match &config.data.root {
+            Some(_) => root.display().to_string(),
+            None => config.data.phantom.manifest(),
+        },
+        sites: &plan.teacher_sites,
+        test_fraction: config.test_fraction,
+        val_fraction: config.val_fraction,
+        preprocessing: &config.preprocessing,
+        foreground_only: config.foreground_only,
+        augmentation: &config.augmentation,
+        teacher: &config.teacher,
+        training: &config.training,
+        segmentation: &config.losses.segmentation,
+        eval_sites: &plan.eval_sites,
+    };
+    format!("{}-{}", config.teacher.architecture.name(), fingerprint(&serde_yaml::to_string(&key).expect("serialises")))
+}
+
+/// Checks that a trained teacher's card describes the teacher this run asks for.
+fn check_teacher(source: &Path, config: &ExperimentConfig) -> anyhow::Result<()> {
+    let card_path = ModelCard::path_for(source);
+    let card = ModelCard::load(&card_path)
+        .with_context(|| format!("teacher checkpoint {}: its model card", source.display()))?;
+    let want = &config.teacher;
+    ensure!(
+        card.architecture == want.architecture,
+        "teacher checkpoint {} is a {} (see {}), but this run's teacher is a {}",
+        source.display(),
+        card.architecture.display_name(),
+        card_path.display(),
+        want.architecture.display_name()
+    );
+    ensure!(
+        card.width == want.width && card.preprocessing == config.preprocessing,
+        "teacher checkpoint {} has width {} and input {:?}; this run needs width {} and {:?}",
+        source.display(),
+        card.width,
+        card.preprocessing,
+        want.width,
+        config.preprocessing
+    );
+    Ok(())
+}
+
+/// Copies a trained teacher into the run, byte for byte, after checking that it is the
+/// teacher asked for and that its weights load.
+fn adopt_teacher(source: &Path, weights: &Path, config: &ExperimentConfig, device: &Device) -> anyhow::Result<()> {
+    check_teacher(source, config)?;
+    load_model(source, device).with_context(|| format!("teacher checkpoint {}", source.display()))?;
+    Ok(copy_model(source, weights)?)
+}
+
+/// What every model's training shares within one run.
+struct Stage<'a> {
+    config: &'a ExperimentConfig,
+    run_dir: &'a Path,
+    run_id: &'a str,
+    config_hash: &'a str,
+    device: &'a Device,
+}
+
+impl Stage<'_> {
+    /// Trains model `name` (or continues it from its checkpoint) and writes `NAME.bpk/.yaml`.
+    /// A model whose card already exists is final and returned as it is.
+    fn train(
+        &self,
+        name: &str,
+        make: &dyn Fn(&Device) -> Trainee,
+        train_cases: &[Case],
+        val_cases: &[Case],
+        sites: &[String],
+        distillation: Option<&Distillation>,
+    ) -> anyhow::Result<()> {
+        let weights = self.run_dir.join(format!("{name}.bpk"));
+        if ModelCard::path_for(&weights).exists() {
+            println!("{name}: done earlier in this run");
+            return Ok(());
+        }
+        let c = self.config;
+        let samples: Vec<Slice2d> = train_cases
+            .iter()
+            .flat_map(|case| case_slices(&case.image, &case.mask, &c.preprocessing, c.foreground_only))
+            .collect();
+        ensure!(!samples.is_empty(), "{name}: no training slices in {} case(s)", train_cases.len());
+        let options = TrainOptions {
+            prep: c.preprocessing,
+            epochs: if name == "teacher" {
+                c.training.teacher_epochs.unwrap_or(c.training.epochs)
+            } else {
+                c.training.epochs
+            },
+            batch_size: c.training.batch_size,
+            lr: c.training.lr,
+            seed: c.training.seed,
+            augmentation: c.augmentation,
+            segmentation: c.losses.segmentation,
+        };
+        let checkpoints = StageCheckpoints::new(self.run_dir.join("checkpoints").join(name));
+        let (trainee, resume) = match checkpoints.load(make(self.device))? {
+            Some((trainee, resume)) => {
+                println!("{name}: continuing after epoch {} of {}", resume.state.epoch, options.epochs);
+                (trainee, Some(resume))
+            }
+            None => (make(self.device), None),
+        };
+        let steps = samples.len().div_ceil(options.batch_size);
+        let bar = progress_bar((steps * options.epochs) as u64, name);
+        bar.set_position((resume.as_ref().map_or(0, |r| r.state.epoch) * steps) as u64);
+        bar.reset_eta();
+        let spec = if name == "teacher" { c.teacher } else { c.student };
+        println!(
+            "{name}: {} ({} parameters) on {} slices of {} case(s), {} epochs × {steps} steps",
+            spec.architecture.display_name(),
+            trainable_params(&trainee.net),
+            samples.len(),
+            train_cases.len(),
+            options.epochs
+        );
+        let mut hooks = Hooks {
+            name,
+            bar: &bar,
+            checkpoints: &checkpoints,
+            run_dir: self.run_dir,
+            epochs: options.epochs,
+            epoch_started: Instant::now(),
+        };
+        let (best, state) =
+            train(trainee, resume, &samples, val_cases, &options, distillation, self.device, &mut hooks)?;
+        bar.finish_and_clear();
+        let weights_names = distillation.map_or(vec![], |d| {
+            [("LM", d.weights.lm), ("KMM", d.weights.kmm), ("AAM", d.weights.aam)]
+                .into_iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(n, w)| format!("{n} λ={w}"))
+                .collect()
+        });
+        let card = ModelCard {
+            model: name.to_string(),
+            architecture: spec.architecture,
+            width: spec.width,
+            in_channels: c.preprocessing.channels(),
+            classes: 2,
+            preprocessing: c.preprocessing,
+            live_params: trainable_params(&best.net),
+            trained_sites: sites.to_vec(),
+            target_site: c.target.clone(),
+            distillation: weights_names,
+            run_id: self.run_id.to_string(),
+            config_hash: self.config_hash.to_string(),
+            epochs: state.epoch,
+            best_epoch: state.best_epoch,
+            best_val_dice: state.best_val_dice,
+            history: state.history,
+        };
+        save_model(&weights, &best.net, &card)?;
+        checkpoints.remove()?;
+        Ok(())
+    }
+}
+
+/// Progress bar and checkpoints while a model trains.
+struct Hooks<'a> {
+    name: &'a str,
+    bar: &'a ProgressBar,
+    checkpoints: &'a StageCheckpoints,
+    run_dir: &'a Path,
+    epochs: usize,
+    epoch_started: Instant,
+}
+
+impl TrainHooks for Hooks<'_> {
+    fn step(&mut self, epoch: usize, _step: usize, _steps: usize, running_loss: f64) {
+        self.bar.inc(1);
+        self.bar.set_message(format!("{} epoch {}/{} loss {running_loss:.4}", self.name, epoch + 1, self.epochs));
+    }
+
+    fn epoch_end(
+        &mut self,
+        trainee: &Trainee,
+        optimizer: &ModuleOptimizer,
+        state: &TrainState,
+        improved: bool,
+    ) -> std::io::Result<()> {
+        self.checkpoints.save(trainee, optimizer, state, improved)?;
+        let e = state.history.last().expect("an epoch just ended");
+        let terms: String = [("lm", e.lm), ("kmm", e.kmm), ("aam", e.aam)]
+            .iter()
+            .filter_map(|(n, v)| v.map(|v| format!(" {n} {v:.4}")))
+            .collect();
+        self.bar.suspend(|| {
+            println!(
+                "{} epoch {:>3}/{}  {:.1} s  loss {:.4} (seg {:.4}{terms})  lr {:.2e}  val Dice {:.3}{}",
+                self.name,
+                e.epoch,
+                self.epochs,
+                self.epoch_started.elapsed().as_secs_f64(),
+                e.total,
+                e.segmentation,
+                e.lr,
+                e.val_dice,
+                if improved { "  *" } else { "" }
+            )
+        });
+        self.epoch_started = Instant::now();
+        // metrics.csv grows epoch by epoch, so an interrupted run still shows its curves.
+        let path = self.run_dir.join("metrics.csv");
+        let mut rows = fs::read_to_string(&path).unwrap_or_default();
+        let prefix = format!("{},", self.name);
+        let kept: Vec<&str> = rows.lines().skip(1).filter(|l| !l.starts_with(&prefix)).collect();
+        let ours = metrics_csv(&[(self.name, &state.history)]);
+        rows = std::iter::once(ours.lines().next().unwrap_or_default())
+            .chain(kept)
+            .chain(ours.lines().skip(1))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(&path, rows.as_bytes())
+    }
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_message(what.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<36} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Fig. 3-style pictures: for the first two test cases, three slices across the gland, each
+/// with the teacher's, the baseline's and the student's prediction (green) over the ground
+/// truth (red).
+fn write_overlays(run_dir: &Path, test: &[Case], predictions: &[Vec<Vec<u8>>]) -> anyhow::Result<Vec<String>> {
+    let dir = run_dir.join("overlays");
+    fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let mut written = Vec::new();
+    for (c, case) in test.iter().enumerate().take(2) {
+        let [nx, ny, nz] = case.image.dims;
+        let plane = nx * ny;
+        let gland: Vec<usize> = (0..nz).filter(|&z| case.mask[z * plane..][..plane].iter().any(|&v| v != 0)).collect();
+        let (Some(&first), Some(&last)) = (gland.first(), gland.last()) else { continue };
+        let norm = NormalizedVolume::new(&case.image);
+        let zoom = (256 / nx.max(ny)).max(1);
+        for z in [first + (last - first) / 4, (first + last) / 2, last - (last - first) / 4] {
+            let image = norm.input(z, &relkd_core::transforms::Preprocessing { size: nx, context: 0 });
+            // `input` resizes to a square; keep the source aspect by resizing back.
+            let image = resize_bilinear(&image, nx, nx, ny, nx);
+            let truth = &case.mask[z * plane..][..plane];
+            let (label_h, gap) = (18, 6);
+            let panel_w = (nx * zoom) as i64;
+            let mut canvas =
+                Canvas::new((3 * panel_w + 2 * gap) as usize, ny * zoom + label_h as usize, relkd_core::png::WHITE);
+            for (m, label) in ["TEACHER", "W/O", "W/"].iter().enumerate() {
+                let pred = &predictions[m][c][z * plane..][..plane];
+                let panel = relkd_core::png::overlay(&image, Some(truth), pred, ny, nx, zoom);
+                let x = m as i64 * (panel_w + gap);
+                canvas.paste(&panel, x, label_h);
+                canvas.text(x + 2, 2, label, 2, relkd_core::png::BLACK);
+            }
+            let name = format!("overlays/{}_{}_z{z:02}.png", case.site, case.id);
+            canvas.save(&run_dir.join(&name)).with_context(|| name.clone())?;
+            written.push(name);
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,178 @@
+//! `train --teacher T --student S` end to end on a tiny phantom: every output, resume after a
+//! kill, teacher reuse, and bad input that must neither succeed nor touch an earlier run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TINY: &str = "
+data:
+  phantom: { sites: 3, cases: 4, size: 32, seed: 0 }
+protocol: cross
+target: S3
+preprocessing: { size: 32, context: 0 }
+test_fraction: 0.5
+teacher: { architecture: unetpp, width: 0.125 }
+student: { architecture: enet, width: 0.25 }
+training:
+  epochs: 3
+  batch_size: 4
+  lr: { base_lr: 1.0e-6, max_lr: 0.01, step_size: 10 }
+";
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        let s = Self { dir: tempfile::tempdir().unwrap() };
+        std::fs::write(s.path("tiny.yaml"), TINY).unwrap();
+        s
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+        c.args(args).current_dir(self.dir.path()).env("RELKD_CACHE", self.path("cache"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn rows(csv: &Path, model: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    text.lines().filter(|l| l.starts_with(&format!("{model},"))).map(String::from).collect()
+}
+
+/// Every file under `dir` with its contents, to show that a failed command changed nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_killed_run_resumes_where_it_stopped_and_writes_every_output() {
+    let s = Sandbox::new();
+    let run = s.path("run");
+    let mut child = s
+        .command(&["--teacher", "unetpp", "--student", "enet", "--config", "tiny.yaml", "--out", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the baseline has finished an epoch (the teacher is final by then).
+    let state = run.join("checkpoints/baseline/last/state.yaml");
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "no baseline checkpoint after 5 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(run.join("teacher.yaml").exists() && !run.join("student.yaml").exists());
+    let before = rows(&run.join("metrics.csv"), "baseline");
+    assert!(!before.is_empty());
+
+    let resumed = s.run(&["--resume", "--out", "run"]);
+    let log = text(&resumed);
+    assert!(resumed.status.success(), "{log}");
+    assert!(log.contains("teacher: done earlier in this run"), "{log}");
+    let continued = format!("baseline: continuing after epoch {} of 3", before.len());
+    assert!(log.contains(&continued) || before.len() == 3, "{log}");
+    let after = rows(&run.join("metrics.csv"), "baseline");
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[..before.len()], before[..], "finished epochs are kept, not retrained");
+    assert_eq!(rows(&run.join("metrics.csv"), "teacher").len(), 3);
+    assert_eq!(rows(&run.join("metrics.csv"), "student").len(), 3);
+
+    // Everything the issue lists is there, and nothing half-written is left.
+    for f in ["config.yaml", "teacher.bpk", "baseline.bpk", "student.bpk", "scores.csv", "report.md"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    for png in std::iter::once(run.join("loss_curves.png"))
+        .chain(std::fs::read_dir(run.join("overlays")).unwrap().map(|e| e.unwrap().path()))
+    {
+        assert_eq!(&std::fs::read(&png).unwrap()[..4], b"\x89PNG", "{}", png.display());
+    }
+    assert!(!run.join("checkpoints").exists(), "training state is dropped once every model is final");
+    assert!(snapshot(&run).iter().all(|(p, _)| !p.to_string_lossy().contains(".relkd-partial")));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for row in ["| teacher UNet++ |", "| ENet w/o |", "| ENet w/ UNet++ |", "phantom numbers"] {
+        assert!(report.contains(row), "{row} not in\n{report}");
+    }
+    // S3 has 4 cases; half are test cases, scored by each of the three models.
+    let scores = std::fs::read_to_string(run.join("scores.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 1 + 3 * 2, "{scores}");
+    assert!(scores.lines().skip(1).all(|l| l.contains(",HCRUDB,")), "{scores}");
+    let student_card = std::fs::read_to_string(run.join("student.yaml")).unwrap();
+    assert!(student_card.contains("- AAM λ=0.9") && student_card.contains("target_site: HCRUDB"), "{student_card}");
+    assert_eq!(std::fs::read_to_string(s.path("latest")).unwrap(), "run");
+
+    // A second run with the same settings reuses the cached teacher and, the data order and
+    // random streams being seeded per epoch, reproduces the interrupted baseline exactly.
+    let again = s.run(&["--teacher", "unetpp", "--student", "enet", "--config", "tiny.yaml", "--out", "again"]);
+    let log = text(&again);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("teacher: reusing"), "{log}");
+    let same = std::fs::read(run.join("teacher.bpk")).unwrap() == std::fs::read(s.path("again/teacher.bpk")).unwrap();
+    assert!(same, "the reused teacher is not the cached one");
+    assert_eq!(rows(&s.path("again/metrics.csv"), "baseline"), after, "resume changed the baseline's course");
+
+    // Bad input: a clear error, a non-zero exit, and the earlier run untouched.
+    let untouched = snapshot(&run);
+    std::fs::write(s.path("typo.yaml"), TINY.replace("epochs: 3", "epoch: 3")).unwrap();
+    std::fs::create_dir(s.path("empty")).unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--config", "typo.yaml", "--out", "run"], "unknown field `epoch`"),
+        (&["--config", "tiny.yaml", "--target", "Elsewhere", "--out", "run"], "unknown site 'Elsewhere'"),
+        (&["--config", "tiny.yaml", "--data", "empty", "--out", "run"], "no site folders"),
+        (&["--config", "tiny.yaml", "--out", "run"], "already exists and is not empty"),
+        (&["--config", "tiny.yaml", "--target", "S1", "--resume", "--out", "run"], "another configuration"),
+        (
+            &[
+                "--config",
+                "tiny.yaml",
+                "--teacher",
+                "deeplabv3plus",
+                "--teacher-checkpoint",
+                "run/teacher.bpk",
+                "--out",
+                "x",
+            ],
+            "is a UNet++",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = s.run(args);
+        let log = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded:\n{log}");
+        assert!(log.contains(expected), "{args:?}: expected '{expected}' in\n{log}");
+        assert!(!log.contains("panicked"), "{args:?}:\n{log}");
+    }
+    assert!(snapshot(&run) == untouched, "a failed command changed the earlier run");
+    assert!(!s.path("x").exists(), "a rejected teacher checkpoint still created a run folder");
+}
