@@ -21,6 +21,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, resize_bilinear, scaled};
+use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-5;
@@ -93,6 +94,18 @@ impl Segmenter for DeepLabV3Plus {
         Tap { name: "backbone output", channels, stride: 8 }
     }
 
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let (c1, c4) = self.backbone.lower(g, x); // [b, 128, h/4, w/4], [b, 2048, h/8, w/8]
+        let low = self.c1_block.lower(g, &c1); // [b, 48, h/4, w/4]
+        let aspp = self.aspp.lower(g, &c4);
+        let high = g.resize_bilinear_like(&aspp, &c1); // [b, 256, h/4, w/4]
+        let cat = g.concat(&[high, low]);
+        let y = self.decoder1.lower(g, &cat);
+        let y = self.decoder2.lower(g, &y); // [b, 256, h/4, w/4]
+        let classes = g.conv(&y, &self.classifier, None);
+        g.resize_bilinear_like(&classes, x) // [b, classes, h, w]
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
         let (hw4, hw8) = self.backbone.count_macs(hw, m);
         self.aspp.count_macs(hw8, m);
@@ -122,6 +135,11 @@ impl ConvBnRelu {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.relu.forward(self.bn.forward(self.conv.forward(x)))
+    }
+
+    fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.conv(x, &self.conv, Some(&self.bn));
+        g.relu(&x)
     }
 }
 
@@ -156,6 +174,16 @@ impl Aspp {
         self.dropout.forward(self.project.forward(Tensor::cat(branches, 1))) // [b, cout, h, w]
     }
 
+    fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let mean = g.global_avg_pool(x);
+        let pooled = self.pooling.lower(g, &mean); // [b, cout, 1, 1]
+        let mut branches = vec![self.b0.lower(g, x)];
+        branches.extend(self.atrous.iter().map(|b| b.lower(g, x)));
+        branches.push(g.resize_bilinear_like(&pooled, x));
+        let cat = g.concat(&branches);
+        self.project.lower(g, &cat)
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
         m.conv(&self.b0.conv, hw);
         self.atrous.iter().for_each(|b| _ = m.conv(&b.conv, hw));
@@ -186,6 +214,12 @@ impl SeparableConv2d {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pointwise.forward(self.bn.forward(self.depthwise.forward(x)))
+    }
+
+    /// With `after`, the batch norm that follows the pointwise convolution, folded in.
+    fn lower(&self, g: &mut dyn Graph, x: &Value, after: Option<&BatchNorm>) -> Value {
+        let depthwise = g.conv(x, &self.depthwise, Some(&self.bn));
+        g.conv(&depthwise, &self.pointwise, after)
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
@@ -284,6 +318,22 @@ impl XceptionBlock {
         out + shortcut
     }
 
+    fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = if self.units[0].relu_first { g.relu(x) } else { x.clone() };
+        let mut h = x.clone();
+        for (i, u) in self.units.iter().enumerate() {
+            if u.relu_first && i > 0 {
+                h = g.relu(&h);
+            }
+            h = u.conv.lower(g, &h, u.bn.as_ref());
+        }
+        let shortcut = match &self.skip {
+            Some(skip) => g.conv(&x, &skip.conv, Some(&skip.bn)),
+            None => x,
+        };
+        g.add(&h, &shortcut)
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
         let out = self.units.iter().fold(hw, |hw, u| u.conv.count_macs(hw, m));
         if let Some(skip) = &self.skip {
@@ -364,6 +414,25 @@ impl Xception65 {
         let x = self.relu.forward(self.bn4.forward(self.conv4.forward(x))); // [b, 1536, h/8, w/8]
         let c4 = self.relu.forward(self.bn5.forward(self.conv5.forward(x))); // [b, 2048, h/8, w/8]
         (c1, c4)
+    }
+
+    fn lower(&self, g: &mut dyn Graph, x: &Value) -> (Value, Value) {
+        let x = g.conv(x, &self.conv1, Some(&self.bn1));
+        let x = g.relu(&x);
+        let x = g.conv(&x, &self.conv2, Some(&self.bn2));
+        let x = g.relu(&x);
+        let c1 = self.block1.lower(g, &x);
+        let c1 = g.relu(&c1);
+        let x = self.block2.lower(g, &c1);
+        let x = self.block3.lower(g, &x);
+        let x = self.midflow.iter().fold(x, |x, b| b.lower(g, &x));
+        let x = self.block20.lower(g, &x);
+        let mut x = g.relu(&x);
+        for (conv, bn) in [(&self.conv3, &self.bn3), (&self.conv4, &self.bn4), (&self.conv5, &self.bn5)] {
+            let y = conv.lower(g, &x, Some(bn));
+            x = g.relu(&y);
+        }
+        (c1, x)
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> ([usize; 2], [usize; 2]) {

@@ -19,6 +19,7 @@ use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose,
     max_pool2x2_with_indices, max_unpool2d, scaled,
 };
+use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-5;
@@ -132,6 +133,22 @@ impl Segmenter for Enet {
     fn tap(&self) -> Tap {
         let [channels] = self.stage3.last().expect("stage 3 has blocks").bn3.gamma.shape().dims();
         Tap { name: "stage3 (bottleneck3_8)", channels, stride: 8 }
+    }
+
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = if self.repeat_input { g.concat(&[x.clone(), x.clone(), x.clone()]) } else { x.clone() };
+        let x = self.initial.lower(g, &x); // [b, 16, h/2, w/2]
+        let hw2 = x.clone();
+        let (x, indices1) = self.bottleneck1_0.lower_down(g, &x); // [b, 64, h/4, w/4]
+        let x = self.stage1.iter().fold(x, |x, b| b.lower(g, &x));
+        let hw4 = x.clone();
+        let (x, indices2) = self.bottleneck2_0.lower_down(g, &x); // [b, 128, h/8, w/8]
+        let x = self.stage2.iter().chain(&self.stage3).fold(x, |x, b| b.lower(g, &x));
+        let x = self.bottleneck4_0.lower(g, &x, &indices2, &hw4); // [b, 64, h/4, w/4]
+        let x = self.stage4.iter().fold(x, |x, b| b.lower(g, &x));
+        let x = self.bottleneck5_0.lower(g, &x, &indices1, &hw2); // [b, 16, h/2, w/2]
+        let x = self.bottleneck5_1.lower(g, &x);
+        g.conv_transpose(&x, &self.fullconv, None) // [b, classes, h, w]
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
@@ -265,6 +282,35 @@ impl Bottleneck {
         (self.act.forward(self.branch(x) + shortcut), indices)
     }
 
+    fn lower_branch(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.conv(x, &self.conv1, Some(&self.bn1));
+        let x = g.prelu(&x, &self.act1);
+        let x = match &self.conv2b {
+            Some(second) => {
+                let first = g.conv(&x, &self.conv2, None);
+                g.conv(&first, second, Some(&self.bn2))
+            }
+            None => g.conv(&x, &self.conv2, Some(&self.bn2)),
+        };
+        let x = g.prelu(&x, &self.act2);
+        g.conv(&x, &self.conv3, Some(&self.bn3))
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let branch = self.lower_branch(g, x);
+        let sum = g.add(&branch, x);
+        g.prelu(&sum, &self.act)
+    }
+
+    pub fn lower_down(&self, g: &mut dyn Graph, x: &Value) -> (Value, Value) {
+        let projection = self.shortcut.as_ref().expect("lower_down needs a downsampling bottleneck");
+        let (pooled, indices) = g.max_pool_2x2_with_indices(x);
+        let shortcut = g.conv(&pooled, &projection.conv, Some(&projection.bn));
+        let branch = self.lower_branch(g, x);
+        let sum = g.add(&branch, &shortcut);
+        (g.prelu(&sum, &self.act), indices)
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
         let inner = m.conv(&self.conv1, hw);
         let mut out = m.conv(&self.conv2, inner);
@@ -333,6 +379,19 @@ impl UpsamplingBottleneck {
         let ext = self.act2.forward(self.bn2.forward(self.deconv.forward(ext))); // [b, inner, 2h, 2w]
         let ext = self.dropout.forward(self.bn3.forward(self.conv3.forward(ext))); // [b, out, 2h, 2w]
         self.act.forward(up + ext)
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value, indices: &Value, like: &Value) -> Value {
+        let p = &self.unpool_projection;
+        let up = g.conv(x, &p.conv, Some(&p.bn));
+        let up = g.max_unpool_2x2(&up, indices, like);
+        let ext = g.conv(x, &self.conv1, Some(&self.bn1));
+        let ext = g.prelu(&ext, &self.act1);
+        let ext = g.conv_transpose(&ext, &self.deconv, Some(&self.bn2));
+        let ext = g.prelu(&ext, &self.act2);
+        let ext = g.conv(&ext, &self.conv3, Some(&self.bn3));
+        let sum = g.add(&up, &ext);
+        g.prelu(&sum, &self.act)
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {

@@ -17,6 +17,7 @@ use crate::flops::MacCounter;
 use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_transpose, scaled,
 };
+use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-3;
@@ -102,6 +103,19 @@ impl Segmenter for Erfnet {
         Tap { name: "encoder output", channels, stride: 8 }
     }
 
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = self.initial_block.lower(g, x); // [b, 16, h/2, w/2]
+        let x = self.down1.lower(g, &x); // [b, 64, h/4, w/4]
+        let x = self.stage1.iter().fold(x, |x, b| b.lower(g, &x));
+        let x = self.down2.lower(g, &x); // [b, 128, h/8, w/8]
+        let x = self.stage2.iter().fold(x, |x, b| b.lower(g, &x));
+        let x = self.up1.lower(g, &x); // [b, 64, h/4, w/4]
+        let x = self.decoder1.iter().fold(x, |x, b| b.lower(g, &x));
+        let x = self.up2.lower(g, &x); // [b, 16, h/2, w/2]
+        let x = self.decoder2.iter().fold(x, |x, b| b.lower(g, &x));
+        g.conv_transpose(&x, &self.output_conv, None) // [b, classes, h, w]
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
         let hw2 = m.conv(&self.initial_block.conv, hw);
         let hw4 = m.conv(&self.down1.conv, hw2);
@@ -163,6 +177,18 @@ impl NonBottleneck1d {
         self.relu.forward(x + input)
     }
 
+    pub fn lower(&self, g: &mut dyn Graph, input: &Value) -> Value {
+        let x = g.conv(input, &self.conv3x1_1, None);
+        let x = g.relu(&x);
+        let x = g.conv(&x, &self.conv1x3_1, Some(&self.bn1));
+        let x = g.relu(&x);
+        let x = g.conv(&x, &self.conv3x1_2, None);
+        let x = g.relu(&x);
+        let x = g.conv(&x, &self.conv1x3_2, Some(&self.bn2));
+        let sum = g.add(&x, input);
+        g.relu(&sum)
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
         for conv in [&self.conv3x1_1, &self.conv1x3_1, &self.conv3x1_2, &self.conv1x3_2] {
             m.conv(conv, hw);
@@ -202,5 +228,10 @@ impl UpsamplerBlock {
     /// `[b, in, h, w] → [b, out, 2h, 2w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.relu.forward(self.bn.forward(self.conv.forward(x)))
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.conv_transpose(x, &self.conv, Some(&self.bn));
+        g.relu(&x)
     }
 }

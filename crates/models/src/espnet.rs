@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, conv_transpose, scaled};
+use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-3;
@@ -146,6 +147,35 @@ impl Segmenter for Espnet {
         Tap { name: "output2_cat", channels, stride: 8 }
     }
 
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let input = if self.repeat_input { g.concat(&[x.clone(), x.clone(), x.clone()]) } else { x.clone() };
+        let output0 = self.level1.lower(g, &input); // [b, 16, h/2, w/2]
+        let inp1 = g.avg_pool(&input, 3, 2, 1); // [b, c3, h/2, w/2]
+        let inp2 = g.avg_pool(&inp1, 3, 2, 1); // [b, c3, h/4, w/4]
+        let cat = g.concat(&[output0, inp1]);
+        let output0_cat = self.b1.lower(g, &cat); // [b, 16 + c3, h/2, w/2]
+        let output1_0 = self.level2_0.lower(g, &output0_cat); // [b, 64, h/4, w/4]
+        let output1 = self.level2.iter().fold(output1_0.clone(), |x, b| b.lower(g, &x));
+        let cat = g.concat(&[output1, output1_0, inp2]);
+        let output1_cat = self.b2.lower(g, &cat); // [b, 128 + c3, h/4, w/4]
+        let output2_0 = self.level3_0.lower(g, &output1_cat); // [b, 128, h/8, w/8]
+        let output2 = self.level3.iter().fold(output2_0.clone(), |x, b| b.lower(g, &x));
+        let cat = g.concat(&[output2_0, output2]);
+        let feature = self.b3.lower(g, &cat); // [b, 256, h/8, w/8]
+
+        let classes = g.conv(&feature, &self.classifier, Some(&self.br));
+        let output2_c = g.conv_transpose(&classes, &self.up_l3, None); // [b, k, h/4, w/4]
+        let output1_c = g.conv(&output1_cat, &self.level3_c, None); // [b, k, h/4, w/4]
+        let cat = g.concat(&[output1_c, output2_c]);
+        let merged = self.combine_br.lower(g, &cat);
+        let merged = self.combine_esp.lower(g, &merged); // [b, 5, h/4, w/4]
+        let up = g.conv_transpose(&merged, &self.up_l2, Some(&self.up_l2_br.bn));
+        let comb_l2_l3 = g.prelu(&up, &self.up_l2_br.act); // [b, k, h/2, w/2]
+        let cat = g.concat(&[comb_l2_l3, output0_cat]);
+        let concat = self.conv.lower(g, &cat); // [b, k, h/2, w/2]
+        g.conv_transpose(&concat, &self.final_up, None) // [b, k, h, w]
+    }
+
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
         let hw2 = m.conv(&self.level1.conv, hw);
         let hw4 = self.level2_0.count_macs(hw2, m);
@@ -180,6 +210,11 @@ impl Br {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.act.forward(self.bn.forward(x))
     }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.batch_norm(x, &self.bn);
+        g.prelu(&x, &self.act)
+    }
 }
 
 /// Convolution (no bias), batch norm, per-channel PReLU.
@@ -196,6 +231,11 @@ impl Cbr {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.br.forward(self.conv.forward(x))
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.conv(x, &self.conv, Some(&self.br.bn));
+        g.prelu(&x, &self.br.act)
     }
 }
 
@@ -260,6 +300,21 @@ impl EspBlock {
         let merged = Tensor::cat(vec![self.d1.forward(x), add1, add2, add3, add4], 1); // [b, out, h', w']
         let merged = if self.residual { merged + input } else { merged };
         self.br.forward(merged)
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, input: &Value) -> Value {
+        let x = g.conv(input, &self.reduce, None);
+        let add1 = g.conv(&x, &self.d2, None);
+        let d4 = g.conv(&x, &self.d4, None);
+        let add2 = g.add(&add1, &d4);
+        let d8 = g.conv(&x, &self.d8, None);
+        let add3 = g.add(&add2, &d8);
+        let d16 = g.conv(&x, &self.d16, None);
+        let add4 = g.add(&add3, &d16);
+        let d1 = g.conv(&x, &self.d1, None);
+        let merged = g.concat(&[d1, add1, add2, add3, add4]);
+        let merged = if self.residual { g.add(&merged, input) } else { merged };
+        self.br.lower(g, &merged)
     }
 
     fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {

@@ -9,6 +9,8 @@ use burn::tensor::module::max_pool2d_with_indices;
 use burn::tensor::ops::{MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 
+use crate::lower::{Graph, Value};
+
 /// `channels × width`, rounded, at least 1: how a width multiplier shrinks a layer.
 pub fn scaled(channels: usize, width: f64) -> usize {
     ((channels as f64 * width).round() as usize).max(1)
@@ -185,6 +187,13 @@ impl Activation {
             Activation::Relu(a) => a.forward(x),
         }
     }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        match self {
+            Activation::PRelu(a) => g.prelu(x, a),
+            Activation::Relu(_) => g.relu(x),
+        }
+    }
 }
 
 /// ENet's initial block, which ERFNet reuses as its downsampler: a 3×3 stride-2 convolution
@@ -212,5 +221,13 @@ impl DownsamplerBlock {
         let conv = self.conv.forward(x.clone()); // [b, out − in, h/2, w/2]
         let (pool, _) = max_pool2x2_with_indices(x); // [b, in, h/2, w/2]
         self.act.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1)))
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let conv = g.conv(x, &self.conv, None);
+        let pool = g.max_pool_2x2(x);
+        let cat = g.concat(&[conv, pool]);
+        let normed = g.batch_norm(&cat, &self.bn);
+        self.act.lower(g, &normed)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod flops;
 pub mod layers;
+pub mod lower;
 
 pub mod deeplabv3plus;
 pub mod device;
@@ -18,6 +19,7 @@ use burn::tensor::Tensor;
 
 use crate::flops::MacCounter;
 use crate::layers::{crop, pad_to_multiple};
+use crate::lower::{Graph, Value};
 
 /// What a forward pass gives training: the logits and the distillation feature.
 #[derive(Debug, Clone)]
@@ -51,6 +53,10 @@ pub trait Segmenter {
 
     /// Adds the multiply-accumulates of one forward pass at an aligned size `hw`.
     fn count_macs(&self, hw: [usize; 2], counter: &mut MacCounter);
+
+    /// [`Segmenter::forward_aligned`]'s logits as operations on `g` (inference semantics: see
+    /// [`lower`]).
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value;
 
     /// Forward on any input size: padded at the bottom and right to the total stride, and the
     /// logits cropped back, so they always have the input's height and width.
@@ -252,6 +258,10 @@ impl Segmenter for Network {
 
     fn count_macs(&self, hw: [usize; 2], counter: &mut MacCounter) {
         self.inner().count_macs(hw, counter)
+    }
+
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        self.inner().lower_aligned(g, x)
     }
 }
 

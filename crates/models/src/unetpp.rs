@@ -16,6 +16,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, max_pool2x2_with_indices, resize_bilinear};
+use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 /// Encoder depth: X⁰⁰ … X⁴⁰.
@@ -122,6 +123,30 @@ impl Segmenter for Unetpp {
         Tap { name: "x3_0", channels, stride: 1 << TAP_LEVEL }
     }
 
+    fn lower_aligned(&self, g: &mut dyn Graph, input: &Value) -> Value {
+        let mut x: Vec<Vec<Value>> = vec![Vec::new(); LEVELS];
+        let first = self.nodes[0][0].lower(g, input);
+        x[0].push(first);
+        for i in 1..LEVELS {
+            let pooled = g.max_pool_2x2(&x[i - 1][0]);
+            let node = self.nodes[i][0].lower(g, &pooled);
+            x[i].push(node);
+            for j in 1..=i {
+                let level = i - j;
+                let mut inputs = x[level].clone();
+                inputs.push(g.resize_bilinear_by(&x[level + 1][j - 1], 2));
+                let cat = g.concat(&inputs);
+                let node = self.nodes[level][j].lower(g, &cat);
+                x[level].push(node);
+            }
+        }
+        let first = LEVELS - self.heads.len();
+        let heads: Vec<Value> =
+            self.heads.iter().zip(&x[0][first..]).map(|(head, node)| g.conv(node, head, None)).collect();
+        let sum = heads[1..].iter().fold(heads[0].clone(), |acc, h| g.add(&acc, h));
+        if heads.len() == 1 { sum } else { g.scale(&sum, 1.0 / heads.len() as f32) }
+    }
+
     fn count_macs(&self, [h, w]: [usize; 2], m: &mut MacCounter) {
         for (i, row) in self.nodes.iter().enumerate() {
             let hw = [h >> i, w >> i];
@@ -159,5 +184,12 @@ impl ConvBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
         self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
+    }
+
+    pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
+        let x = g.conv(x, &self.conv1, Some(&self.bn1));
+        let x = g.relu(&x);
+        let x = g.conv(&x, &self.conv2, Some(&self.bn2));
+        g.relu(&x)
     }
 }

@@ -5,6 +5,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// In a runs folder (`runs/`): the file naming the most recent run, written by `train`.
+pub const LATEST_RUN: &str = "latest";
+/// In a runs folder: the file holding the path of the most recent ONNX export, read by `infer`.
+pub const LATEST_EXPORT: &str = "latest-export";
+
 /// A dot-free file stem unique within this process, marking a file as not yet complete.
 pub fn partial_stem() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -208,7 +208,7 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
             c.best_epoch.map_or("–".into(), |e| e.to_string()),
             c.best_val_dice.map_or("–".into(), |d| format!("{d:.3}")),
             if c.distillation.is_empty() { "–".into() } else { c.distillation.join(" + ") },
-            if seconds.is_finite() { format!("{seconds:.0} s {how}") } else { how },
+            if seconds.is_finite() { format!("{seconds:.0} s {how}").trim_end().to_string() } else { how },
         );
     }
     let _ = writeln!(md, "\n![loss curves](loss_curves.png)\n\n## Files\n");

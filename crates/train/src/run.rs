@@ -18,7 +18,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use relkd_core::dataset::{Case, CaseFiles, Dataset, load_case, split_cases};
-use relkd_core::files::write_atomic;
+use relkd_core::files::{LATEST_RUN, write_atomic};
 use relkd_core::phantom;
 use relkd_core::png::Canvas;
 use relkd_core::transforms::{NormalizedVolume, Slice2d, case_slices, resize_bilinear};
@@ -36,9 +36,6 @@ use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee
 
 /// The configuration used when `--config` is not given: CPU-sized, on the phantom.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/quick.yaml");
-
-/// The file in a runs folder naming the most recent run (read by `export`).
-pub const LATEST: &str = "latest";
 
 /// What the command line asks for.
 #[derive(Debug, Clone, Default)]
@@ -67,30 +64,21 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Cases of one experiment, split by role.
-struct Cases {
-    teacher_train: Vec<Case>,
-    teacher_val: Vec<Case>,
-    student_train: Vec<Case>,
-    student_val: Vec<Case>,
-    test: Vec<Case>,
+pub struct Cases {
+    pub teacher_train: Vec<Case>,
+    pub teacher_val: Vec<Case>,
+    pub student_train: Vec<Case>,
+    pub student_val: Vec<Case>,
+    /// Held-out cases of the evaluation sites: what every model is scored on.
+    pub test: Vec<Case>,
 }
 
 /// Runs (or continues) an experiment and returns its folder.
 pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     let (mut config, run_dir) = resolve(request)?;
-    let root = data_root(&config.data)?;
-    let dataset = Dataset::discover(&root)?;
-    let target = dataset.site(&config.target)?.name.clone();
-    config.target = target.clone();
-    let plan = match &config.sites {
-        Some(plan) => plan.clone(),
-        None => config.protocol.plan(&dataset, &target)?,
-    };
-    for name in plan.teacher_sites.iter().chain(&plan.student_sites).chain(&plan.eval_sites) {
-        dataset.site(name)?;
-    }
-    config.sites = Some(plan.clone());
-    let cases = load_cases(&dataset, &config)?;
+    let (root, cases) = prepare(&mut config)?;
+    let target = config.target.clone();
+    let plan = config.sites.clone().expect("planned");
     if let Some(path) = &request.teacher_checkpoint {
         check_teacher(path, &config)?;
     }
@@ -114,7 +102,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let config_hash = fingerprint(&config_yaml);
     if let Some(parent) = run_dir.parent() {
-        write_atomic(&parent.join(LATEST), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
+        write_atomic(&parent.join(LATEST_RUN), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
     }
 
     let choice = request.device.unwrap_or(DeviceChoice::Cpu);
@@ -264,13 +252,31 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     Ok(run_dir)
 }
 
+/// Finds the data (generating the phantom on first use), resolves the target site's name and
+/// the site plan into `config`, and reads and splits the cases. Returns the data root.
+pub fn prepare(config: &mut ExperimentConfig) -> anyhow::Result<(PathBuf, Cases)> {
+    let root = data_root(&config.data)?;
+    let dataset = Dataset::discover(&root)?;
+    config.target = dataset.site(&config.target)?.name.clone();
+    let plan = match &config.sites {
+        Some(plan) => plan.clone(),
+        None => config.protocol.plan(&dataset, &config.target)?,
+    };
+    for name in plan.teacher_sites.iter().chain(&plan.student_sites).chain(&plan.eval_sites) {
+        dataset.site(name)?;
+    }
+    config.sites = Some(plan);
+    let cases = load_cases(&dataset, config)?;
+    Ok((root, cases))
+}
+
 /// The configuration and, when resuming, the run folder to continue.
 fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<PathBuf>)> {
     let resume_dir = if request.resume {
         let dir = match &request.out {
             Some(dir) => dir.clone(),
             None => {
-                let latest = Path::new("runs").join(LATEST);
+                let latest = Path::new("runs").join(LATEST_RUN);
                 let id = fs::read_to_string(&latest).with_context(|| {
                     format!("--resume without --out continues the latest run, but {} is missing", latest.display())
                 })?;

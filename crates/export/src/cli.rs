@@ -1,0 +1,175 @@
+//! `export` command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use burn::tensor::Device;
+use clap::{Parser, ValueEnum};
+use relkd_core::files::LATEST_RUN;
+use relkd_core::transforms::NormalizedVolume;
+use relkd_train::checkpoint::{ModelCard, load_model};
+use relkd_train::config::ExperimentConfig;
+
+use crate::{FP32_TOLERANCE, Precision, Probe, export, record_latest};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "export",
+    version,
+    about = "Lower a trained relkd network to ONNX, verified against Burn with ONNX Runtime",
+    long_about = "Lower a trained relkd network to ONNX, verified against Burn with ONNX Runtime.\n\n\
+        Without --run or --checkpoint, exports the distilled student of the most recent `train` run \
+        (runs/latest). The file is run with ONNX Runtime (CPU) on random inputs and on real slices of \
+        the run's data, and written only when its logits match Burn's within 1e-4.",
+    after_help = "Examples:\n  \
+        export --out enet.onnx                                   # the latest run's distilled student\n  \
+        export --model teacher --out unetpp.onnx\n  \
+        export --run runs/20261130-104819-unetpp-enet-HK --model baseline --out baseline.onnx\n  \
+        export --checkpoint runs/…/student.bpk --out enet-fp16.onnx --fp16"
+)]
+pub struct Cli {
+    /// The ONNX file to write; default: MODEL.onnx in the run folder. An existing file is kept
+    /// unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Run folder to export from (default: the latest run, runs/latest).
+    #[arg(long, value_name = "DIR", conflicts_with = "checkpoint")]
+    pub run: Option<PathBuf>,
+    /// A model's weights (NAME.bpk with its NAME.yaml card), instead of a run's.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Which model of the run.
+    #[arg(long, value_enum, default_value_t = Model::Student)]
+    pub model: Model,
+    /// ONNX opset.
+    #[arg(long, default_value_t = 17)]
+    pub opset: i64,
+    /// Store weights in half precision (inputs, outputs and arithmetic stay float32).
+    #[arg(long)]
+    pub fp16: bool,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    Student,
+    Baseline,
+    Teacher,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::Student => "student",
+            Model::Baseline => "baseline",
+            Model::Teacher => "teacher",
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let weights = match (&cli.checkpoint, &cli.run) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(format!("{}.bpk", cli.model.name())),
+        (None, None) => {
+            let latest = Path::new("runs").join(LATEST_RUN);
+            let id = std::fs::read_to_string(&latest).with_context(|| {
+                format!(
+                    "no --run or --checkpoint, and no latest run ({} is missing): run `train` first",
+                    latest.display()
+                )
+            })?;
+            Path::new("runs").join(id.trim()).join(format!("{}.bpk", cli.model.name()))
+        }
+    };
+    ensure!(
+        ModelCard::path_for(&weights).exists(),
+        "{} is not a finished model (no {} beside it){}",
+        weights.display(),
+        ModelCard::path_for(&weights).display(),
+        if cli.checkpoint.is_none() { "; was the run interrupted? `train --resume --out RUN` finishes it" } else { "" }
+    );
+    let run_dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let out = cli.out.clone().unwrap_or_else(|| run_dir.join(format!("{}.onnx", cli.model.name())));
+    if out.exists() && !cli.force {
+        bail!("{} already exists; choose another --out or add --force to replace it", out.display());
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure!(parent.is_dir(), "the folder of --out, {}, does not exist", parent.display());
+    }
+
+    let device = Device::flex();
+    let (net, card) = load_model(&weights, &device)?;
+    println!(
+        "exporting {} ({}, {} parameters, run {}) from {}",
+        card.model,
+        card.architecture.display_name(),
+        card.live_params,
+        card.run_id,
+        weights.display()
+    );
+
+    // Probes: random inputs at the training size and at an odd size (padding inside the
+    // graph), and real slices of the run's test cases when the run's data is at hand.
+    let (c, s) = (card.in_channels, card.preprocessing.size);
+    let mut probes = vec![Probe::random([2, c, s, s], &device), Probe::random([1, c, s + 5, s + 3], &device)];
+    match real_slices(&run_dir, &card) {
+        Ok(Some(probe)) => probes.push(probe),
+        Ok(None) => println!("note: no config.yaml beside the weights; checking on random inputs only"),
+        Err(e) => println!("note: the run's data could not be read ({e:#}); checking on random inputs only"),
+    }
+    let precision = if cli.fp16 { Precision::F16 } else { Precision::F32 };
+    // Half-precision weights change the logits by more than float32 rounding; they are checked
+    // to a looser bound here and judged by Dice below.
+    let tolerance = if cli.fp16 { 5e-2 } else { FP32_TOLERANCE };
+    let checks = export(&net, &card, &out, precision, cli.opset, &probes, tolerance, &device)
+        .with_context(|| format!("exporting to {}", out.display()))?;
+    for check in &checks {
+        print!("  verified on {}: max |ONNX Runtime − Burn| = {:.2e}", check.what, check.max_abs_diff);
+        if check.beyond_tolerance > 0 {
+            print!(
+                " ({} of {} logits beyond {tolerance:.0e}: max-unpool ties; predicted masks differ at {} pixel(s))",
+                check.beyond_tolerance, check.logits, check.mask_disagreement
+            );
+        }
+        println!();
+    }
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({:.2} MB, {:.3}× 4 bytes per live parameter, opset {})",
+        out.display(),
+        size as f64 / 1e6,
+        size as f64 / (4.0 * card.live_params as f64),
+        cli.opset
+    );
+    if let Some(runs) = run_dir.parent() {
+        if runs.join(LATEST_RUN).exists() {
+            record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to 8 slices through the gland of the run's first test case, as the model sees them.
+fn real_slices(run_dir: &Path, card: &ModelCard) -> anyhow::Result<Option<Probe>> {
+    let config_path = run_dir.join("config.yaml");
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let mut config = ExperimentConfig::load(&config_path)?;
+    let (_, cases) = relkd_train::run::prepare(&mut config)?;
+    let Some(case) = cases.test.first() else { return Ok(None) };
+    let norm = NormalizedVolume::new(&case.image);
+    let depth = norm.depth();
+    let slices: Vec<usize> = (0..depth).step_by(depth.div_ceil(8).max(1)).collect();
+    let data: Vec<f32> = slices.iter().flat_map(|&z| norm.input(z, &card.preprocessing)).collect();
+    let s = card.preprocessing.size;
+    Ok(Some(Probe {
+        what: format!("{} slices of {}/{}", slices.len(), case.site, case.id),
+        shape: [slices.len(), card.in_channels, s, s],
+        data,
+        unpool_ties: card.architecture == relkd_models::Architecture::Enet,
+    }))
+}

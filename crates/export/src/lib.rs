@@ -1,0 +1,204 @@
+//! `export`: a trained network to an ONNX file that ONNX Runtime runs exactly as Burn does.
+//!
+//! [`onnx`] builds the graph from the network's own lowering (`relkd_models::lower`);
+//! [`export`] adds the metadata inference needs, writes the file atomically, and verifies it:
+//! the file is run with ONNX Runtime on random inputs and on real slices, and its logits are
+//! compared with Burn's. A file that disagrees is not written.
+
+pub mod cli;
+pub mod onnx;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use onnx_protobuf::Message;
+use ort::value::TensorRef;
+use relkd_core::files::{LATEST_EXPORT, partial_path, write_atomic};
+use relkd_infer::runtime::{Provider, runtime};
+use relkd_models::{Network, Segmenter};
+use relkd_train::checkpoint::ModelCard;
+
+pub use onnx::Precision;
+
+/// The largest difference to Burn's logits an fp32 file may show.
+pub const FP32_TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("ONNX Runtime could not run the exported graph: {0}")]
+    Runtime(String),
+    #[error(
+        "the exported graph disagrees with Burn by up to {diff:.3e} on {what} (tolerance {tolerance:.0e}); \
+         nothing was written"
+    )]
+    Mismatch { diff: f32, what: String, tolerance: f32 },
+}
+
+/// One input the exported graph is checked on, and how it is described.
+pub struct Probe {
+    pub what: String,
+    /// `[n, c, h, w]`.
+    pub shape: [usize; 4],
+    pub data: Vec<f32>,
+    /// Real images may hold runs of equal values. Where a max-pool window's candidates are
+    /// equal up to float rounding, Burn and ONNX Runtime may pick different winners, and a
+    /// max-unpooling network (ENet) then places that value at a different pixel: a difference
+    /// of order 1 in a 2×2 patch that is no error of the graph. Such probes accept logits
+    /// beyond the tolerance when the predicted masks still agree on all but
+    /// [`MASK_DISAGREEMENT`] of the pixels; the count is reported.
+    pub unpool_ties: bool,
+}
+
+/// The share of pixels whose predicted class may differ on a probe with `unpool_ties`.
+pub const MASK_DISAGREEMENT: f64 = 1e-3;
+
+impl Probe {
+    /// Normal noise of the given shape (z-scored images are roughly standard normal): no ties.
+    pub fn random(shape: [usize; 4], device: &Device) -> Self {
+        let t = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let data = t.into_data().try_into_vec::<f32>().expect("float");
+        let what = format!("random {}×{}×{}×{}", shape[0], shape[1], shape[2], shape[3]);
+        Self { what, shape, data, unpool_ties: false }
+    }
+}
+
+/// What one probe showed.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub what: String,
+    pub max_abs_diff: f32,
+    /// Logits beyond the tolerance (only on probes with `unpool_ties`).
+    pub beyond_tolerance: usize,
+    pub logits: usize,
+    /// Pixels whose predicted class differs.
+    pub mask_disagreement: usize,
+}
+
+impl Check {
+    fn compare(probe: &Probe, reference: &[f32], got: &[f32], tolerance: f32) -> Result<Self, ExportError> {
+        let mismatch = |diff| ExportError::Mismatch { diff, what: probe.what.clone(), tolerance };
+        if got.len() != reference.len() {
+            return Err(mismatch(f32::INFINITY));
+        }
+        let diffs: Vec<f32> = reference.iter().zip(got).map(|(a, b)| (a - b).abs()).collect();
+        let max_abs_diff = diffs.iter().copied().fold(0.0f32, f32::max);
+        let [n, _, h, w] = probe.shape;
+        let classes = reference.len() / (n * h * w);
+        let argmax = |l: &[f32], i: usize, p: usize| {
+            (0..classes).fold(0, |best, k| {
+                if l[(i * classes + k) * h * w + p] > l[(i * classes + best) * h * w + p] { k } else { best }
+            })
+        };
+        let mask_disagreement = (0..n)
+            .flat_map(|i| (0..h * w).map(move |p| (i, p)))
+            .filter(|&(i, p)| argmax(reference, i, p) != argmax(got, i, p))
+            .count();
+        let check = Self {
+            what: probe.what.clone(),
+            max_abs_diff,
+            beyond_tolerance: diffs.iter().filter(|d| **d > tolerance).count(),
+            logits: diffs.len(),
+            mask_disagreement,
+        };
+        let within = max_abs_diff.is_finite() && max_abs_diff <= tolerance;
+        let explained = probe.unpool_ties && (mask_disagreement as f64) <= MASK_DISAGREEMENT * (n * h * w) as f64;
+        if within || (max_abs_diff.is_finite() && explained) { Ok(check) } else { Err(mismatch(max_abs_diff)) }
+    }
+}
+
+/// The ONNX model of `net` with the card's metadata.
+pub fn to_onnx(net: &Network, card: &ModelCard, precision: Precision, opset: i64) -> onnx_protobuf::ModelProto {
+    let mut model = onnx::OnnxGraph::model(net, card.in_channels, card.classes, precision, opset);
+    let p = &card.preprocessing;
+    onnx::metadata(
+        &mut model,
+        &[
+            ("relkd.model", card.architecture.display_name().to_string()),
+            ("relkd.architecture", card.architecture.name().to_string()),
+            ("relkd.role", card.model.clone()),
+            ("relkd.classes", card.classes.to_string()),
+            ("relkd.in_channels", card.in_channels.to_string()),
+            ("relkd.context", p.context.to_string()),
+            ("relkd.normalization", "z-score per volume".to_string()),
+            ("relkd.input_size", p.size.to_string()),
+            ("relkd.resize", "bilinear, half-pixel (align_corners = false)".to_string()),
+            ("relkd.width", card.width.to_string()),
+            ("relkd.live_params", card.live_params.to_string()),
+            ("relkd.run_id", card.run_id.clone()),
+            ("relkd.config_hash", card.config_hash.clone()),
+            ("relkd.training_sites", card.trained_sites.join(",")),
+            ("relkd.target_site", card.target_site.clone()),
+            ("relkd.distillation", card.distillation.join(", ")),
+            ("relkd.batch_norm", "folded into the preceding convolution where one precedes it".to_string()),
+            (
+                "relkd.weights",
+                match precision {
+                    Precision::F32 => "float32",
+                    Precision::F16 => "float16 initializers, computed in float32",
+                }
+                .to_string(),
+            ),
+        ],
+    );
+    model
+}
+
+/// Burn's logits for a probe (`net` in inference mode).
+pub fn burn_logits(net: &Network, probe: &Probe, device: &Device) -> Vec<f32> {
+    let x = Tensor::<4>::from_data(TensorData::new(probe.data.clone(), probe.shape), device);
+    net.forward(x).into_data().try_into_vec::<f32>().expect("float logits")
+}
+
+/// ONNX Runtime's logits for a probe, on the CPU provider with `threads` threads.
+pub fn onnx_logits(model: &Path, probe: &Probe, threads: usize) -> Result<Vec<f32>, ExportError> {
+    let rt = runtime().map_err(|e| ExportError::Runtime(e.to_string()))?;
+    let (mut session, _) =
+        rt.session(model, Provider::Cpu, threads).map_err(|e| ExportError::Runtime(e.to_string()))?;
+    let input =
+        TensorRef::from_array_view((probe.shape, &probe.data[..])).map_err(|e| ExportError::Runtime(e.to_string()))?;
+    let outputs = session.run(ort::inputs!["image" => input]).map_err(|e| ExportError::Runtime(e.to_string()))?;
+    let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(|e| ExportError::Runtime(e.to_string()))?;
+    Ok(logits.to_vec())
+}
+
+/// Writes `net` to `out` as ONNX after checking, on every probe, that ONNX Runtime's logits
+/// match Burn's within `tolerance`. The file is written beside `out` and renamed into place
+/// only when every check passes.
+pub fn export(
+    net: &Network,
+    card: &ModelCard,
+    out: &Path,
+    precision: Precision,
+    opset: i64,
+    probes: &[Probe],
+    tolerance: f32,
+    device: &Device,
+) -> Result<Vec<Check>, ExportError> {
+    let net = net.valid();
+    let bytes = to_onnx(&net, card, precision, opset)
+        .write_to_bytes()
+        .map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
+    let staging = partial_path(out);
+    let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
+    std::fs::write(&staging, &bytes).map_err(io)?;
+    let checks = probes
+        .iter()
+        .map(|probe| {
+            Check::compare(probe, &burn_logits(&net, probe, device), &onnx_logits(&staging, probe, 2)?, tolerance)
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let result = checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
+}
+
+/// Records `model` as the most recent export in a runs folder (read by `infer`).
+pub fn record_latest(runs: &Path, model: &Path) -> std::io::Result<()> {
+    let absolute = std::path::absolute(model)?;
+    write_atomic(&runs.join(LATEST_EXPORT), absolute.to_string_lossy().as_bytes())
+}
