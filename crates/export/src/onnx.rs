@@ -2,7 +2,7 @@
 //!
 //! Choices that matter for what ONNX Runtime runs: every batch norm that follows a
 //! convolution is folded into that convolution's weights and bias (the others become a
-//! per-channel `Mul` and `Add`), weights are raw little-endian initializers, and height and width stay
+//! depthwise 1×1 convolution), weights are raw little-endian initializers, and height and width stay
 //! symbolic: padding to the network's stride and cropping back are computed from the input's
 //! shape inside the graph.
 
@@ -325,13 +325,15 @@ impl Graph for OnnxGraph {
     }
 
     fn batch_norm(&mut self, x: &Value, bn: &BatchNorm) -> Value {
-        // As the affine map it is at inference: two values per channel, as many as its live
-        // parameters (the running statistics are folded into them).
+        // The affine map it is at inference, as a depthwise 1×1 convolution: two values per
+        // channel (as many as its live parameters), and a node ONNX Runtime keeps in its
+        // blocked NCHWc layout, where a Mul/Add pair or a BatchNormalization would force
+        // layout conversions around every residual sum downstream.
         let (a, b) = bn_affine(bn);
-        let scale = self.weight("w", &[a.len(), 1, 1], &a);
-        let shift = self.weight("w", &[b.len(), 1, 1], &b);
-        let scaled = self.node1("Mul", &[&x.0, &scale], vec![]);
-        self.node1("Add", &[&scaled.0, &shift], vec![])
+        let c = a.len();
+        let inputs = [x.0.clone(), self.weight("w", &[c, 1, 1, 1], &a), self.weight("w", &[c], &b)];
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node1("Conv", &inputs, vec![attr_ints("kernel_shape", &[1, 1]), attr_int("group", c as i64)])
     }
 
     fn relu(&mut self, x: &Value) -> Value {
@@ -340,9 +342,16 @@ impl Graph for OnnxGraph {
 
     fn prelu(&mut self, x: &Value, prelu: &PRelu) -> Value {
         let alpha = param(&prelu.alpha);
-        // One slope per channel broadcasts as [C, 1, 1]; a single slope as [1].
-        let dims = if alpha.len() == 1 { vec![1] } else { vec![alpha.len(), 1, 1] };
-        let slope = self.weight("w", &dims, &alpha);
+        if let [slope] = alpha[..] {
+            // One shared slope is exactly LeakyRelu, which ONNX Runtime fuses into the
+            // preceding convolution; a PRelu node would run on its own, in the plain layout.
+            let mut a = AttributeProto::new();
+            a.name = "alpha".into();
+            a.type_ = AttributeType::FLOAT.into();
+            a.f = slope;
+            return self.node1("LeakyRelu", &[&x.0], vec![a]);
+        }
+        let slope = self.weight("w", &[alpha.len(), 1, 1], &alpha); // broadcasts per channel
         self.node1("PRelu", &[&x.0, &slope], vec![])
     }
 

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
 
 /// The library file name inside each candidate folder.
 const LIBRARY: &str = "libonnxruntime.so.1.31.1";
@@ -105,7 +106,12 @@ impl Runtime {
     ) -> Result<(Session, Provider), RuntimeError> {
         let session_error = |e: ort::Error| RuntimeError::Session { path: model.into(), message: e.to_string() };
         let builder = || -> Result<_, RuntimeError> {
-            let mut b = Session::builder(&self.environment).map_err(session_error)?;
+            // Every graph optimisation, as ONNX Runtime's Python API defaults to (the Rust
+            // crate's default stops at the layout level).
+            let mut b = Session::builder(&self.environment)
+                .map_err(session_error)?
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(|e| RuntimeError::Session { path: model.into(), message: e.to_string() })?;
             if threads > 0 {
                 b = b
                     .with_intra_threads(threads)
