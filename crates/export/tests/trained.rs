@@ -1,0 +1,96 @@
+//! A student trained by `train` (tiny phantom run), exported with the `export` command, then
+//! run by ONNX Runtime on a whole phantom volume of the unseen site.
+
+use std::process::Command;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use ort::value::TensorRef;
+use relkd_core::metrics::dice;
+use relkd_infer::runtime::{Provider, runtime};
+use relkd_train::checkpoint::load_model;
+use relkd_train::config::ExperimentConfig;
+use relkd_train::evaluate::predict_volume;
+use relkd_train::run::{RunRequest, prepare, run};
+
+const TINY: &str = "
+data:
+  phantom: { sites: 3, cases: 4, size: 32, seed: 1 }
+protocol: cross
+target: S3
+preprocessing: { size: 32, context: 0 }
+test_fraction: 0.5
+teacher: { architecture: unetpp, width: 0.125 }
+student: { architecture: enet, width: 0.25 }
+training:
+  epochs: 2
+  batch_size: 4
+  lr: { base_lr: 1.0e-6, max_lr: 0.01, step_size: 10 }
+";
+
+#[test]
+fn a_trained_student_exports_and_segments_a_phantom_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    // SAFETY: the only test in this binary; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("RELKD_CACHE", dir.path().join("cache")) };
+    std::fs::write(dir.path().join("tiny.yaml"), TINY).unwrap();
+    let request = RunRequest {
+        config: Some(dir.path().join("tiny.yaml")),
+        out: Some(dir.path().join("run")),
+        ..RunRequest::default()
+    };
+    let run_dir = run(&request).unwrap();
+
+    let onnx = dir.path().join("student.onnx");
+    let output = Command::new(env!("CARGO_BIN_EXE_export"))
+        .args(["--run".as_ref(), run_dir.as_os_str(), "--out".as_ref(), onnx.as_os_str()])
+        .env("RELKD_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{log}");
+    assert_eq!(log.matches("verified on").count(), 3, "random, odd-sized and real slices:\n{log}");
+    assert!(log.contains("slices of HCRUDB/"), "{log}");
+    // The export is recorded for `infer`.
+    let latest = std::fs::read_to_string(dir.path().join("latest-export")).unwrap();
+    assert_eq!(std::path::Path::new(&latest), std::path::absolute(&onnx).unwrap());
+    // A second export to the same file needs --force.
+    let again = Command::new(env!("CARGO_BIN_EXE_export"))
+        .args(["--run".as_ref(), run_dir.as_os_str(), "--out".as_ref(), onnx.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    // ONNX Runtime segments a whole test volume as Burn does.
+    let mut config = ExperimentConfig::load(&run_dir.join("config.yaml")).unwrap();
+    let (_, cases) = prepare(&mut config).unwrap();
+    let case = &cases.test[0];
+    let device = Device::flex();
+    let (student, card) = load_model(&run_dir.join("student.bpk"), &device).unwrap();
+    let student = student.valid();
+    let prep = card.preprocessing;
+    let burn_mask = predict_volume(&case.image, &prep, 8, &device, &|x| {
+        use relkd_models::Segmenter;
+        student.forward(x)
+    });
+    let (session, _) = runtime().unwrap().session(&onnx, Provider::Cpu, 2).unwrap();
+    let session = std::sync::Mutex::new(session);
+    let onnx_mask = predict_volume(&case.image, &prep, 8, &device, &|x: Tensor<4>| {
+        let shape = x.dims();
+        let data = x.into_data().try_into_vec::<f32>().unwrap();
+        let input = TensorRef::from_array_view((shape, &data[..])).unwrap();
+        let mut session = session.lock().unwrap();
+        let outputs = session.run(ort::inputs!["image" => input]).unwrap();
+        let (out_shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+        let dims: [usize; 4] = std::array::from_fn(|i| out_shape[i] as usize);
+        Tensor::from_data(TensorData::new(logits.to_vec(), dims), &device)
+    });
+    assert_eq!(onnx_mask.len(), case.mask.len());
+    let agreement = dice(&onnx_mask, &burn_mask);
+    assert!(
+        agreement >= 0.99 || (burn_mask.iter().all(|&v| v == 0) && onnx_mask.iter().all(|&v| v == 0)),
+        "ONNX Runtime and Burn masks agree to Dice {agreement}"
+    );
+    let (a, b) = (dice(&onnx_mask, &case.mask), dice(&burn_mask, &case.mask));
+    assert!((a - b).abs() < 0.01, "Dice against the truth: ONNX {a}, Burn {b}");
+}
