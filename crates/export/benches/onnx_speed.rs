@@ -60,10 +60,11 @@ fn main() {
         let slow = architecture == Architecture::Unetpp || architecture == Architecture::Deeplabv3plus;
         let t = time_runs(3, if slow { runs.min(10) } else { runs }, &mut run);
         println!(
-            "{:<11} {:>12} {:>12.2} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<11} {:>12} {:>10.2} {:>10.3} {:>10.1} {:>10.1} {:>10.1}",
             architecture.display_name(),
             card.live_params,
             bytes.len() as f64 / 1e6,
+            bytes.len() as f64 / (4.0 * card.live_params as f64),
             t.median_ms(),
             t.percentile_ms(95.0),
             t.min_ms()

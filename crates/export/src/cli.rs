@@ -3,14 +3,20 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
+use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
+use relkd_core::dataset::Case;
 use relkd_core::files::LATEST_RUN;
+use relkd_core::metrics::dice;
 use relkd_core::transforms::NormalizedVolume;
+use relkd_models::{Network, Segmenter};
 use relkd_train::checkpoint::{ModelCard, load_model};
 use relkd_train::config::ExperimentConfig;
+use relkd_train::evaluate::predict_volume;
+use relkd_train::run::Cases;
 
-use crate::{FP32_TOLERANCE, Precision, Probe, export, record_latest};
+use crate::{FP32_TOLERANCE, OnnxPredictor, Precision, Probe, export, record_latest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,14 +117,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         weights.display()
     );
 
+    ensure!((13..=21).contains(&cli.opset), "--opset {} is not supported; relkd emits opsets 13 to 21", cli.opset);
+
     // Probes: random inputs at the training size and at an odd size (padding inside the
     // graph), and real slices of the run's test cases when the run's data is at hand.
     let (c, s) = (card.in_channels, card.preprocessing.size);
     let mut probes = vec![Probe::random([2, c, s, s], &device), Probe::random([1, c, s + 5, s + 3], &device)];
-    match real_slices(&run_dir, &card) {
-        Ok(Some(probe)) => probes.push(probe),
-        Ok(None) => println!("note: no config.yaml beside the weights; checking on random inputs only"),
-        Err(e) => println!("note: the run's data could not be read ({e:#}); checking on random inputs only"),
+    let cases = match run_cases(&run_dir) {
+        Ok(Some(cases)) => Some(cases),
+        Ok(None) => {
+            println!("note: no config.yaml beside the weights; checking on random inputs only");
+            None
+        }
+        Err(e) => {
+            println!("note: the run's data could not be read ({e:#}); checking on random inputs only");
+            None
+        }
+    };
+    if let Some(probe) = cases.as_ref().and_then(|c| real_slices(c, &card)) {
+        probes.push(probe);
     }
     let precision = if cli.fp16 { Precision::F16 } else { Precision::F32 };
     // Half-precision weights change the logits by more than float32 rounding; they are checked
@@ -144,6 +161,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         size as f64 / (4.0 * card.live_params as f64),
         cli.opset
     );
+    if let (Precision::F16, Some(cases)) = (precision, &cases) {
+        let validation = if card.model == "teacher" { &cases.teacher_val } else { &cases.student_val };
+        let (full, half) = fp16_dice(&net, &card, &out, validation, &device)?;
+        println!(
+            "Dice on {} validation case(s): {full:.4} with float32 weights (Burn), {half:.4} with float16 \
+             (ONNX Runtime): change {:+.4}",
+            validation.len(),
+            half - full
+        );
+    }
     if let Some(runs) = run_dir.parent() {
         if runs.join(LATEST_RUN).exists() {
             record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
@@ -152,24 +179,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Up to 8 slices through the gland of the run's first test case, as the model sees them.
-fn real_slices(run_dir: &Path, card: &ModelCard) -> anyhow::Result<Option<Probe>> {
+/// The run's cases (read through its config.yaml), when the run folder has one.
+fn run_cases(run_dir: &Path) -> anyhow::Result<Option<Cases>> {
     let config_path = run_dir.join("config.yaml");
     if !config_path.exists() {
         return Ok(None);
     }
     let mut config = ExperimentConfig::load(&config_path)?;
-    let (_, cases) = relkd_train::run::prepare(&mut config)?;
-    let Some(case) = cases.test.first() else { return Ok(None) };
+    Ok(Some(relkd_train::run::prepare(&mut config)?.1))
+}
+
+/// Up to 8 slices of the run's first test case, as the model sees them.
+fn real_slices(cases: &Cases, card: &ModelCard) -> Option<Probe> {
+    let case = cases.test.first()?;
     let norm = NormalizedVolume::new(&case.image);
     let depth = norm.depth();
     let slices: Vec<usize> = (0..depth).step_by(depth.div_ceil(8).max(1)).collect();
     let data: Vec<f32> = slices.iter().flat_map(|&z| norm.input(z, &card.preprocessing)).collect();
     let s = card.preprocessing.size;
-    Ok(Some(Probe {
+    Some(Probe {
         what: format!("{} slices of {}/{}", slices.len(), case.site, case.id),
         shape: [slices.len(), card.in_channels, s, s],
         data,
         unpool_ties: card.architecture == relkd_models::Architecture::Enet,
-    }))
+    })
+}
+
+/// Mean Dice over `cases` of the float32 network (Burn) and of the half-precision file (ONNX
+/// Runtime).
+fn fp16_dice(
+    net: &Network,
+    card: &ModelCard,
+    onnx: &Path,
+    cases: &[Case],
+    device: &Device,
+) -> anyhow::Result<(f64, f64)> {
+    let net = net.valid();
+    let predictor = OnnxPredictor::new(onnx, 2)?;
+    let prep = &card.preprocessing;
+    let (mut full, mut half) = (0.0, 0.0);
+    for case in cases {
+        full += dice(&predict_volume(&case.image, prep, 8, device, &|x| net.forward(x)), &case.mask);
+        half += dice(&predict_volume(&case.image, prep, 8, device, &|x| predictor.logits(x)), &case.mask);
+    }
+    let n = cases.len().max(1) as f64;
+    Ok((full / n, half / n))
 }

@@ -9,10 +9,12 @@ pub mod cli;
 pub mod onnx;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
+use ort::session::Session;
 use ort::value::TensorRef;
 use relkd_core::files::{LATEST_EXPORT, partial_path, write_atomic};
 use relkd_infer::runtime::{Provider, runtime};
@@ -152,16 +154,41 @@ pub fn burn_logits(net: &Network, probe: &Probe, device: &Device) -> Vec<f32> {
     net.forward(x).into_data().try_into_vec::<f32>().expect("float logits")
 }
 
+/// An exported file opened with ONNX Runtime on the CPU, as a logits function.
+pub struct OnnxPredictor {
+    session: Mutex<Session>,
+}
+
+impl OnnxPredictor {
+    pub fn new(model: &Path, threads: usize) -> Result<Self, ExportError> {
+        let rt = runtime().map_err(|e| ExportError::Runtime(e.to_string()))?;
+        let (session, _) =
+            rt.session(model, Provider::Cpu, threads).map_err(|e| ExportError::Runtime(e.to_string()))?;
+        Ok(Self { session: Mutex::new(session) })
+    }
+
+    /// Logits of `data` with shape `[n, c, h, w]`, flat, with their shape.
+    pub fn run(&self, shape: [usize; 4], data: &[f32]) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+        let fail = |e: ort::Error| ExportError::Runtime(e.to_string());
+        let input = TensorRef::from_array_view((shape, data)).map_err(fail)?;
+        let mut session = self.session.lock().expect("no panic while running");
+        let outputs = session.run(ort::inputs!["image" => input]).map_err(fail)?;
+        let (out_shape, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(fail)?;
+        Ok((out_shape.iter().map(|&d| d as usize).collect(), logits.to_vec()))
+    }
+
+    /// The same, tensor in, tensor out (on the input's device), to stand in for a Burn network.
+    pub fn logits(&self, x: Tensor<4>) -> Tensor<4> {
+        let (shape, device) = (x.dims(), x.device());
+        let data = x.into_data().try_into_vec::<f32>().expect("float input");
+        let (dims, logits) = self.run(shape, &data).expect("the exported graph runs on inputs it was verified on");
+        Tensor::from_data(TensorData::new(logits, [dims[0], dims[1], dims[2], dims[3]]), &device)
+    }
+}
+
 /// ONNX Runtime's logits for a probe, on the CPU provider with `threads` threads.
 pub fn onnx_logits(model: &Path, probe: &Probe, threads: usize) -> Result<Vec<f32>, ExportError> {
-    let rt = runtime().map_err(|e| ExportError::Runtime(e.to_string()))?;
-    let (mut session, _) =
-        rt.session(model, Provider::Cpu, threads).map_err(|e| ExportError::Runtime(e.to_string()))?;
-    let input =
-        TensorRef::from_array_view((probe.shape, &probe.data[..])).map_err(|e| ExportError::Runtime(e.to_string()))?;
-    let outputs = session.run(ort::inputs!["image" => input]).map_err(|e| ExportError::Runtime(e.to_string()))?;
-    let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(|e| ExportError::Runtime(e.to_string()))?;
-    Ok(logits.to_vec())
+    Ok(OnnxPredictor::new(model, threads)?.run(probe.shape, &probe.data)?.1)
 }
 
 /// Writes `net` to `out` as ONNX after checking, on every probe, that ONNX Runtime's logits

@@ -4,10 +4,12 @@
 use std::process::Command;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
-use ort::value::TensorRef;
+use burn::tensor::Device;
 use relkd_core::metrics::dice;
-use relkd_infer::runtime::{Provider, runtime};
+use relkd_core::nifti_io::{read_volume, write_mask};
+use relkd_export::OnnxPredictor;
+use relkd_infer::model::Model;
+use relkd_infer::runtime::Provider;
 use relkd_train::checkpoint::load_model;
 use relkd_train::config::ExperimentConfig;
 use relkd_train::evaluate::predict_volume;
@@ -73,18 +75,8 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
         use relkd_models::Segmenter;
         student.forward(x)
     });
-    let (session, _) = runtime().unwrap().session(&onnx, Provider::Cpu, 2).unwrap();
-    let session = std::sync::Mutex::new(session);
-    let onnx_mask = predict_volume(&case.image, &prep, 8, &device, &|x: Tensor<4>| {
-        let shape = x.dims();
-        let data = x.into_data().try_into_vec::<f32>().unwrap();
-        let input = TensorRef::from_array_view((shape, &data[..])).unwrap();
-        let mut session = session.lock().unwrap();
-        let outputs = session.run(ort::inputs!["image" => input]).unwrap();
-        let (out_shape, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
-        let dims: [usize; 4] = std::array::from_fn(|i| out_shape[i] as usize);
-        Tensor::from_data(TensorData::new(logits.to_vec(), dims), &device)
-    });
+    let predictor = OnnxPredictor::new(&onnx, 2).unwrap();
+    let onnx_mask = predict_volume(&case.image, &prep, 8, &device, &|x| predictor.logits(x));
     assert_eq!(onnx_mask.len(), case.mask.len());
     let agreement = dice(&onnx_mask, &burn_mask);
     assert!(
@@ -93,4 +85,17 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     );
     let (a, b) = (dice(&onnx_mask, &case.mask), dice(&burn_mask, &case.mask));
     assert!((a - b).abs() < 0.01, "Dice against the truth: ONNX {a}, Burn {b}");
+
+    // `infer`'s library reads the preprocessing from the file's metadata and writes the mask
+    // on the source grid.
+    let mut model = Model::open(&onnx, Provider::Cpu, 2).unwrap();
+    assert_eq!(model.info.preprocessing, Some(prep));
+    let segmentation = model.segment(&case.image, &model.preprocessing(None, None).unwrap(), 8).unwrap();
+    assert_eq!(segmentation.mask, onnx_mask);
+    let written = dir.path().join("mask.nii.gz");
+    write_mask(&written, &segmentation.mask, &case.image).unwrap();
+    let back = read_volume(&written).unwrap();
+    assert_eq!((back.dims, back.affine), (case.image.dims, case.image.affine));
+    let back: Vec<u8> = back.data.iter().map(|&v| v as u8).collect();
+    assert_eq!(dice(&back, &case.mask), a);
 }

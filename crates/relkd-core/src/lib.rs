@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod nifti_io;
 pub mod phantom;
 pub mod png;
+pub mod segment;
 pub mod timing;
 pub mod transforms;

@@ -5,7 +5,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use relkd_core::dataset::Case;
 use relkd_core::metrics::{dice, surface_distances};
 use relkd_core::nifti_io::Volume;
-use relkd_core::transforms::{NormalizedVolume, Preprocessing, resize_bilinear};
+use relkd_core::segment::segment_volume;
+use relkd_core::transforms::Preprocessing;
 
 /// One case's scores.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,12 +19,9 @@ pub struct CaseScore {
     pub asd: f64,
 }
 
-/// Segments `image` with `logits_of` (`[n, c, size, size] → [n, k, size, size]`), `batch`
-/// slices at a time, and returns a 0/1 mask on the image's own grid (x fastest).
-///
-/// The logits are resized back with the same half-pixel bilinear resize that preprocessing
-/// used to shrink the slices, then the class with the largest logit wins; class 0 is
-/// background.
+/// Segments `image` with a Burn network's logits function (`[n, c, size, size] → [n, k,
+/// size, size]`), `batch` slices at a time, and returns a 0/1 mask on the image's own grid
+/// (x fastest), through [`relkd_core::segment::segment_volume`], as `infer` does.
 pub fn predict_volume(
     image: &Volume,
     prep: &Preprocessing,
@@ -31,28 +29,14 @@ pub fn predict_volume(
     device: &Device,
     logits_of: &dyn Fn(Tensor<4>) -> Tensor<4>,
 ) -> Vec<u8> {
-    let [nx, ny, nz] = image.dims;
-    let norm = NormalizedVolume::new(image);
-    let (c, s) = (prep.channels(), prep.size);
-    let mut mask = Vec::with_capacity(nx * ny * nz);
-    let slices: Vec<usize> = (0..nz).collect();
-    for chunk in slices.chunks(batch.max(1)) {
-        let input: Vec<f32> = chunk.iter().flat_map(|&z| norm.input(z, prep)).collect();
-        let x = Tensor::<4>::from_data(TensorData::new(input, [chunk.len(), c, s, s]), device);
-        let logits = logits_of(x);
-        let [n, k, h, w] = logits.dims();
-        let values: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec::<f32>().expect("float logits");
-        for i in 0..n {
-            let planes: Vec<Vec<f32>> = (0..k)
-                .map(|class| resize_bilinear(&values[(i * k + class) * h * w..][..h * w], h, w, ny, nx))
-                .collect();
-            mask.extend((0..ny * nx).map(|p| {
-                let best = (1..k).fold(0, |best, class| if planes[class][p] > planes[best][p] { class } else { best });
-                (best != 0) as u8
-            }));
-        }
+    let segmentation = segment_volume::<std::convert::Infallible>(image, prep, batch, &mut |shape, input| {
+        let logits = logits_of(Tensor::from_data(TensorData::new(input, shape), device));
+        Ok(logits.into_data().convert::<f32>().try_into_vec::<f32>().expect("float logits"))
+    });
+    match segmentation {
+        Ok(s) => s.mask,
+        Err(never) => match never {},
     }
-    mask
 }
 
 /// Dice, HD95 and ASD of a predicted mask against a case's ground truth.

@@ -1,0 +1,450 @@
+//! `infer` command line.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use relkd_core::files::{LATEST_EXPORT, write_atomic};
+use relkd_core::metrics::{dice, surface_distances};
+use relkd_core::nifti_io::{read_volume, write_mask, write_volume};
+use relkd_core::png::overlay;
+use relkd_core::transforms::binarize;
+
+use crate::bench::{BenchPlan, BenchRow, csv, markdown, measure};
+use crate::model::Model;
+use crate::runtime::Provider;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "infer",
+    version,
+    about = "Segment NIfTI volumes with an exported relkd model (ONNX Runtime, CPU or CUDA)",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+        infer --volume case.nii.gz --provider cuda             # the latest export; mask beside the input\n  \
+        infer --volume case.nii.gz --provider cpu --label case_segmentation.nii.gz --overlay overlays/\n  \
+        infer --volume data/phantom/HK --model enet.onnx        # every case of a folder, with a CSV\n  \
+        infer bench --models enet.onnx unetpp.onnx --size 384 --batch 1,16"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+    #[command(flatten)]
+    pub segment: SegmentArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    /// CUDA when it works, else the CPU (said aloud).
+    Auto,
+    Cpu,
+    /// CUDA or an error naming what is missing.
+    Cuda,
+}
+
+impl From<ProviderArg> for Provider {
+    fn from(p: ProviderArg) -> Self {
+        match p {
+            ProviderArg::Auto => Provider::Auto,
+            ProviderArg::Cpu => Provider::Cpu,
+            ProviderArg::Cuda => Provider::Cuda,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// A NIfTI volume (.nii or .nii.gz), or a folder of them.
+    #[arg(long, value_name = "PATH")]
+    pub volume: Option<PathBuf>,
+    /// The ONNX model; default: the most recent export (runs/latest-export).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Mask to write (uint8 NIfTI on the input's grid); default: beside the input with a
+    /// `_mask` suffix. For a folder: the folder for the masks and cases.csv (default:
+    /// FOLDER_masks beside it).
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
+    pub provider: ProviderArg,
+    /// Intra-op threads (0: ONNX Runtime's choice).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Slices per run.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Also write the foreground probability as a float32 NIfTI.
+    #[arg(long, value_name = "FILE")]
+    pub probabilities: Option<PathBuf>,
+    /// Ground-truth mask: prints Dice, HD95 and ASD.
+    #[arg(long, value_name = "FILE")]
+    pub label: Option<PathBuf>,
+    /// Write PNG slices (ground truth red, prediction green) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub overlay: Option<PathBuf>,
+    /// Network input size, for a model without relkd metadata (overrides the metadata).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Context slices each side (2.5D), for a model without relkd metadata.
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Replace existing output files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// The efficiency table: parameters, GFLOPs, file size, latency, time per volume, memory.
+    #[command(
+        after_help = "Example:\n  infer bench --models enet.onnx espnet.onnx unetpp.onnx --size 384 --batch 1,16"
+    )]
+    Bench(BenchArgs),
+    /// One model of a benchmark, in its own process (used by `bench`).
+    #[command(hide = true)]
+    BenchOne(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// ONNX files; ratios are against the first.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
+    pub models: Vec<PathBuf>,
+    #[arg(long, default_value_t = 384)]
+    pub size: usize,
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    #[arg(long, value_enum, default_value_t = ProviderArg::Cpu)]
+    pub provider: ProviderArg,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed runs per batch size (after 3 warm-ups).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Timed whole-volume runs.
+    #[arg(long, default_value_t = 3)]
+    pub volume_runs: usize,
+    /// Volume to time (default: a synthetic 384×384×24 volume).
+    #[arg(long, value_name = "FILE")]
+    pub volume: Option<PathBuf>,
+    /// Write the table as OUT.md and OUT.csv.
+    #[arg(long, default_value = "infer-bench", value_name = "OUT")]
+    pub out: PathBuf,
+    /// Replace existing OUT.md / OUT.csv.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Sub::Bench(args)) => bench(&args),
+        Some(Sub::BenchOne(args)) => {
+            let row = measure(&args.models[0], &plan(&args))?;
+            println!("{}", row.to_line());
+            Ok(())
+        }
+        None => segment(&cli.segment),
+    }
+}
+
+fn plan(args: &BenchArgs) -> BenchPlan<'_> {
+    BenchPlan {
+        size: args.size,
+        batches: &args.batch,
+        provider: args.provider.into(),
+        threads: args.threads,
+        runs: args.runs,
+        volume_runs: args.volume_runs,
+        volume: args.volume.as_deref(),
+    }
+}
+
+/// The model to use: `--model`, or the path recorded by the latest `export`.
+fn model_path(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        ensure!(path.is_file(), "model {} does not exist", path.display());
+        return Ok(path.clone());
+    }
+    let latest = Path::new("runs").join(LATEST_EXPORT);
+    let recorded = std::fs::read_to_string(&latest).with_context(|| {
+        format!("no --model, and no recent export ({} is missing): run `export` or pass --model", latest.display())
+    })?;
+    let path = PathBuf::from(recorded.trim());
+    ensure!(
+        path.is_file(),
+        "the latest export {} (from {}) no longer exists; pass --model",
+        path.display(),
+        latest.display()
+    );
+    println!("model: {} (the latest export, from {})", path.display(), latest.display());
+    Ok(path)
+}
+
+fn is_volume(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    (name.ends_with(".nii") || name.ends_with(".nii.gz"))
+        && !name.contains("_segmentation")
+        && !name.contains("_mask")
+        && !name.contains("_prob")
+}
+
+/// `case.nii.gz` → `case_SUFFIX.nii.gz` in `dir`.
+fn sibling(input: &Path, dir: &Path, suffix: &str) -> PathBuf {
+    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (stem, ext) = match name.strip_suffix(".nii.gz") {
+        Some(stem) => (stem.to_string(), ".nii.gz"),
+        None => (name.strip_suffix(".nii").unwrap_or(&name).to_string(), ".nii.gz"),
+    };
+    dir.join(format!("{stem}{suffix}{ext}"))
+}
+
+fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        bail!("{} already exists; choose another output or add --force to replace it", path.display());
+    }
+    Ok(())
+}
+
+fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
+    let Some(volume) = &args.volume else {
+        bail!("nothing to segment: give --volume FILE.nii.gz (or a folder), or see `infer --help`");
+    };
+    ensure!(volume.exists(), "volume {} does not exist", volume.display());
+    let model_file = model_path(&args.model)?;
+    let mut model = Model::open(&model_file, args.provider.into(), args.threads)?;
+    if args.provider == ProviderArg::Auto && model.provider == Provider::Cpu {
+        println!("provider: CUDA is unavailable here, running on the CPU (--provider cpu says so up front)");
+    }
+    let prep = model.preprocessing(args.size, args.context)?;
+    println!(
+        "{} ({}, trained on {}) on {:?}; input {}×{}, {} context slice(s)",
+        model.info.name,
+        if model.info.role.is_empty() { "no relkd metadata" } else { &model.info.role },
+        if model.info.training_sites.is_empty() { "?" } else { &model.info.training_sites },
+        model.provider,
+        prep.size,
+        prep.size,
+        prep.context
+    );
+    if volume.is_dir() {
+        return segment_folder(args, &mut model, &prep, volume);
+    }
+    let out = args.out.clone().unwrap_or_else(|| sibling(volume, volume.parent().unwrap_or(Path::new(".")), "_mask"));
+    check_outputs(args, volume, &out)?;
+    let image = read_volume(volume)?;
+    let start = Instant::now();
+    let seg = model.segment(&image, &prep, args.batch)?;
+    let seconds = start.elapsed().as_secs_f64();
+    write_mask(&out, &seg.mask, &image)?;
+    println!(
+        "wrote {} ({}×{}×{}, {} foreground voxels) in {seconds:.2} s",
+        out.display(),
+        image.dims[0],
+        image.dims[1],
+        image.dims[2],
+        seg.mask.iter().filter(|&&v| v != 0).count()
+    );
+    if let Some(path) = &args.probabilities {
+        write_volume(path, &seg.foreground, image.dims, &image.header)?;
+        println!("wrote {} (foreground probability, float32)", path.display());
+    }
+    let truth = match &args.label {
+        Some(label) => {
+            let labels = read_volume(label)?;
+            ensure!(
+                labels.dims == image.dims,
+                "{}: label shape {:?} differs from the volume's {:?}",
+                label.display(),
+                labels.dims,
+                image.dims
+            );
+            let truth = binarize(&labels.data);
+            let d = surface_distances(&seg.mask, &truth, image.dims, image.spacing);
+            println!("Dice {:.4}  HD95 {:.2} mm  ASD {:.2} mm", dice(&seg.mask, &truth), d.hd95, d.asd);
+            Some(truth)
+        }
+        None => None,
+    };
+    if let Some(dir) = &args.overlay {
+        let written = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask)?;
+        println!("wrote {written} overlay(s) to {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Outputs are checked before any work: their folders exist, nothing is overwritten unasked,
+/// and the input is never an output.
+fn check_outputs(args: &SegmentArgs, volume: &Path, out: &Path) -> anyhow::Result<()> {
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    ensure!(!same(volume, out), "--out {} is the input volume; refusing to overwrite it", out.display());
+    for path in std::iter::once(out).chain(args.probabilities.as_deref()) {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", path.display(), parent.display());
+        }
+        refuse_overwrite(path, args.force)?;
+    }
+    if let Some(dir) = &args.overlay {
+        ensure!(dir.is_dir() || !dir.exists(), "--overlay {} is not a folder", dir.display());
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure!(parent.is_dir(), "the folder of --overlay {}, {}, does not exist", dir.display(), parent.display());
+        }
+    }
+    Ok(())
+}
+
+fn write_overlays(
+    dir: &Path,
+    volume: &Path,
+    image: &relkd_core::nifti_io::Volume,
+    truth: Option<&[u8]>,
+    mask: &[u8],
+) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let [nx, ny, nz] = image.dims;
+    let plane = nx * ny;
+    let stem =
+        sibling(volume, dir, "").file_name().map(|n| n.to_string_lossy().replace(".nii.gz", "")).unwrap_or_default();
+    let zoom = (256 / nx.max(ny)).max(1);
+    let mut written = 0;
+    for z in 0..nz {
+        let m = &mask[z * plane..][..plane];
+        let t = truth.map(|t| &t[z * plane..][..plane]);
+        if m.iter().all(|&v| v == 0) && t.is_none_or(|t| t.iter().all(|&v| v == 0)) {
+            continue;
+        }
+        let path = dir.join(format!("{stem}_z{z:03}.png"));
+        overlay(image.slice(z), t, m, ny, nx, zoom).save(&path).with_context(|| format!("{}", path.display()))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn segment_folder(
+    args: &SegmentArgs,
+    model: &mut Model,
+    prep: &relkd_core::transforms::Preprocessing,
+    folder: &Path,
+) -> anyhow::Result<()> {
+    let mut volumes: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("{}", folder.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_volume(p))
+        .collect();
+    volumes.sort();
+    ensure!(!volumes.is_empty(), "{} holds no .nii or .nii.gz volumes", folder.display());
+    let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "volumes".into());
+    let out = args.out.clone().unwrap_or_else(|| folder.with_file_name(format!("{name}_masks")));
+    ensure!(!out.exists() || out.is_dir(), "--out {} is not a folder", out.display());
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", out.display(), parent.display());
+    }
+    let table = out.join("cases.csv");
+    refuse_overwrite(&table, args.force)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let bar = ProgressBar::new(volumes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let mut rows = String::from("case,dims,foreground_voxels,seconds,dice,hd95_mm,asd_mm\n");
+    let mut failures = Vec::new();
+    for path in &volumes {
+        let case = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        bar.set_message(case.clone());
+        let result = (|| -> anyhow::Result<String> {
+            let image = read_volume(path)?;
+            let mask_path = sibling(path, &out, "_mask");
+            refuse_overwrite(&mask_path, args.force)?;
+            let start = Instant::now();
+            let seg = model.segment(&image, prep, args.batch)?;
+            let seconds = start.elapsed().as_secs_f64();
+            write_mask(&mask_path, &seg.mask, &image)?;
+            let mut row = format!(
+                "{case},{}x{}x{},{},{seconds:.3}",
+                image.dims[0],
+                image.dims[1],
+                image.dims[2],
+                seg.mask.iter().filter(|&&v| v != 0).count()
+            );
+            let label = [sibling(path, folder, "_segmentation"), sibling(path, folder, "_Segmentation")]
+                .into_iter()
+                .find(|p| p.exists());
+            match label.map(|l| read_volume(&l)).transpose()? {
+                Some(labels) if labels.dims == image.dims => {
+                    let truth = binarize(&labels.data);
+                    let d = surface_distances(&seg.mask, &truth, image.dims, image.spacing);
+                    let _ = write!(row, ",{:.4},{:.3},{:.3}", dice(&seg.mask, &truth), d.hd95, d.asd);
+                }
+                _ => row.push_str(",,,"),
+            }
+            Ok(row)
+        })();
+        match result {
+            Ok(row) => {
+                rows.push_str(&row);
+                rows.push('\n');
+            }
+            Err(e) => failures.push(format!("{case}: {e:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    write_atomic(&table, rows.as_bytes()).with_context(|| format!("{}", table.display()))?;
+    println!("wrote {} mask(s) and {} to {}", volumes.len() - failures.len(), table.display(), out.display());
+    if !failures.is_empty() {
+        bail!("{} volume(s) failed:\n  {}", failures.len(), failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let (md_path, csv_path) = (args.out.with_extension("md"), args.out.with_extension("csv"));
+    refuse_overwrite(&md_path, args.force)?;
+    refuse_overwrite(&csv_path, args.force)?;
+    for m in &args.models {
+        ensure!(m.is_file(), "model {} does not exist", m.display());
+    }
+    let exe = std::env::current_exe().context("locating the infer executable")?;
+    let mut rows = Vec::new();
+    for model in &args.models {
+        eprintln!("measuring {} …", model.display());
+        let batches: Vec<String> = args.batch.iter().map(|b| b.to_string()).collect();
+        let mut command = Command::new(&exe);
+        command.args(["bench-one", "--models"]).arg(model).args([
+            "--size",
+            &args.size.to_string(),
+            "--batch",
+            &batches.join(","),
+            "--provider",
+            &format!("{:?}", args.provider).to_lowercase(),
+            "--threads",
+            &args.threads.to_string(),
+            "--runs",
+            &args.runs.to_string(),
+            "--volume-runs",
+            &args.volume_runs.to_string(),
+        ]);
+        if let Some(v) = &args.volume {
+            command.arg("--volume").arg(v);
+        }
+        let output = command.output().context("running the benchmark child")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let row = stdout.lines().find_map(BenchRow::parse);
+        match (output.status.success(), row) {
+            (true, Some(row)) => rows.push(row),
+            _ => bail!("benchmarking {} failed:\n{}", model.display(), String::from_utf8_lossy(&output.stderr).trim()),
+        }
+    }
+    let table = markdown(&rows, &plan(args));
+    print!("{table}");
+    write_atomic(&md_path, table.as_bytes()).with_context(|| format!("{}", md_path.display()))?;
+    write_atomic(&csv_path, csv(&rows).as_bytes()).with_context(|| format!("{}", csv_path.display()))?;
+    println!("wrote {} and {}", md_path.display(), csv_path.display());
+    Ok(())
+}

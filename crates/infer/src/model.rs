@@ -1,0 +1,134 @@
+//! An exported model opened for inference: its session and what its metadata says about the
+//! input it expects.
+
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::value::TensorRef;
+use relkd_core::nifti_io::Volume;
+use relkd_core::segment::{Segmentation, segment_volume};
+use relkd_core::transforms::Preprocessing;
+
+use crate::runtime::{Provider, RuntimeError, runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(
+        "{path} carries no relkd preprocessing metadata (relkd.input_size); give --size and --context \
+         (the training input size and 2.5D context slices) to run it anyway"
+    )]
+    NoPreprocessing { path: PathBuf },
+    #[error("{path}: metadata {key} = '{value}' is not a number")]
+    BadMetadata { path: PathBuf, key: String, value: String },
+    #[error(
+        "{path} expects {expected} input channel(s) ({context} context slice(s) each side), \
+         but --context {given} makes {}", 2 * given + 1
+    )]
+    Channels { path: PathBuf, expected: usize, context: usize, given: usize },
+    #[error("{path}: ONNX Runtime failed: {message}")]
+    Run { path: PathBuf, message: String },
+}
+
+/// What a relkd ONNX file says about itself (metadata keys `relkd.*`, written by `export`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub role: String,
+    pub in_channels: Option<usize>,
+    pub preprocessing: Option<Preprocessing>,
+    pub live_params: Option<usize>,
+    pub training_sites: String,
+    pub target_site: String,
+}
+
+/// A session with its metadata.
+pub struct Model {
+    pub path: PathBuf,
+    pub session: Session,
+    /// The provider actually running it (with `auto`, CUDA or the CPU).
+    pub provider: Provider,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    pub fn open(path: &Path, provider: Provider, threads: usize) -> Result<Self, ModelError> {
+        let (session, provider) = runtime()?.session(path, provider, threads)?;
+        let run = |e: ort::Error| ModelError::Run { path: path.into(), message: e.to_string() };
+        let meta = session.metadata().map_err(run)?;
+        let get = |key: &str| meta.custom(key);
+        let number = |key: &str| -> Result<Option<usize>, ModelError> {
+            get(key)
+                .map(|v| {
+                    v.trim().parse().map_err(|_| ModelError::BadMetadata {
+                        path: path.into(),
+                        key: key.into(),
+                        value: v,
+                    })
+                })
+                .transpose()
+        };
+        let preprocessing = match (number("relkd.input_size")?, number("relkd.context")?) {
+            (Some(size), context) => Some(Preprocessing { size, context: context.unwrap_or(0) }),
+            (None, _) => None,
+        };
+        let info = ModelInfo {
+            name: get("relkd.model")
+                .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
+            role: get("relkd.role").unwrap_or_default(),
+            in_channels: number("relkd.in_channels")?,
+            preprocessing,
+            live_params: number("relkd.live_params")?,
+            training_sites: get("relkd.training_sites").unwrap_or_default(),
+            target_site: get("relkd.target_site").unwrap_or_default(),
+        };
+        drop(meta);
+        Ok(Self { path: path.into(), session, provider, info })
+    }
+
+    /// The preprocessing to use: the model's own, or the user's `--size`/`--context` for a
+    /// model without metadata. A given value that contradicts the model's input is an error.
+    pub fn preprocessing(&self, size: Option<usize>, context: Option<usize>) -> Result<Preprocessing, ModelError> {
+        let prep = match (self.info.preprocessing, size) {
+            (Some(p), None) => Preprocessing { context: context.unwrap_or(p.context), ..p },
+            (Some(p), Some(size)) => Preprocessing { size, context: context.unwrap_or(p.context) },
+            (None, Some(size)) => Preprocessing { size, context: context.unwrap_or(0) },
+            (None, None) => return Err(ModelError::NoPreprocessing { path: self.path.clone() }),
+        };
+        let expected = self.info.in_channels.or_else(|| self.input_channels());
+        if let Some(expected) = expected.filter(|&c| c != prep.channels()) {
+            return Err(ModelError::Channels {
+                path: self.path.clone(),
+                expected,
+                context: expected.saturating_sub(1) / 2,
+                given: prep.context,
+            });
+        }
+        Ok(prep)
+    }
+
+    /// The fixed channel count of the graph's input, when it declares one.
+    fn input_channels(&self) -> Option<usize> {
+        let input = self.session.inputs().first()?;
+        match input.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape.get(1).filter(|&&c| c > 0).map(|&c| c as usize),
+            _ => None,
+        }
+    }
+
+    /// Logits for a batch `[n, c, h, w]`.
+    pub fn logits(&mut self, shape: [usize; 4], input: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let run = |e: ort::Error| ModelError::Run { path: self.path.clone(), message: e.to_string() };
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
+        let name = self.session.inputs()[0].name().to_string();
+        let outputs = self.session.run(ort::inputs![name => tensor]).map_err(run)?;
+        let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(run)?;
+        Ok(logits.to_vec())
+    }
+
+    /// Segments a volume, `batch` slices per run.
+    pub fn segment(&mut self, volume: &Volume, prep: &Preprocessing, batch: usize) -> Result<Segmentation, ModelError> {
+        segment_volume(volume, prep, batch, &mut |shape, input| self.logits(shape, &input))
+    }
+}

@@ -1,0 +1,219 @@
+//! `infer` on phantom volumes with the checked-in tiny model, whose output the tests
+//! recompute by hand: masks on the source grid, metrics, folders, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use relkd_core::metrics::dice;
+use relkd_core::nifti_io::read_volume;
+use relkd_core::phantom::{PhantomConfig, generate};
+use relkd_core::transforms::{binarize, zscore};
+
+fn tiny_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_conv.onnx")
+}
+
+fn infer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_infer")).args(args).current_dir(dir).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The tiny model's mask, computed by hand: background logit 0.5 − x, foreground logit
+/// (3×3 binomial blur of x) − 0.5, zero padding, on the z-scored volume; the network runs at
+/// the source size, so no resize is involved.
+fn expected_mask(data: &[f32], [nx, ny, nz]: [usize; 3]) -> Vec<u8> {
+    let mut x = data.to_vec();
+    zscore(&mut x);
+    let k = [[0.1, 0.2, 0.1], [0.2, 0.4, 0.2], [0.1, 0.2, 0.1]];
+    let mut mask = Vec::with_capacity(x.len());
+    for z in 0..nz {
+        for y in 0..ny as isize {
+            for xx in 0..nx as isize {
+                let mut blur = 0.0f32;
+                for (dy, row) in k.iter().enumerate() {
+                    for (dx, w) in row.iter().enumerate() {
+                        let (yy, xi) = (y + dy as isize - 1, xx + dx as isize - 1);
+                        if (0..ny as isize).contains(&yy) && (0..nx as isize).contains(&xi) {
+                            blur += w * x[z * nx * ny + yy as usize * nx + xi as usize];
+                        }
+                    }
+                }
+                let v = x[z * nx * ny + y as usize * nx + xx as usize];
+                mask.push((blur - 0.5 > 0.5 - v) as u8);
+            }
+        }
+    }
+    mask
+}
+
+fn phantom(dir: &Path) -> PathBuf {
+    let root = dir.join("phantom");
+    generate(&PhantomConfig { sites: 1, cases: 2, size: 32, seed: 3 }, &root, &|_, _| {}).unwrap();
+    root.join("RUNMC")
+}
+
+#[test]
+fn the_tiny_model_segments_a_volume_on_its_own_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let volume = site.join("Case00.nii.gz");
+    let label = site.join("Case00_segmentation.nii.gz");
+    let model = tiny_model();
+    let (v, l, m) = (volume.to_str().unwrap(), label.to_str().unwrap(), model.to_str().unwrap());
+    let out = infer(
+        dir.path(),
+        &[
+            "--volume",
+            v,
+            "--model",
+            m,
+            "--provider",
+            "cpu",
+            "--size",
+            "32",
+            "--label",
+            l,
+            "--probabilities",
+            "p.nii.gz",
+            "--overlay",
+            "png",
+        ],
+    );
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+
+    let source = read_volume(&volume).unwrap();
+    let mask = read_volume(&site.join("Case00_mask.nii.gz")).unwrap();
+    assert_eq!(mask.dims, source.dims);
+    assert_eq!(mask.affine, source.affine);
+    assert_eq!(mask.header.datatype, 2, "uint8");
+    let got: Vec<u8> = mask.data.iter().map(|&v| v as u8).collect();
+    let expected = expected_mask(&source.data, source.dims);
+    let mismatches = got.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    assert!(mismatches * 1000 <= got.len(), "{mismatches} of {} voxels differ from the hand computation", got.len());
+    // The printed Dice is the Dice of the written mask against the label.
+    let truth = binarize(&read_volume(&label).unwrap().data);
+    let d = dice(&got, &truth);
+    assert!(log.contains(&format!("Dice {d:.4}")), "expected Dice {d:.4} in\n{log}");
+    let p = read_volume(&dir.path().join("p.nii.gz")).unwrap();
+    assert_eq!(p.dims, source.dims);
+    assert!(p.data.iter().zip(&got).all(|(&p, &m)| (p > 0.5) == (m == 1) || (p - 0.5).abs() < 1e-4));
+    assert!(std::fs::read_dir(dir.path().join("png")).unwrap().count() > 0);
+
+    // A second run does not overwrite the mask unasked.
+    let again = infer(dir.path(), &["--volume", v, "--model", m, "--provider", "cpu", "--size", "32"]);
+    assert!(!again.status.success() && text(&again).contains("--force"), "{}", text(&again));
+}
+
+#[test]
+fn a_folder_is_segmented_case_by_case_with_a_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let model = tiny_model();
+    let out = infer(
+        dir.path(),
+        &["--volume", site.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu", "--size", "32"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let masks = site.with_file_name("RUNMC_masks");
+    let csv = std::fs::read_to_string(masks.join("cases.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    for (line, case) in lines[1..].iter().zip(["Case00", "Case01"]) {
+        assert!(line.starts_with(case), "{line}");
+        let dice: f64 = line.split(',').nth(4).unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&dice), "{line}");
+        assert!(masks.join(format!("{case}_mask.nii.gz")).is_file());
+    }
+}
+
+/// A NIfTI-1 file with the given dims (float32), written by hand.
+fn raw_nifti(path: &Path, dims: &[i16]) {
+    let mut h = vec![0u8; 352];
+    let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
+    put(&mut h, 0, &348i32.to_le_bytes());
+    put(&mut h, 40, &(dims.len() as i16).to_le_bytes());
+    for i in 0..7 {
+        put(&mut h, 42 + 2 * i, &dims.get(i).copied().unwrap_or(1).to_le_bytes());
+    }
+    put(&mut h, 70, &16i16.to_le_bytes());
+    put(&mut h, 72, &32i16.to_le_bytes());
+    for i in 0..8 {
+        put(&mut h, 76 + 4 * i, &1f32.to_le_bytes());
+    }
+    put(&mut h, 108, &352f32.to_le_bytes());
+    put(&mut h, 344, b"n+1\0");
+    let voxels: usize = dims.iter().map(|&d| d as usize).product();
+    h.extend((0..voxels).flat_map(|i| (i as f32).to_le_bytes()));
+    std::fs::write(path, h).unwrap();
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let volume = site.join("Case00.nii.gz");
+    let v = volume.to_str().unwrap();
+    let model = tiny_model();
+    let m = model.to_str().unwrap();
+    std::fs::write(dir.path().join("corrupt.nii.gz"), b"not a nifti file at all").unwrap();
+    raw_nifti(&dir.path().join("flat.nii"), &[8, 8]);
+    raw_nifti(&dir.path().join("series.nii"), &[8, 8, 4, 3]);
+    let cases: [(&[&str], &str); 8] = [
+        (&["--volume", "missing.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "does not exist"),
+        (&["--volume", "corrupt.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "corrupt.nii.gz"),
+        (&["--volume", "flat.nii", "--model", m, "--provider", "cpu", "--size", "32"], "flat.nii"),
+        (&["--volume", "series.nii", "--model", m, "--provider", "cpu", "--size", "32"], "series.nii"),
+        (
+            &["--volume", v, "--model", m, "--provider", "cpu", "--size", "32", "--context", "1"],
+            "expects 1 input channel",
+        ),
+        (
+            &["--volume", v, "--model", m, "--provider", "cpu", "--size", "32", "--out", "no/such/dir/mask.nii.gz"],
+            "does not exist",
+        ),
+        (&["--volume", v, "--model", m, "--provider", "cpu"], "--size and --context"),
+        (&["--volume", v, "--model", m, "--provider", "cpu", "--size", "32", "--out", v], "refusing to overwrite"),
+    ];
+    let before: Vec<_> = std::fs::read_dir(&site).unwrap().map(|e| e.unwrap().file_name()).collect();
+    for (args, expected) in cases {
+        let out = infer(dir.path(), args);
+        let log = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded:\n{log}");
+        assert!(log.contains(expected), "{args:?}: expected '{expected}' in\n{log}");
+        assert!(!log.contains("panicked"), "{args:?}:\n{log}");
+    }
+    let after: Vec<_> = std::fs::read_dir(&site).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "a failed command wrote into the data folder");
+    assert!(!dir.path().join("no").exists());
+}
+
+#[test]
+fn strict_cuda_fails_clearly_here_and_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let volume = site.join("Case00.nii.gz");
+    let model = tiny_model();
+    let out = infer(
+        dir.path(),
+        &[
+            "--volume",
+            volume.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--provider",
+            "cuda",
+            "--size",
+            "32",
+        ],
+    );
+    let log = text(&out);
+    if out.status.success() {
+        return; // a machine with a working CUDA provider
+    }
+    assert!(log.contains("CUDA") && log.contains("--provider cpu") && log.contains("setup-ort.sh"), "{log}");
+    assert!(!site.join("Case00_mask.nii.gz").exists());
+}
