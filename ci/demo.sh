@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: build, write the synthetic multi-site phantom once, and
-# summarise it per site. Later stages (train → export → infer) extend this script.
+# The main job on a fresh machine: the three commands of the README, in order, on the phantom.
+#   1. train a teacher, a baseline and a distilled student (configs/quick.yaml);
+#   2. export the distilled student (and the teacher) to ONNX, verified against Burn;
+#   3. segment an unseen-site volume with ONNX Runtime, and time the student against the teacher.
 #
-#   bash ci/demo.sh            # data in data/phantom
+#   bash ci/demo.sh            # everything under runs/ and demo/
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash ci/setup-ort.sh
-cargo build --release --locked --bin train
-train=${CARGO_TARGET_DIR:-target}/release/train
+cargo build --release --locked --bin train --bin export --bin infer
+bin=${CARGO_TARGET_DIR:-target}/release
+mkdir -p demo
 
-data=data/phantom
-if [[ ! -f "$data/phantom.txt" ]]; then
-  "$train" phantom --out "$data"
-else
-  echo "phantom already in $data ($(cat "$data/phantom.txt" | tr -d '\n'))"
-fi
-"$train" data --root "$data"
+"$bin/train" --teacher unetpp --student enet --config configs/quick.yaml
+run=runs/$(cat runs/latest)
+"$bin/export" --out demo/enet.onnx --force
+"$bin/export" --model teacher --out demo/unetpp.onnx --force
+
+# A case of the target site that no student saw, copied as a user would hand it over.
+case_file=$(cut -d, -f3,4 "$run/scores.csv" | sed -n 2p | tr , /)
+data_root=$(sed -n 's/^Data: phantom (\([^)]*\)).*/\1/p' "$run/report.md")
+cp "$data_root/$case_file.nii.gz" demo/case.nii.gz
+cp "$data_root/${case_file}_segmentation.nii.gz" demo/case_segmentation.nii.gz
+"$bin/infer" --volume demo/case.nii.gz --provider cuda || echo "(no CUDA here: the CPU provider follows)"
+"$bin/infer" --volume demo/case.nii.gz --provider cpu --force \
+  --label demo/case_segmentation.nii.gz --overlay demo/overlays
+"$bin/infer" bench --models demo/unetpp.onnx demo/enet.onnx --size 64 --batch 1,16 --runs 20 \
+  --volume demo/case.nii.gz --out demo/bench --force
+
+echo
+sed -n '/## Dice/,/## Training/p' "$run/report.md" | sed '$d'
+echo "wrote: $run/ (report.md, metrics.csv, scores.csv, loss_curves.png, overlays/), demo/enet.onnx, demo/unetpp.onnx,"
+echo "       demo/case_mask.nii.gz, demo/overlays/, demo/bench.md, demo/bench.csv"

@@ -90,7 +90,7 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     // on the source grid.
     let mut model = Model::open(&onnx, Provider::Cpu, 2).unwrap();
     assert_eq!(model.info.preprocessing, Some(prep));
-    let segmentation = model.segment(&case.image, &model.preprocessing(None, None).unwrap(), 8).unwrap();
+    let segmentation = model.segment(&case.image, &model.preprocessing(None, None).unwrap(), 8, false).unwrap();
     assert_eq!(segmentation.mask, onnx_mask);
     let written = dir.path().join("mask.nii.gz");
     write_mask(&written, &segmentation.mask, &case.image).unwrap();

@@ -236,21 +236,22 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     }
     let out = args.out.clone().unwrap_or_else(|| sibling(volume, volume.parent().unwrap_or(Path::new(".")), "_mask"));
     check_outputs(args, volume, &out)?;
-    let image = read_volume(volume)?;
     let start = Instant::now();
-    let seg = model.segment(&image, &prep, args.batch)?;
-    let seconds = start.elapsed().as_secs_f64();
+    let image = read_volume(volume)?;
+    let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
     write_mask(&out, &seg.mask, &image)?;
+    let seconds = start.elapsed().as_secs_f64();
     println!(
-        "wrote {} ({}×{}×{}, {} foreground voxels) in {seconds:.2} s",
+        "wrote {} ({}×{}×{}, {} foreground voxels): {seconds:.2} s from reading to writing, {:.2} s of it in ONNX Runtime",
         out.display(),
         image.dims[0],
         image.dims[1],
         image.dims[2],
-        seg.mask.iter().filter(|&&v| v != 0).count()
+        seg.mask.iter().filter(|&&v| v != 0).count(),
+        model.session_time.as_secs_f64()
     );
-    if let Some(path) = &args.probabilities {
-        write_volume(path, &seg.foreground, image.dims, &image.header)?;
+    if let (Some(path), Some(foreground)) = (&args.probabilities, &seg.foreground) {
+        write_volume(path, foreground, image.dims, &image.header)?;
         println!("wrote {} (foreground probability, float32)", path.display());
     }
     let truth = match &args.label {
@@ -362,7 +363,7 @@ fn segment_folder(
             let mask_path = sibling(path, &out, "_mask");
             refuse_overwrite(&mask_path, args.force)?;
             let start = Instant::now();
-            let seg = model.segment(&image, prep, args.batch)?;
+            let seg = model.segment(&image, prep, args.batch, false)?;
             let seconds = start.elapsed().as_secs_f64();
             write_mask(&mask_path, &seg.mask, &image)?;
             let mut row = format!(

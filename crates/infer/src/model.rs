@@ -2,6 +2,7 @@
 //! input it expects.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -50,6 +51,8 @@ pub struct Model {
     /// The provider actually running it (with `auto`, CUDA or the CPU).
     pub provider: Provider,
     pub info: ModelInfo,
+    /// Time spent inside ONNX Runtime's `run` so far (for the overhead figure).
+    pub session_time: Duration,
 }
 
 impl Model {
@@ -84,7 +87,7 @@ impl Model {
             target_site: get("relkd.target_site").unwrap_or_default(),
         };
         drop(meta);
-        Ok(Self { path: path.into(), session, provider, info })
+        Ok(Self { path: path.into(), session, provider, info, session_time: Duration::ZERO })
     }
 
     /// The preprocessing to use: the model's own, or the user's `--size`/`--context` for a
@@ -117,18 +120,29 @@ impl Model {
         }
     }
 
-    /// Logits for a batch `[n, c, h, w]`.
+    /// Logits for a batch `[n, c, h, w]`. The time spent in ONNX Runtime is added to
+    /// [`Model::session_time`].
     pub fn logits(&mut self, shape: [usize; 4], input: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let run = |e: ort::Error| ModelError::Run { path: self.path.clone(), message: e.to_string() };
+        let path = self.path.clone();
+        let run = |e: ort::Error| ModelError::Run { path: path.clone(), message: e.to_string() };
+        let start = Instant::now();
         let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
         let name = self.session.inputs()[0].name().to_string();
         let outputs = self.session.run(ort::inputs![name => tensor]).map_err(run)?;
         let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(run)?;
-        Ok(logits.to_vec())
+        let logits = logits.to_vec();
+        self.session_time += start.elapsed();
+        Ok(logits)
     }
 
-    /// Segments a volume, `batch` slices per run.
-    pub fn segment(&mut self, volume: &Volume, prep: &Preprocessing, batch: usize) -> Result<Segmentation, ModelError> {
-        segment_volume(volume, prep, batch, &mut |shape, input| self.logits(shape, &input))
+    /// Segments a volume, `batch` slices per run, with the foreground probability if asked.
+    pub fn segment(
+        &mut self,
+        volume: &Volume,
+        prep: &Preprocessing,
+        batch: usize,
+        probabilities: bool,
+    ) -> Result<Segmentation, ModelError> {
+        segment_volume(volume, prep, batch, probabilities, &mut |shape, input| self.logits(shape, &input))
     }
 }

@@ -282,8 +282,11 @@ pub fn write_volume<T: VoxelType>(
     // file gets a dot-free stem with the target's extension.
     let gz = path.to_string_lossy().ends_with(".gz");
     let tmp = path.with_file_name(format!("{}.{}", crate::files::partial_stem(), if gz { "nii.gz" } else { "nii" }));
-    let result = nifti::writer::WriterOptions::new(&tmp)
-        .reference_header(&header)
+    // Fast deflate: masks are mostly zeros and compress well at any level, and writing stays
+    // a small part of `infer`'s time.
+    let options = nifti::writer::WriterOptions::new(&tmp).reference_header(&header);
+    let options = if gz { options.compression_level(flate2::Compression::fast()) } else { options };
+    let result = options
         .write_nifti(&array)
         .map_err(|e| match e {
             nifti::NiftiError::Io(source) => NiftiError::Io { path: path.into(), source },

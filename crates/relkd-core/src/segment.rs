@@ -10,12 +10,13 @@ use crate::transforms::{NormalizedVolume, Preprocessing, resize_bilinear};
 pub struct Segmentation {
     /// 1 where a foreground class has the largest logit.
     pub mask: Vec<u8>,
-    /// Softmax probability of not being background (class 0).
-    pub foreground: Vec<f32>,
+    /// Softmax probability of not being background (class 0), when asked for.
+    pub foreground: Option<Vec<f32>>,
 }
 
 /// Segments `image` slice by slice, `batch` slices per call of `logits_of`, which maps an
-/// input `[n, c, size, size]` (flat) to logits `[n, k, size, size]` (flat).
+/// input `[n, c, size, size]` (flat) to logits `[n, k, size, size]` (flat). With
+/// `probabilities`, the foreground probability is kept too.
 ///
 /// Each slice is z-scored with its volume, resized to the network's size (half-pixel
 /// bilinear), and its logits are resized back to the slice's own size with the same resize
@@ -24,12 +25,14 @@ pub fn segment_volume<E>(
     image: &Volume,
     prep: &Preprocessing,
     batch: usize,
+    probabilities: bool,
     logits_of: &mut dyn FnMut([usize; 4], Vec<f32>) -> Result<Vec<f32>, E>,
 ) -> Result<Segmentation, E> {
     let [nx, ny, nz] = image.dims;
     let norm = NormalizedVolume::new(image);
     let (c, s) = (prep.channels(), prep.size);
-    let mut out = Segmentation { mask: Vec::with_capacity(nx * ny * nz), foreground: Vec::with_capacity(nx * ny * nz) };
+    let mut mask = Vec::with_capacity(nx * ny * nz);
+    let mut foreground = probabilities.then(|| Vec::with_capacity(nx * ny * nz));
     let slices: Vec<usize> = (0..nz).collect();
     for chunk in slices.chunks(batch.max(1)) {
         let input: Vec<f32> = chunk.iter().flat_map(|&z| norm.input(z, prep)).collect();
@@ -41,14 +44,16 @@ pub fn segment_volume<E>(
                 .collect();
             for p in 0..ny * nx {
                 let best = (1..k).fold(0, |best, class| if planes[class][p] > planes[best][p] { class } else { best });
-                let top = planes[best][p];
-                let total: f32 = planes.iter().map(|plane| (plane[p] - top).exp()).sum();
-                out.mask.push((best != 0) as u8);
-                out.foreground.push(1.0 - (planes[0][p] - top).exp() / total);
+                mask.push((best != 0) as u8);
+                if let Some(foreground) = foreground.as_mut() {
+                    let top = planes[best][p];
+                    let total: f32 = planes.iter().map(|plane| (plane[p] - top).exp()).sum();
+                    foreground.push(1.0 - (planes[0][p] - top).exp() / total);
+                }
             }
         }
     }
-    Ok(out)
+    Ok(Segmentation { mask, foreground })
 }
 
 #[cfg(test)]
@@ -67,7 +72,7 @@ mod tests {
         let volume = Volume { data, dims, spacing, affine, header: new_header(spacing, &affine) };
         let prep = Preprocessing { size: 2, context: 0 };
         let mut calls = Vec::new();
-        let seg = segment_volume::<()>(&volume, &prep, 2, &mut |shape, input| {
+        let seg = segment_volume::<()>(&volume, &prep, 2, true, &mut |shape, input| {
             calls.push(shape);
             assert_eq!(input.len(), shape.iter().product::<usize>());
             let n = shape[0];
@@ -84,7 +89,8 @@ mod tests {
             let l1 = right * 3f32.ln();
             assert_eq!(m, (l1 > 0.0) as u8, "voxel {i}");
             let p = l1.exp() / (1.0 + l1.exp());
-            assert!((seg.foreground[i] - p).abs() < 1e-5, "voxel {i}: {} vs {p}", seg.foreground[i]);
+            let q = seg.foreground.as_ref().unwrap()[i];
+            assert!((q - p).abs() < 1e-5, "voxel {i}: {q} vs {p}");
         }
     }
 }

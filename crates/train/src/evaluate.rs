@@ -29,7 +29,7 @@ pub fn predict_volume(
     device: &Device,
     logits_of: &dyn Fn(Tensor<4>) -> Tensor<4>,
 ) -> Vec<u8> {
-    let segmentation = segment_volume::<std::convert::Infallible>(image, prep, batch, &mut |shape, input| {
+    let segmentation = segment_volume::<std::convert::Infallible>(image, prep, batch, false, &mut |shape, input| {
         let logits = logits_of(Tensor::from_data(TensorData::new(input, shape), device));
         Ok(logits.into_data().convert::<f32>().try_into_vec::<f32>().expect("float logits"))
     });

@@ -1,0 +1,49 @@
+//! Writes the five networks at the paper's width (random weights) as ONNX files, for timing
+//! and storage: `infer bench` reads them to build the efficiency table. Each file goes through
+//! the same verification as `export` (random inputs at 384×384).
+//!
+//!     cargo run --release -p relkd-export --example paper_models -- OUT_DIR
+
+use burn::tensor::Device;
+use relkd_core::transforms::Preprocessing;
+use relkd_export::{FP32_TOLERANCE, Precision, Probe, export};
+use relkd_models::{Architecture, NetworkConfig, trainable_params};
+use relkd_train::checkpoint::ModelCard;
+
+fn main() -> anyhow::Result<()> {
+    let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "paper-models".into()));
+    std::fs::create_dir_all(&out)?;
+    let device = Device::flex();
+    device.seed(0);
+    for architecture in Architecture::ALL {
+        let net = NetworkConfig::new(architecture).init(&device);
+        let card = ModelCard {
+            model: format!("{} (random weights)", architecture.role()),
+            architecture,
+            width: 1.0,
+            in_channels: 1,
+            classes: 2,
+            preprocessing: Preprocessing { size: 384, context: 0 },
+            live_params: trainable_params(&net),
+            trained_sites: vec![],
+            target_site: String::new(),
+            distillation: vec![],
+            run_id: "paper-width, untrained".into(),
+            config_hash: String::new(),
+            epochs: 0,
+            best_epoch: None,
+            best_val_dice: None,
+            history: vec![],
+        };
+        let path = out.join(format!("{}.onnx", architecture.name()));
+        let probe = Probe::random([1, 1, 384, 384], &device);
+        let checks = export(&net, &card, &path, Precision::F32, 17, &[probe], FP32_TOLERANCE, &device)?;
+        println!(
+            "{:<28} {:>8.2} MB  max |ONNX Runtime − Burn| {:.1e}",
+            path.display(),
+            std::fs::metadata(&path)?.len() as f64 / 1e6,
+            checks[0].max_abs_diff
+        );
+    }
+    Ok(())
+}
