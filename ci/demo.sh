@@ -15,8 +15,9 @@ mkdir -p demo
 
 "$bin/train" --teacher unetpp --student enet --config configs/quick.yaml
 run=runs/$(cat runs/latest)
-"$bin/export" --out demo/enet.onnx --force
+# The teacher first: `infer` takes the most recent export, the student.
 "$bin/export" --model teacher --out demo/unetpp.onnx --force
+"$bin/export" --out demo/enet.onnx --force
 
 # A case of the target site that no student saw, copied as a user would hand it over.
 case_file=$(cut -d, -f3,4 "$run/scores.csv" | sed -n 2p | tr , /)

@@ -6,7 +6,7 @@
 
 use burn::tensor::Device;
 use relkd_core::transforms::Preprocessing;
-use relkd_export::{FP32_TOLERANCE, Precision, Probe, export};
+use relkd_export::{Options, Probe, export};
 use relkd_models::{Architecture, NetworkConfig, trainable_params};
 use relkd_train::checkpoint::ModelCard;
 
@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         };
         let path = out.join(format!("{}.onnx", architecture.name()));
         let probe = Probe::random([1, 1, 384, 384], &device);
-        let checks = export(&net, &card, &path, Precision::F32, 17, &[probe], FP32_TOLERANCE, &device)?;
+        let checks = export(&net, &card, &path, &Options::fp32(), &[probe], &device)?;
         println!(
             "{:<28} {:>8.2} MB  max |ONNX Runtime − Burn| {:.1e}",
             path.display(),

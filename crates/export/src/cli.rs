@@ -16,7 +16,9 @@ use relkd_train::config::ExperimentConfig;
 use relkd_train::evaluate::predict_volume;
 use relkd_train::run::Cases;
 
-use crate::{FP32_TOLERANCE, OnnxPredictor, Precision, Probe, export, record_latest};
+use crate::{
+    Acceptance, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, OnnxPredictor, Options, Precision, Probe, export, record_latest,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,16 +140,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         probes.push(probe);
     }
     let precision = if cli.fp16 { Precision::F16 } else { Precision::F32 };
-    // Half-precision weights change the logits by more than float32 rounding; they are checked
-    // to a looser bound here and judged by Dice below.
-    let tolerance = if cli.fp16 { 5e-2 } else { FP32_TOLERANCE };
-    let checks = export(&net, &card, &out, precision, cli.opset, &probes, tolerance, &device)
+    // Half-precision weights move the logits by far more than float32 rounding: they are held
+    // to agreeing predictions, and judged by Dice below.
+    let acceptance =
+        if cli.fp16 { Acceptance::Masks(FP16_MASK_DISAGREEMENT) } else { Acceptance::Logits(FP32_TOLERANCE) };
+    let checks = export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance }, &probes, &device)
         .with_context(|| format!("exporting to {}", out.display()))?;
     for check in &checks {
         print!("  verified on {}: max |ONNX Runtime − Burn| = {:.2e}", check.what, check.max_abs_diff);
-        if check.beyond_tolerance > 0 {
+        if cli.fp16 {
+            print!(" (float16 weights; predicted classes differ at {} pixel(s))", check.mask_disagreement);
+        } else if check.beyond_tolerance > 0 {
             print!(
-                " ({} of {} logits beyond {tolerance:.0e}: max-unpool ties; predicted masks differ at {} pixel(s))",
+                " ({} of {} logits beyond {FP32_TOLERANCE:.0e}: max-unpool ties; predicted classes differ at {} pixel(s))",
                 check.beyond_tolerance, check.logits, check.mask_disagreement
             );
         }
@@ -171,10 +176,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             half - full
         );
     }
-    if let Some(runs) = run_dir.parent() {
-        if runs.join(LATEST_RUN).exists() {
-            record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
-        }
+    if let Some(runs) = run_dir.parent()
+        && runs.join(LATEST_RUN).exists()
+    {
+        record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
     }
     Ok(())
 }

@@ -26,17 +26,42 @@ pub use onnx::Precision;
 /// The largest difference to Burn's logits an fp32 file may show.
 pub const FP32_TOLERANCE: f32 = 1e-4;
 
+/// The share of pixels whose predicted class an fp16 file may change on a probe.
+pub const FP16_MASK_DISAGREEMENT: f64 = 0.01;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("{path}: {message}")]
     Io { path: PathBuf, message: String },
     #[error("ONNX Runtime could not run the exported graph: {0}")]
     Runtime(String),
-    #[error(
-        "the exported graph disagrees with Burn by up to {diff:.3e} on {what} (tolerance {tolerance:.0e}); \
-         nothing was written"
-    )]
-    Mismatch { diff: f32, what: String, tolerance: f32 },
+    #[error("the exported graph disagrees with Burn on {what}: {detail}; nothing was written")]
+    Mismatch { what: String, detail: String },
+}
+
+/// How a file is written and when it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    pub precision: Precision,
+    pub opset: i64,
+    pub acceptance: Acceptance,
+}
+
+impl Options {
+    /// Float32 weights, opset 17, logits within [`FP32_TOLERANCE`].
+    pub fn fp32() -> Self {
+        Self { precision: Precision::F32, opset: 17, acceptance: Acceptance::Logits(FP32_TOLERANCE) }
+    }
+}
+
+/// When a probe passes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Acceptance {
+    /// Every logit within this of Burn's (float32 weights).
+    Logits(f32),
+    /// Predicted classes agree on all but this share of pixels: for half-precision weights,
+    /// whose logits drift by far more than float32 rounding. The logit difference is reported.
+    Masks(f64),
 }
 
 /// One input the exported graph is checked on, and how it is described.
@@ -80,10 +105,10 @@ pub struct Check {
 }
 
 impl Check {
-    fn compare(probe: &Probe, reference: &[f32], got: &[f32], tolerance: f32) -> Result<Self, ExportError> {
-        let mismatch = |diff| ExportError::Mismatch { diff, what: probe.what.clone(), tolerance };
+    fn compare(probe: &Probe, reference: &[f32], got: &[f32], acceptance: Acceptance) -> Result<Self, ExportError> {
+        let mismatch = |detail: String| ExportError::Mismatch { what: probe.what.clone(), detail };
         if got.len() != reference.len() {
-            return Err(mismatch(f32::INFINITY));
+            return Err(mismatch(format!("{} logits, Burn gives {}", got.len(), reference.len())));
         }
         let diffs: Vec<f32> = reference.iter().zip(got).map(|(a, b)| (a - b).abs()).collect();
         let max_abs_diff = diffs.iter().copied().fold(0.0f32, f32::max);
@@ -98,6 +123,11 @@ impl Check {
             .flat_map(|i| (0..h * w).map(move |p| (i, p)))
             .filter(|&(i, p)| argmax(reference, i, p) != argmax(got, i, p))
             .count();
+        let pixels = (n * h * w) as f64;
+        let tolerance = match acceptance {
+            Acceptance::Logits(t) => t,
+            Acceptance::Masks(_) => f32::INFINITY,
+        };
         let check = Self {
             what: probe.what.clone(),
             max_abs_diff,
@@ -105,9 +135,22 @@ impl Check {
             logits: diffs.len(),
             mask_disagreement,
         };
-        let within = max_abs_diff.is_finite() && max_abs_diff <= tolerance;
-        let explained = probe.unpool_ties && (mask_disagreement as f64) <= MASK_DISAGREEMENT * (n * h * w) as f64;
-        if within || (max_abs_diff.is_finite() && explained) { Ok(check) } else { Err(mismatch(max_abs_diff)) }
+        let masks_within = |share: f64| (mask_disagreement as f64) <= share * pixels;
+        let passes = max_abs_diff.is_finite()
+            && match acceptance {
+                Acceptance::Logits(t) => max_abs_diff <= t || (probe.unpool_ties && masks_within(MASK_DISAGREEMENT)),
+                Acceptance::Masks(share) => masks_within(share),
+            };
+        if passes {
+            return Ok(check);
+        }
+        Err(mismatch(match acceptance {
+            Acceptance::Logits(t) => format!("logits differ by up to {max_abs_diff:.3e} (tolerance {t:.0e})"),
+            Acceptance::Masks(share) => format!(
+                "predicted classes differ at {mask_disagreement} of {pixels} pixels (allowed {:.1}%)",
+                share * 100.0
+            ),
+        }))
     }
 }
 
@@ -192,20 +235,19 @@ pub fn onnx_logits(model: &Path, probe: &Probe, threads: usize) -> Result<Vec<f3
 }
 
 /// Writes `net` to `out` as ONNX after checking, on every probe, that ONNX Runtime's logits
-/// match Burn's within `tolerance`. The file is written beside `out` and renamed into place
+/// match Burn's as `acceptance` demands. The file is written beside `out` and renamed into place
 /// only when every check passes.
 pub fn export(
     net: &Network,
     card: &ModelCard,
     out: &Path,
-    precision: Precision,
-    opset: i64,
+    options: &Options,
     probes: &[Probe],
-    tolerance: f32,
     device: &Device,
 ) -> Result<Vec<Check>, ExportError> {
+    let acceptance = options.acceptance;
     let net = net.valid();
-    let bytes = to_onnx(&net, card, precision, opset)
+    let bytes = to_onnx(&net, card, options.precision, options.opset)
         .write_to_bytes()
         .map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
     let staging = partial_path(out);
@@ -214,7 +256,7 @@ pub fn export(
     let checks = probes
         .iter()
         .map(|probe| {
-            Check::compare(probe, &burn_logits(&net, probe, device), &onnx_logits(&staging, probe, 2)?, tolerance)
+            Check::compare(probe, &burn_logits(&net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)
         })
         .collect::<Result<Vec<_>, _>>();
     let result = checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io));

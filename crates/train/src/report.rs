@@ -224,8 +224,8 @@ const PALETTE: [Rgb; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
 pub fn loss_curves(models: &[(&str, &[EpochLog])]) -> Canvas {
     let (panel_w, panel_h, margin) = (360i64, 240i64, 48i64);
     let mut canvas = Canvas::new((2 * (panel_w + margin) + margin) as usize, (panel_h + 3 * margin) as usize, WHITE);
-    let panels: [(&str, fn(&EpochLog) -> f64); 2] =
-        [("TRAINING LOSS", |e| e.total), ("VALIDATION DICE", |e| e.val_dice)];
+    type Series = fn(&EpochLog) -> f64;
+    let panels: [(&str, Series); 2] = [("TRAINING LOSS", |e| e.total), ("VALIDATION DICE", |e| e.val_dice)];
     for (p, (title, value)) in panels.iter().enumerate() {
         let (x0, y0) = (margin + p as i64 * (panel_w + margin), margin);
         let values: Vec<f64> = models.iter().flat_map(|(_, h)| h.iter().map(value)).filter(|v| v.is_finite()).collect();
