@@ -168,13 +168,14 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
     let _ = writeln!(md, "{header}\n{rule}");
     for m in models {
         let finite = |f: fn(&CaseScore) -> f64| mean(m.scores.iter().map(f).filter(|v| v.is_finite()));
+        let mm = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "–".into() };
         let _ = write!(
             md,
-            "| {} | {:.3} | {:.2} | {:.2} | {} |",
+            "| {} | {:.3} | {} | {} | {} |",
             m.label(run.teacher),
             mean(m.scores.iter().map(|s| s.dice)),
-            finite(|s| s.hd95),
-            finite(|s| s.asd),
+            mm(finite(|s| s.hd95)),
+            mm(finite(|s| s.asd)),
             m.card.live_params
         );
         if run.real_data {
