@@ -12,7 +12,7 @@ use relkd_core::timing::time_runs;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{Precision, to_onnx};
 use relkd_infer::runtime::{Provider, runtime};
-use relkd_models::{Architecture, NetworkConfig, trainable_params};
+use relkd_models::{Architecture, NetworkConfig};
 use relkd_train::checkpoint::ModelCard;
 
 fn main() {
@@ -29,24 +29,7 @@ fn main() {
     let image: Vec<f32> = (0..384 * 384).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     for architecture in Architecture::ALL {
         let net = NetworkConfig::new(architecture).init(&device);
-        let card = ModelCard {
-            model: "benchmark".into(),
-            architecture,
-            width: 1.0,
-            in_channels: 1,
-            classes: 2,
-            preprocessing: Preprocessing { size: 384, context: 0 },
-            live_params: trainable_params(&net),
-            trained_sites: vec![],
-            target_site: String::new(),
-            distillation: vec![],
-            run_id: "benchmark".into(),
-            config_hash: String::new(),
-            epochs: 0,
-            best_epoch: None,
-            best_val_dice: None,
-            history: vec![],
-        };
+        let card = ModelCard::untrained("benchmark", architecture, &net, Preprocessing { size: 384, context: 0 });
         let path = dir.join(format!("{}.onnx", architecture.name()));
         let bytes = to_onnx(&net, &card, Precision::F32, 17).write_to_bytes().unwrap();
         std::fs::write(&path, &bytes).unwrap();

@@ -7,7 +7,7 @@
 use burn::tensor::Device;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{Options, Probe, export};
-use relkd_models::{Architecture, NetworkConfig, trainable_params};
+use relkd_models::{Architecture, NetworkConfig};
 use relkd_train::checkpoint::ModelCard;
 
 fn main() -> anyhow::Result<()> {
@@ -17,24 +17,12 @@ fn main() -> anyhow::Result<()> {
     device.seed(0);
     for architecture in Architecture::ALL {
         let net = NetworkConfig::new(architecture).init(&device);
-        let card = ModelCard {
-            model: format!("{} (random weights)", architecture.role()),
+        let card = ModelCard::untrained(
+            &format!("{} (random weights)", architecture.role()),
             architecture,
-            width: 1.0,
-            in_channels: 1,
-            classes: 2,
-            preprocessing: Preprocessing { size: 384, context: 0 },
-            live_params: trainable_params(&net),
-            trained_sites: vec![],
-            target_site: String::new(),
-            distillation: vec![],
-            run_id: "paper-width, untrained".into(),
-            config_hash: String::new(),
-            epochs: 0,
-            best_epoch: None,
-            best_val_dice: None,
-            history: vec![],
-        };
+            &net,
+            Preprocessing { size: 384, context: 0 },
+        );
         let path = out.join(format!("{}.onnx", architecture.name()));
         let probe = Probe::random([1, 1, 384, 384], &device);
         let checks = export(&net, &card, &path, &Options::fp32(), &[probe], &device)?;

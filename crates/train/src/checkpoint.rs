@@ -81,6 +81,29 @@ impl ModelCard {
             .with_width(self.width)
     }
 
+    /// The card of a network at the paper's width that was never trained (random weights),
+    /// for measuring timing and storage; `model` says so where the card is shown.
+    pub fn untrained(model: &str, architecture: Architecture, net: &Network, preprocessing: Preprocessing) -> Self {
+        Self {
+            model: model.into(),
+            architecture,
+            width: 1.0,
+            in_channels: preprocessing.channels(),
+            classes: 2,
+            preprocessing,
+            live_params: relkd_models::trainable_params(net),
+            trained_sites: vec![],
+            target_site: String::new(),
+            distillation: vec![],
+            run_id: "untrained".into(),
+            config_hash: String::new(),
+            epochs: 0,
+            best_epoch: None,
+            best_val_dice: None,
+            history: vec![],
+        }
+    }
+
     /// The card beside a weights file: `NAME.bpk` → `NAME.yaml`.
     pub fn path_for(weights: &Path) -> PathBuf {
         weights.with_extension("yaml")

@@ -5,14 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use relkd_core::dataset::Dataset;
 use relkd_core::phantom::{self, PhantomConfig};
 
 use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
 
-use crate::run::RunRequest;
+use crate::run::{RunRequest, progress_bar};
 use crate::summary;
 
 #[derive(Debug, Parser)]
@@ -145,16 +144,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len).with_message(what.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
 }
 
 fn write_phantom(config: &PhantomConfig, out: &Path) -> anyhow::Result<()> {

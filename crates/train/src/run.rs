@@ -313,11 +313,13 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
         let canonical = root.canonicalize().with_context(|| format!("data folder {}", root.display()))?;
         config.data.root = Some(canonical);
     }
-    for (spec, role) in [(&config.teacher, "--teacher"), (&config.student, "--student")] {
-        let expected = if role == "--teacher" { relkd_models::Role::Teacher } else { relkd_models::Role::Student };
+    use relkd_models::Role;
+    for (spec, flag, expected) in
+        [(&config.teacher, "--teacher", Role::Teacher), (&config.student, "--student", Role::Student)]
+    {
         if spec.architecture.role() != expected {
             eprintln!(
-                "note: {role} {} is a {} in the paper",
+                "note: {flag} {} is a {} in the paper",
                 spec.architecture.display_name(),
                 spec.architecture.role()
             );
@@ -714,7 +716,8 @@ impl TrainHooks for Hooks<'_> {
     }
 }
 
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
+/// The progress bar every long step of `train` shows.
+pub(crate) fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len).with_message(what.to_string());
     bar.set_style(
         ProgressStyle::with_template("{msg:<36} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
