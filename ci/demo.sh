@@ -5,20 +5,29 @@
 #   3. segment an unseen-site volume with ONNX Runtime, and time the student against the teacher.
 #
 #   bash ci/demo.sh            # everything under runs/ and demo/
+#
+# On a fresh 2-core machine it takes about 20 minutes, most of it compiling (measured in the README).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$SECONDS
+step() { printf '\n=== [%s] %s\n' "$(date -u -d @$((SECONDS - started)) +%M:%S)" "$*"; }
 
+step "ONNX Runtime (PyPI wheel, once)"
 bash ci/setup-ort.sh
+step "compiling train, export and infer (release; several minutes on a cold machine)"
 cargo build --release --locked --bin train --bin export --bin infer
 bin=${CARGO_TARGET_DIR:-target}/release
 mkdir -p demo
 
+step "training: teacher, baseline and distilled student (configs/quick.yaml)"
 "$bin/train" --teacher unetpp --student enet --config configs/quick.yaml
 run=runs/$(cat runs/latest)
+step "export to ONNX, verified against Burn"
 # The teacher first: `infer` takes the most recent export, the student.
 "$bin/export" --model teacher --out demo/unetpp.onnx --force
 "$bin/export" --out demo/enet.onnx --force
 
+step "segmenting an unseen-site volume with ONNX Runtime"
 # A case of the target site that no student saw, copied as a user would hand it over.
 case_file=$(cut -d, -f3,4 "$run/scores.csv" | sed -n 2p | tr , /)
 data_root=$(sed -n 's/^Data: phantom (\([^)]*\)).*/\1/p' "$run/report.md")
@@ -27,10 +36,16 @@ cp "$data_root/${case_file}_segmentation.nii.gz" demo/case_segmentation.nii.gz
 "$bin/infer" --volume demo/case.nii.gz --provider cuda || echo "(no CUDA here: the CPU provider follows)"
 "$bin/infer" --volume demo/case.nii.gz --provider cpu --force \
   --label demo/case_segmentation.nii.gz --overlay demo/overlays
+step "benchmark: the student against the teacher"
 "$bin/infer" bench --models demo/unetpp.onnx demo/enet.onnx --size 64 --batch 1,16 --runs 20 \
   --volume demo/case.nii.gz --out demo/bench --force
 
+step "done in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
 echo
 sed -n '/## Dice/,/## Training/p' "$run/report.md" | sed '$d'
+echo "## Efficiency (demo/bench.md)"
+echo
+cat demo/bench.md
+echo
 echo "wrote: $run/ (report.md, metrics.csv, scores.csv, loss_curves.png, overlays/), demo/enet.onnx, demo/unetpp.onnx,"
 echo "       demo/case_mask.nii.gz, demo/overlays/, demo/bench.md, demo/bench.csv"

@@ -15,20 +15,7 @@ use relkd_train::config::ExperimentConfig;
 use relkd_train::evaluate::predict_volume;
 use relkd_train::run::{RunRequest, prepare, run};
 
-const TINY: &str = "
-data:
-  phantom: { sites: 3, cases: 4, size: 32, seed: 1 }
-protocol: cross
-target: S3
-preprocessing: { size: 32, context: 0 }
-test_fraction: 0.5
-teacher: { architecture: unetpp, width: 0.125 }
-student: { architecture: enet, width: 0.25 }
-training:
-  epochs: 2
-  batch_size: 4
-  lr: { base_lr: 1.0e-6, max_lr: 0.01, step_size: 10 }
-";
+const TINY: &str = include_str!("../../../tests/fixtures/tiny-run.yaml");
 
 #[test]
 fn a_trained_student_exports_and_segments_a_phantom_volume() {

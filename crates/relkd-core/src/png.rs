@@ -192,10 +192,11 @@ fn glyph(ch: char) -> u16 {
     FONT.iter().find(|(c, _)| *c == ch).map_or(0, |(_, bits)| *bits)
 }
 
-const FONT: [(char, u16); 43] = [
+const FONT: [(char, u16); 44] = [
     (' ', 0x0000),
     ('(', 0x224a),
     (')', 0x2922),
+    ('+', 0x05D0),
     ('-', 0x01c0),
     ('.', 0x2000),
     ('/', 0x12a4),

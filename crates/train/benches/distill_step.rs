@@ -16,7 +16,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use relkd_core::timing::Timings;
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
-use relkd_train::losses::DistillationWeights;
+use relkd_train::config::LossConfig;
 use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
@@ -31,7 +31,7 @@ fn main() {
     device.seed(0);
     let plain = device.clone().without_autodiff();
     let teacher = NetworkConfig::new(Architecture::Unetpp).init(&device).valid();
-    let distillation = Distillation { teacher, weights: DistillationWeights::default(), temperature: 1.0 };
+    let distillation = Distillation::new(teacher, &LossConfig::default());
     let images = Tensor::<4>::random([BATCH, 1, SIZE, SIZE], Distribution::Normal(0.0, 1.0), &device);
     let labels = Tensor::<3, Int>::random([BATCH, SIZE, SIZE], Distribution::Uniform(0.0, 2.0), &device);
     let seg = SegmentationLoss::default();

@@ -42,6 +42,7 @@ fn main() {
         seed: 0,
         augmentation: Augmentation::default(),
         segmentation: SegmentationLoss::default(),
+        devices: vec![],
     };
     let student =
         Trainee { net: NetworkConfig::new(Architecture::Enet).with_width(0.5).init(&device), kmm: None, aam: None };

@@ -31,7 +31,9 @@ use crate::summary;
         train --teacher unetpp --student erfnet                  # built-in quick config, phantom data\n  \
         train --teacher unetpp --student enet --config configs/quick.yaml\n  \
         train --config configs/paper/cross.yaml --data /data/prostate --target HK --device cuda\n  \
+        train --config configs/paper/cross.yaml --data /data/prostate --devices cuda:0,cuda:1\n  \
         train --resume                                           # continue the latest run after an interruption\n  \
+        train experiment configs/experiments/table3-quick.yaml   # a grid: Table 3 on the phantom\n  \
         train phantom --out data/phantom                         # synthetic 6-site prostate MRI\n  \
         train data --root data/phantom                           # per-site summary and problems\n  \
         train models --size 384                                  # the five networks against Table 1"
@@ -68,6 +70,10 @@ pub struct RunArgs {
     /// Where to compute: cpu, cuda, cuda:N, or auto (CUDA when it works, else the CPU, said aloud).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Data-parallel training on several devices, e.g. cuda:0,cuda:1: each batch is split
+    /// between them through burn-train's multi-device step; the first keeps the weights.
+    #[arg(long, value_delimiter = ',', value_name = "LIST", conflicts_with = "device")]
+    pub devices: Vec<DeviceChoice>,
     /// Continue an interrupted run (--out, or the latest run) from its last finished epoch.
     #[arg(long)]
     pub resume: bool,
@@ -106,6 +112,35 @@ pub enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+    /// Run a grid of experiments (teachers × students × target sites × distillers) and write
+    /// one report with the paper's Table 2 and Table 3 shapes.
+    ///
+    /// Rerunning the same command skips every finished cell and continues an interrupted one.
+    #[command(after_help = "Examples:\n  \
+        train experiment configs/experiments/table3-quick.yaml      # the ablation on the phantom (CPU)\n  \
+        train experiment configs/experiments/table2.yaml --data /data/prostate --device cuda\n\n\
+        An experiment file names a base run configuration and the grid:\n  \
+        base: ../quick.yaml\n  \
+        teachers: [deeplabv3plus]\n  \
+        students: [enet]\n  \
+        targets: [HK]                 # or [all]\n  \
+        distillers: [lm, aam, kmm, lm+kmm, lm+aam, kmm+aam, lm+kmm+aam, hinton, attention]")]
+    Experiment {
+        /// The experiment YAML (see configs/experiments/).
+        file: PathBuf,
+        /// Dataset root; default: the base configuration's data (the phantom when it has none).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Output folder; default experiments/FILE-STEM. Rerunning continues it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Where to compute: cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+        /// Data-parallel training on several devices, e.g. cuda:0,cuda:1.
+        #[arg(long, value_delimiter = ',', value_name = "LIST", conflicts_with = "device")]
+        devices: Vec<DeviceChoice>,
+    },
     /// The five networks at the paper's widths: parameters, GFLOPs and distillation taps,
     /// beside the paper's Table 1.
     #[command(after_help = "Example:\n  train models --size 384")]
@@ -127,6 +162,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target: a.target,
             out: a.out,
             device: Some(a.device),
+            devices: a.devices,
             resume: a.resume,
             teacher_checkpoint: a.teacher_checkpoint,
         };
@@ -139,6 +175,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { root } => data_summary(&root),
+        Command::Experiment { file, data, out, device, devices } => {
+            crate::experiment::run_grid(&crate::experiment::GridRequest { file, data, out, device, devices })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Models { size } => {
             print!("{}", crate::models::table(size));
             Ok(ExitCode::SUCCESS)

@@ -98,23 +98,103 @@ pub struct TrainingConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     pub segmentation: SegmentationLoss,
-    /// λ1 (LM), λ2 (KMM), λ3 (AAM); 0 switches a module off.
-    pub lambda: DistillationWeights,
+    /// How the distilled student learns from the teacher besides `L_seg`.
+    pub distiller: Distiller,
+    /// λ1 (LM), λ2 (KMM), λ3 (AAM) of the relational distiller; 0 switches a module off.
+    pub lambda: Lambda,
     /// Softmax temperature of the logits module.
     pub temperature: f64,
     pub kmm_gram: GramMode,
     pub aam: AffinitySpec,
+    pub hinton: HintonSpec,
+    pub attention: AttentionSpec,
 }
 
 impl Default for LossConfig {
     fn default() -> Self {
         Self {
             segmentation: SegmentationLoss::default(),
-            lambda: DistillationWeights::default(),
+            distiller: Distiller::Relational,
+            lambda: Lambda::default(),
             temperature: 1.0,
             kmm_gram: GramMode::Batch,
             aam: AffinitySpec::default(),
+            hinton: HintonSpec::default(),
+            attention: AttentionSpec::default(),
         }
+    }
+}
+
+impl LossConfig {
+    /// The weight of every distillation term under the chosen distiller (0 = off).
+    pub fn weights(&self) -> DistillationWeights {
+        let none = DistillationWeights::none();
+        match self.distiller {
+            Distiller::Relational => {
+                DistillationWeights { lm: self.lambda.lm, kmm: self.lambda.kmm, aam: self.lambda.aam, ..none }
+            }
+            Distiller::Hinton => DistillationWeights { kd: self.hinton.weight, ..none },
+            Distiller::Attention => DistillationWeights { at: self.attention.beta / 2.0, ..none },
+        }
+    }
+}
+
+/// The distilled student's teacher signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distiller {
+    /// The paper's LM + KMM + AAM (eq. 8), weighted by `lambda`.
+    #[default]
+    Relational,
+    /// Logit KD: T² · KL(p_t ‖ p_s) on softened probabilities (Table 4's comparison).
+    Hinton,
+    /// Attention transfer on the distillation features (Table 4's comparison).
+    Attention,
+}
+
+/// λ1, λ2, λ3 of eq. 8.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lambda {
+    pub lm: f64,
+    pub kmm: f64,
+    pub aam: f64,
+}
+
+impl Default for Lambda {
+    /// The paper's λ1 = 0.2, λ2 = 0.9, λ3 = 0.9.
+    fn default() -> Self {
+        let paper = DistillationWeights::default();
+        Self { lm: paper.lm, kmm: paper.kmm, aam: paper.aam }
+    }
+}
+
+/// Hinton's logit KD.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HintonSpec {
+    pub temperature: f64,
+    pub weight: f64,
+}
+
+impl Default for HintonSpec {
+    /// T = 4 (Hinton et al. used 1–20; 4 is the common choice) with weight 1 beside `L_seg`.
+    fn default() -> Self {
+        Self { temperature: 4.0, weight: 1.0 }
+    }
+}
+
+/// Attention transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionSpec {
+    /// β of the AT paper; the term is weighted β/2.
+    pub beta: f64,
+}
+
+impl Default for AttentionSpec {
+    fn default() -> Self {
+        Self { beta: 1000.0 }
     }
 }
 
@@ -189,6 +269,7 @@ impl ExperimentConfig {
     /// Ranges serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.training;
+        let l = &self.losses.lambda;
         let checks = [
             (t.epochs > 0, "training.epochs must be at least 1".to_string()),
             (t.teacher_epochs != Some(0), "training.teacher_epochs must be at least 1".to_string()),
@@ -217,6 +298,14 @@ impl ExperimentConfig {
                 format!("losses.temperature must be positive, got {}", self.losses.temperature),
             ),
             (!self.losses.aam.dilations.is_empty(), "losses.aam.dilations must not be empty".to_string()),
+            (
+                self.losses.hinton.temperature > 0.0,
+                format!("losses.hinton.temperature must be positive, got {}", self.losses.hinton.temperature),
+            ),
+            (
+                [l.lm, l.kmm, l.aam, self.losses.hinton.weight, self.losses.attention.beta].iter().all(|w| *w >= 0.0),
+                "losses: weights (lambda, hinton.weight, attention.beta) must not be negative".to_string(),
+            ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(message),

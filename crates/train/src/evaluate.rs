@@ -9,7 +9,7 @@ use relkd_core::segment::segment_volume;
 use relkd_core::transforms::Preprocessing;
 
 /// One case's scores.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CaseScore {
     pub site: String,
     pub case: String,

@@ -4,7 +4,9 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data_parallel;
 pub mod evaluate;
+pub mod experiment;
 pub mod losses;
 pub mod models;
 pub mod protocol;

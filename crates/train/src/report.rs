@@ -36,18 +36,20 @@ fn csv_number(v: Option<f64>) -> String {
 
 /// Every epoch of every model: loss terms (empty when off), learning rate, validation Dice.
 pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
-    let mut out = String::from("model,epoch,lr,segmentation,lm,kmm,aam,total,val_dice\n");
+    let mut out = String::from("model,epoch,lr,segmentation,lm,kmm,aam,kd,at,total,val_dice\n");
     for (model, history) in models {
         for e in *history {
             let _ = writeln!(
                 out,
-                "{model},{},{:.3e},{:.6},{},{},{},{:.6},{:.6}",
+                "{model},{},{:.3e},{:.6},{},{},{},{},{},{:.6},{:.6}",
                 e.epoch,
                 e.lr,
                 e.segmentation,
                 csv_number(e.lm),
                 csv_number(e.kmm),
                 csv_number(e.aam),
+                csv_number(e.kd),
+                csv_number(e.at),
                 e.total,
                 e.val_dice
             );
@@ -77,20 +79,21 @@ pub fn scores_csv(models: &[Evaluated]) -> String {
     out
 }
 
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     if n == 0 { f64::NAN } else { sum / n as f64 }
 }
 
-/// Table 2 of the paper for (row, site), when the site is one of the paper's six.
-pub fn paper_table2(model: &Evaluated, teacher: Architecture, site: &str) -> Option<f64> {
+/// Table 2 of the paper for a row (`role` teacher, baseline or student; the model's
+/// architecture; the teacher it learnt from) and a site, when the site is one of the paper's six.
+pub fn paper_table2(role: &str, architecture: Architecture, teacher: Architecture, site: &str) -> Option<f64> {
     let column = paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1;
     let t = match teacher {
         Architecture::Deeplabv3plus => 0,
         Architecture::Unetpp => 1,
         _ => return None,
     };
-    let row: [f64; 6] = match (model.card.model.as_str(), model.card.architecture) {
+    let row: [f64; 6] = match (role, architecture) {
         ("teacher", Architecture::Deeplabv3plus) => [0.895, 0.886, 0.889, 0.874, 0.878, 0.885],
         ("teacher", Architecture::Unetpp) => [0.901, 0.893, 0.883, 0.880, 0.869, 0.871],
         ("baseline", Architecture::Enet) => [0.714, 0.604, 0.539, 0.782, 0.701, 0.772],
@@ -180,7 +183,7 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
         );
         if run.real_data {
             let _ =
-                write!(md, " {} |", paper_table2(m, run.teacher, run.target).map_or("–".into(), |v| format!("{v:.3}")));
+                write!(md, " {} |", paper_table2(&m.card.model, m.card.architecture, run.teacher, run.target).map_or("–".into(), |v| format!("{v:.3}")));
         }
         md.push('\n');
     }
@@ -219,7 +222,7 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
     md
 }
 
-const PALETTE: [Rgb; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
+pub(crate) const PALETTE: [Rgb; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
 
 /// Two panels, training loss and validation Dice per epoch, one colour per model.
 pub fn loss_curves(models: &[(&str, &[EpochLog])]) -> Canvas {
@@ -291,14 +294,14 @@ mod tests {
     use super::*;
 
     fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
-        EpochLog { epoch, lr: 1e-3, segmentation: total, lm: None, kmm: Some(0.5), aam: None, total, val_dice }
+        EpochLog { epoch, lr: 1e-3, segmentation: total, lm: None, kmm: Some(0.5), aam: None, kd: None, at: None, total, val_dice }
     }
 
     #[test]
     fn metrics_rows_leave_switched_off_terms_empty() {
         let h = [log(1, 0.75, 0.5)];
         let csv = metrics_csv(&[("baseline", &h)]);
-        assert_eq!(csv.lines().nth(1).unwrap(), "baseline,1,1.000e-3,0.750000,,0.500000,,0.750000,0.500000");
+        assert_eq!(csv.lines().nth(1).unwrap(), "baseline,1,1.000e-3,0.750000,,0.500000,,,,0.750000,0.500000");
     }
 
     #[test]

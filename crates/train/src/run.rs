@@ -23,15 +23,16 @@ use relkd_core::phantom;
 use relkd_core::png::Canvas;
 use relkd_core::transforms::{NormalizedVolume, Slice2d, case_slices, resize_bilinear};
 use relkd_models::device::DeviceChoice;
-use relkd_models::{Architecture, Segmenter, trainable_params};
+use relkd_models::{Architecture, Network, Segmenter, trainable_params};
 use serde::Serialize;
 
 use crate::checkpoint::{ModelCard, StageCheckpoints, copy_model, fingerprint, load_model, save_model};
 use crate::config::{DataConfig, ExperimentConfig};
-use crate::evaluate::{predict_volume, score};
+use crate::evaluate::{CaseScore, predict_volume, score};
 use crate::losses::affinity::AffinityConfig;
 use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
+use crate::losses::DistillationWeights;
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, train};
 
 /// The configuration used when `--config` is not given: CPU-sized, on the phantom.
@@ -48,6 +49,8 @@ pub struct RunRequest {
     /// The run folder; a new one under `runs/` when absent.
     pub out: Option<PathBuf>,
     pub device: Option<DeviceChoice>,
+    /// Several devices: data-parallel training (overrides `device`).
+    pub devices: Vec<DeviceChoice>,
     /// Continue the run in `out` (or the latest run) instead of starting a new one.
     pub resume: bool,
     pub teacher_checkpoint: Option<PathBuf>,
@@ -83,6 +86,8 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         check_teacher(path, &config)?;
     }
     let config_yaml = config.to_yaml();
+    let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
+    let device = devices.main.clone();
 
     // Everything is checked; only now is the run folder touched.
     let run_dir = match run_dir {
@@ -105,15 +110,9 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         write_atomic(&parent.join(LATEST_RUN), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
     }
 
-    let choice = request.device.unwrap_or(DeviceChoice::Cpu);
-    let resolved = choice.resolve()?;
-    if let Some(reason) = &resolved.fallback {
-        eprintln!("warning: --device auto falls back to the CPU: {reason}");
-    }
-    let device = resolved.device.clone().autodiff();
     println!(
         "run {run_id} on {}: teacher {} on {}, students {} on {}, tested on {} case(s) of {target}",
-        resolved.description,
+        devices.description,
         config.teacher.architecture.display_name(),
         plan.teacher_sites.join(", "),
         config.student.architecture.display_name(),
@@ -121,71 +120,32 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         cases.test.len(),
     );
 
-    let stage =
-        Stage { config: &config, run_dir: &run_dir, run_id: &run_id, config_hash: &config_hash, device: &device };
+    let stage = Stage {
+        config: &config,
+        run_dir: &run_dir,
+        run_id: &run_id,
+        config_hash: &config_hash,
+        device: &device,
+        parallel: &devices.parallel,
+    };
     let mut timings = Vec::new();
 
     // Teacher.
-    let teacher_key = teacher_key(&config, &root);
-    let cached = cache_dir().join("teachers").join(&teacher_key).join("teacher.bpk");
-    let weights = run_dir.join("teacher.bpk");
     let started = Instant::now();
-    let how = if ModelCard::path_for(&weights).exists() {
-        println!("teacher: done earlier in this run");
-        "(from this run)".to_string()
-    } else if let Some(path) = &request.teacher_checkpoint {
-        adopt_teacher(path, &weights, &config, &device)?;
-        format!("(given: {})", path.display())
-    } else if ModelCard::path_for(&cached).exists() {
-        adopt_teacher(&cached, &weights, &config, &device)?;
-        println!("teacher: reusing {} (same data, sites and settings)", cached.display());
-        "(reused from the cache)".to_string()
-    } else {
-        let trainee = |d: &Device| Trainee { net: config.teacher_network().init(d), kmm: None, aam: None };
-        stage.train("teacher", &trainee, &cases.teacher_train, &cases.teacher_val, &plan.teacher_sites, None)?;
-        if let Some(dir) = cached.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-        }
-        copy_model(&weights, &cached)?;
-        "(trained)".to_string()
-    };
+    let how = stage.teacher("teacher", &root, &cases, request.teacher_checkpoint.as_deref())?;
     timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
-    let (teacher, teacher_card) = load_model(&weights, &device)?;
+    let (teacher, teacher_card) = load_model(&run_dir.join("teacher.bpk"), &device)?;
     let teacher = teacher.valid();
 
     // Baseline student: the segmentation loss alone.
     let started = Instant::now();
-    let student_net = |d: &Device| config.student_network().init(d);
-    let baseline = |d: &Device| Trainee { net: student_net(d), kmm: None, aam: None };
-    stage.train("baseline", &baseline, &cases.student_train, &cases.student_val, &plan.student_sites, None)?;
+    stage.train("baseline", Role::Baseline, &student_trainee(&config, None), &cases, None)?;
     timings.push(("baseline".to_string(), started.elapsed().as_secs_f64(), String::new()));
 
     // Distilled student: eq. 8 with the frozen teacher.
     let started = Instant::now();
-    let losses = &config.losses;
-    let (s_tap, t_tap) = (student_net(&device).tap(), teacher.tap());
-    let student = |d: &Device| Trainee {
-        net: student_net(d),
-        kmm: (losses.lambda.kmm > 0.0)
-            .then(|| KernelMatrixConfig::new(s_tap.channels, t_tap.channels).with_mode(losses.kmm_gram).init(d)),
-        aam: (losses.lambda.aam > 0.0).then(|| {
-            AffinityConfig::new(2)
-                .with_dilations(losses.aam.dilations.clone())
-                .with_margin(losses.aam.margin)
-                .with_adaptive(losses.aam.adaptive)
-                .init(d)
-        }),
-    };
-    let distillation =
-        Distillation { teacher: teacher.clone(), weights: losses.lambda, temperature: losses.temperature };
-    stage.train(
-        "student",
-        &student,
-        &cases.student_train,
-        &cases.student_val,
-        &plan.student_sites,
-        Some(&distillation),
-    )?;
+    let distillation = Distillation::new(teacher.clone(), &config.losses);
+    stage.train("student", Role::Student, &student_trainee(&config, Some(&teacher)), &cases, Some(&distillation))?;
     timings.push(("student".to_string(), started.elapsed().as_secs_f64(), String::new()));
     let _ = fs::remove_dir(run_dir.join("checkpoints")); // only when empty: every model is final
 
@@ -201,16 +161,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
             let (net, card) = load_model(&run_dir.join(format!("{name}.bpk")), &device)?;
             (net.valid(), card)
         };
-        let mut scores = Vec::new();
-        let mut masks = Vec::new();
-        for case in &cases.test {
-            let mask = predict_volume(&case.image, &config.preprocessing, config.training.batch_size, &plain, &|x| {
-                net.forward(x)
-            });
-            scores.push(score(case, &mask));
-            masks.push(mask);
-            bar.inc(1);
-        }
+        let (scores, masks) = score_cases(&net, &cases.test, &config, &plain, &|| bar.inc(1));
         predictions.push(masks);
         models.push(Evaluated { history: card.history.clone(), card, scores });
     }
@@ -240,7 +191,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         teacher_sites: &plan.teacher_sites,
         student_sites: &plan.student_sites,
         test_cases: cases.test.len(),
-        device: &resolved.description,
+        device: &devices.description,
         timings: &timings,
         files: &files,
     };
@@ -329,7 +280,7 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
 }
 
 /// The dataset root: the configured folder, or the phantom, generated once into the cache.
-fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
+pub(crate) fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
     if let Some(root) = &data.root {
         return Ok(root.clone());
     }
@@ -549,66 +500,209 @@ fn adopt_teacher(source: &Path, weights: &Path, config: &ExperimentConfig, devic
     Ok(copy_model(source, weights)?)
 }
 
-/// What every model's training shares within one run.
-struct Stage<'a> {
-    config: &'a ExperimentConfig,
-    run_dir: &'a Path,
-    run_id: &'a str,
-    config_hash: &'a str,
-    device: &'a Device,
+/// What a trained model is for: it decides the sites, the epochs and the card's `model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Teacher,
+    /// The student with the segmentation loss alone (w/o).
+    Baseline,
+    /// The student distilled from the teacher (w/).
+    Student,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::Baseline => "baseline",
+            Role::Student => "student",
+        }
+    }
+}
+
+/// The configured student, with the KMM adapter and the AAM weights when the distillation
+/// from `teacher` uses them.
+pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Network>) -> impl Fn(&Device) -> Trainee {
+    let student = config.student_network();
+    let weights = teacher.map_or(DistillationWeights::none(), |_| config.losses.weights());
+    let channels = teacher.map(|t| (student.init(&Device::flex()).tap().channels, t.tap().channels));
+    let losses = config.losses.clone();
+    move |d: &Device| Trainee {
+        net: student.init(d),
+        kmm: channels
+            .filter(|_| weights.kmm > 0.0)
+            .map(|(s, t)| KernelMatrixConfig::new(s, t).with_mode(losses.kmm_gram).init(d)),
+        aam: (weights.aam > 0.0).then(|| {
+            AffinityConfig::new(2)
+                .with_dilations(losses.aam.dilations.clone())
+                .with_margin(losses.aam.margin)
+                .with_adaptive(losses.aam.adaptive)
+                .init(d)
+        }),
+    }
+}
+
+/// Segments every case with `net` and scores it; `tick` after each case.
+pub fn score_cases(
+    net: &Network,
+    cases: &[Case],
+    config: &ExperimentConfig,
+    device: &Device,
+    tick: &dyn Fn(),
+) -> (Vec<CaseScore>, Vec<Vec<u8>>) {
+    cases
+        .iter()
+        .map(|case| {
+            let mask = predict_volume(&case.image, &config.preprocessing, config.training.batch_size, device, &|x| {
+                net.forward(x)
+            });
+            tick();
+            (score(case, &mask), mask)
+        })
+        .unzip()
+}
+
+/// Where a run computes: the main (autodiff) device and, for data-parallel training, every
+/// device (the main one first).
+pub struct Devices {
+    pub main: Device,
+    pub parallel: Vec<Device>,
+    pub description: String,
+}
+
+impl Devices {
+    /// `--devices` when given (every entry must work: no fallback), else `--device`.
+    pub fn resolve(single: DeviceChoice, many: &[DeviceChoice]) -> anyhow::Result<Self> {
+        if many.len() < 2 {
+            let resolved = many.first().copied().unwrap_or(single).resolve()?;
+            if let Some(reason) = &resolved.fallback {
+                eprintln!("warning: --device auto falls back to the CPU: {reason}");
+            }
+            let main = resolved.device.autodiff();
+            return Ok(Self { main, parallel: vec![], description: resolved.description });
+        }
+        ensure!(!many.contains(&DeviceChoice::Auto), "--devices takes cpu, cuda or cuda:N entries, not auto");
+        let resolved = many.iter().map(|c| c.resolve()).collect::<Result<Vec<_>, _>>()?;
+        let description = format!(
+            "{} devices, data parallel ({})",
+            resolved.len(),
+            resolved.iter().map(|r| r.description.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        let parallel: Vec<Device> = resolved.into_iter().map(|r| r.device.autodiff()).collect();
+        Ok(Self { main: parallel[0].clone(), parallel, description })
+    }
+}
+
+/// What every model's training shares within one run folder.
+pub struct Stage<'a> {
+    pub config: &'a ExperimentConfig,
+    pub run_dir: &'a Path,
+    pub run_id: &'a str,
+    pub config_hash: &'a str,
+    pub device: &'a Device,
+    /// Every device of data-parallel training (`device` first); empty for one device.
+    pub parallel: &'a [Device],
 }
 
 impl Stage<'_> {
-    /// Trains model `name` (or continues it from its checkpoint) and writes `NAME.bpk/.yaml`.
-    /// A model whose card already exists is final and returned as it is.
-    fn train(
+    /// Puts a trained teacher at `STEM.bpk` in the run folder: kept when already there, else
+    /// the one `given`, else the cached teacher trained with the same data, sites and
+    /// settings, else a new one (which is then cached). Says how it was obtained.
+    pub fn teacher(&self, stem: &str, root: &Path, cases: &Cases, given: Option<&Path>) -> anyhow::Result<String> {
+        let config = self.config;
+        let weights = self.run_dir.join(format!("{stem}.bpk"));
+        let cached = cache_dir().join("teachers").join(teacher_key(config, root)).join("teacher.bpk");
+        if ModelCard::path_for(&weights).exists() {
+            println!("{stem}: done earlier in this run");
+            return Ok("(from this run)".to_string());
+        }
+        if let Some(path) = given {
+            adopt_teacher(path, &weights, config, self.device)?;
+            return Ok(format!("(given: {})", path.display()));
+        }
+        if ModelCard::path_for(&cached).exists() {
+            adopt_teacher(&cached, &weights, config, self.device)?;
+            println!("{stem}: reusing {} (same data, sites and settings)", cached.display());
+            return Ok("(reused from the cache)".to_string());
+        }
+        let network = config.teacher_network();
+        let trainee = |d: &Device| Trainee { net: network.init(d), kmm: None, aam: None };
+        self.train(stem, Role::Teacher, &trainee, cases, None)?;
+        if let Some(dir) = cached.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        }
+        copy_model(&weights, &cached)?;
+        Ok("(trained)".to_string())
+    }
+
+    /// Trains model `stem` (or continues it from its checkpoint) and writes `STEM.bpk/.yaml`.
+    /// A model whose card already exists is final and kept as it is.
+    pub fn train(
         &self,
-        name: &str,
+        stem: &str,
+        role: Role,
         make: &dyn Fn(&Device) -> Trainee,
-        train_cases: &[Case],
-        val_cases: &[Case],
-        sites: &[String],
+        cases: &Cases,
         distillation: Option<&Distillation>,
     ) -> anyhow::Result<()> {
-        let weights = self.run_dir.join(format!("{name}.bpk"));
-        if ModelCard::path_for(&weights).exists() {
-            println!("{name}: done earlier in this run");
+        let weights = self.run_dir.join(format!("{stem}.bpk"));
+        let card_path = ModelCard::path_for(&weights);
+        if card_path.exists() {
+            let card = ModelCard::load(&card_path)?;
+            ensure!(
+                card.config_hash == self.config_hash,
+                "{} was trained with another configuration (config hash {} here, {} in the card); \
+                 use a new output folder",
+                card_path.display(),
+                self.config_hash,
+                card.config_hash
+            );
+            println!("{stem}: done earlier in this run");
             return Ok(());
         }
         let c = self.config;
+        let plan = c.sites.as_ref().expect("planned");
+        let (train_cases, val_cases, sites, spec, epochs) = match role {
+            Role::Teacher => (
+                &cases.teacher_train,
+                &cases.teacher_val,
+                &plan.teacher_sites,
+                c.teacher,
+                c.training.teacher_epochs.unwrap_or(c.training.epochs),
+            ),
+            Role::Baseline | Role::Student => {
+                (&cases.student_train, &cases.student_val, &plan.student_sites, c.student, c.training.epochs)
+            }
+        };
         let samples: Vec<Slice2d> = train_cases
             .iter()
             .flat_map(|case| case_slices(&case.image, &case.mask, &c.preprocessing, c.foreground_only))
             .collect();
-        ensure!(!samples.is_empty(), "{name}: no training slices in {} case(s)", train_cases.len());
+        ensure!(!samples.is_empty(), "{stem}: no training slices in {} case(s)", train_cases.len());
         let options = TrainOptions {
             prep: c.preprocessing,
-            epochs: if name == "teacher" {
-                c.training.teacher_epochs.unwrap_or(c.training.epochs)
-            } else {
-                c.training.epochs
-            },
+            epochs,
             batch_size: c.training.batch_size,
             lr: c.training.lr,
             seed: c.training.seed,
             augmentation: c.augmentation,
             segmentation: c.losses.segmentation,
+            devices: self.parallel.to_vec(),
         };
-        let checkpoints = StageCheckpoints::new(self.run_dir.join("checkpoints").join(name));
+        let checkpoints = StageCheckpoints::new(self.run_dir.join("checkpoints").join(stem));
         let (trainee, resume) = match checkpoints.load(make(self.device))? {
             Some((trainee, resume)) => {
-                println!("{name}: continuing after epoch {} of {}", resume.state.epoch, options.epochs);
+                println!("{stem}: continuing after epoch {} of {}", resume.state.epoch, options.epochs);
                 (trainee, Some(resume))
             }
             None => (make(self.device), None),
         };
         let steps = samples.len().div_ceil(options.batch_size);
-        let bar = progress_bar((steps * options.epochs) as u64, name);
+        let bar = progress_bar((steps * options.epochs) as u64, stem);
         bar.set_position((resume.as_ref().map_or(0, |r| r.state.epoch) * steps) as u64);
         bar.reset_eta();
-        let spec = if name == "teacher" { c.teacher } else { c.student };
         println!(
-            "{name}: {} ({} parameters) on {} slices of {} case(s), {} epochs × {steps} steps",
+            "{stem}: {} ({} parameters) on {} slices of {} case(s), {} epochs × {steps} steps",
             spec.architecture.display_name(),
             trainable_params(&trainee.net),
             samples.len(),
@@ -616,7 +710,7 @@ impl Stage<'_> {
             options.epochs
         );
         let mut hooks = Hooks {
-            name,
+            name: stem,
             bar: &bar,
             checkpoints: &checkpoints,
             run_dir: self.run_dir,
@@ -627,14 +721,15 @@ impl Stage<'_> {
             train(trainee, resume, &samples, val_cases, &options, distillation, self.device, &mut hooks)?;
         bar.finish_and_clear();
         let weights_names = distillation.map_or(vec![], |d| {
-            [("LM", d.weights.lm), ("KMM", d.weights.kmm), ("AAM", d.weights.aam)]
+            let w = d.weights;
+            [("LM", w.lm), ("KMM", w.kmm), ("AAM", w.aam), ("KD", w.kd), ("AT", w.at)]
                 .into_iter()
                 .filter(|(_, w)| *w > 0.0)
                 .map(|(n, w)| format!("{n} λ={w}"))
                 .collect()
         });
         let card = ModelCard {
-            model: name.to_string(),
+            model: role.name().to_string(),
             architecture: spec.architecture,
             width: spec.width,
             in_channels: c.preprocessing.channels(),
@@ -682,7 +777,7 @@ impl TrainHooks for Hooks<'_> {
     ) -> std::io::Result<()> {
         self.checkpoints.save(trainee, optimizer, state, improved)?;
         let e = state.history.last().expect("an epoch just ended");
-        let terms: String = [("lm", e.lm), ("kmm", e.kmm), ("aam", e.aam)]
+        let terms: String = [("lm", e.lm), ("kmm", e.kmm), ("aam", e.aam), ("kd", e.kd), ("at", e.at)]
             .iter()
             .filter_map(|(n, v)| v.map(|v| format!(" {n} {v:.4}")))
             .collect();

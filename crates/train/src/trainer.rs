@@ -15,11 +15,15 @@ use relkd_models::{Network, SegOutput, Segmenter};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::{predict_volume, score};
+use crate::config::LossConfig;
 use crate::losses::affinity::Affinity;
+use crate::losses::attention::attention_transfer;
+use crate::losses::hinton::hinton_kd;
 use crate::losses::kernel_matrix::KernelMatrix;
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, LossTerms};
+use crate::data_parallel::DataParallel;
 use crate::schedule::CyclicLrConfig;
 
 /// What one training run needs besides the data.
@@ -32,6 +36,9 @@ pub struct TrainOptions {
     pub seed: u64,
     pub augmentation: Augmentation,
     pub segmentation: SegmentationLoss,
+    /// Two or more devices split each batch between them (data parallel, the first keeps the
+    /// weights); otherwise the run's single device.
+    pub devices: Vec<Device>,
 }
 
 /// The network being trained, with the distillation modules that train alongside it (the KMM
@@ -44,11 +51,27 @@ pub struct Trainee {
 }
 
 /// The frozen teacher and how its knowledge is weighed.
+#[derive(Debug, Clone)]
 pub struct Distillation {
     /// A validation snapshot (`Module::valid`): no autodiff, batch norm on running statistics.
     pub teacher: Network,
     pub weights: DistillationWeights,
+    /// Softmax temperature of the logits module (LM).
     pub temperature: f64,
+    /// Softmax temperature of Hinton's KD.
+    pub kd_temperature: f64,
+}
+
+impl Distillation {
+    /// The distillation `losses` configures, from `teacher`.
+    pub fn new(teacher: Network, losses: &LossConfig) -> Self {
+        Self {
+            teacher,
+            weights: losses.weights(),
+            temperature: losses.temperature,
+            kd_temperature: losses.hinton.temperature,
+        }
+    }
 }
 
 /// Mean loss terms and validation Dice of one epoch.
@@ -61,6 +84,10 @@ pub struct EpochLog {
     pub lm: Option<f64>,
     pub kmm: Option<f64>,
     pub aam: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<f64>,
     pub total: f64,
     /// Mean 3D Dice over the validation cases (NaN without validation cases).
     pub val_dice: f64,
@@ -170,13 +197,19 @@ pub fn train(
     let mut scheduler = options.lr.init_at(state.iteration);
     let plain = device.clone().without_autodiff();
     let steps = samples.len().div_ceil(options.batch_size);
+    let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
+    let parallel = (options.devices.len() > 1)
+        .then(|| DataParallel::new(&options.devices, options.segmentation, distillation));
 
     for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ ((epoch as u64) << 32);
         device.seed(epoch_seed);
+        for (i, d) in options.devices.iter().enumerate().skip(1) {
+            d.seed(epoch_seed.wrapping_add(i as u64));
+        }
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
-        let mut sums = TermSums::default();
+        let mut sums = TermValues::default();
         let mut lr = 0.0;
         for (step, chunk) in order.chunks(options.batch_size).enumerate() {
             let batch: Vec<Slice2d> = chunk
@@ -189,20 +222,25 @@ pub fn train(
                     s
                 })
                 .collect();
-            let (images, labels) = to_batch(&batch, &options.prep, device);
-            let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
-            let terms = loss_terms(&trainee, images, labels, &options.segmentation, teacher);
-            let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
-            let total = terms.total(&weights);
-            sums.add(&terms, &total);
+            let (values, grads) = match &parallel {
+                Some(parallel) => parallel.step(&trainee, &batch, &options.prep).map_err(std::io::Error::other)?,
+                None => {
+                    let (images, labels) = to_batch(&batch, &options.prep, device);
+                    let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
+                    let terms = loss_terms(&trainee, images, labels, &options.segmentation, teacher);
+                    let total = terms.total(&weights);
+                    let values = TermValues::of(&terms, &total);
+                    (values, GradientsParams::from_grads(total.backward(), &trainee))
+                }
+            };
+            sums = sums.plus(&values);
             lr = scheduler.step();
-            let grads = GradientsParams::from_grads(total.backward(), &trainee);
             trainee = optimizer.step(lr, trainee, grads);
             state.iteration += 1;
-            hooks.step(epoch, step + 1, steps, sums.total / sums.steps as f64);
+            hooks.step(epoch, step + 1, steps, sums.total / (step + 1) as f64);
         }
         let val_dice = validation_dice(&trainee.net, validation, &options.prep, options.batch_size, &plain);
-        state.history.push(sums.log(epoch + 1, lr, val_dice));
+        state.history.push(sums.scaled(1.0 / steps as f64).log(epoch + 1, lr, val_dice));
         state.epoch = epoch + 1;
         let improved = state.best_val_dice.is_none_or(|dice| val_dice.is_nan() || val_dice > dice);
         if improved {
@@ -228,54 +266,90 @@ pub fn loss_terms(
     let out = trainee.net.forward_features(images);
     let segmentation = segmentation.forward(out.logits.clone(), labels);
     let Some((teacher, d)) = teacher else {
-        return LossTerms { segmentation, lm: None, kmm: None, aam: None };
+        return LossTerms::segmentation_only(segmentation);
     };
     let (t_logits, t_feature) = (teacher.logits, teacher.feature);
+    let w = &d.weights;
     let on = |w: f64| w > 0.0;
     LossTerms {
         segmentation,
-        lm: on(d.weights.lm).then(|| logits_kl(out.logits.clone(), t_logits.clone(), d.temperature)),
-        kmm: trainee.kmm.as_ref().filter(|_| on(d.weights.kmm)).map(|k| k.forward(out.feature.clone(), t_feature)),
-        aam: trainee.aam.as_ref().filter(|_| on(d.weights.aam)).map(|a| a.forward(out.logits, t_logits).total),
+        lm: on(w.lm).then(|| logits_kl(out.logits.clone(), t_logits.clone(), d.temperature)),
+        kmm: trainee.kmm.as_ref().filter(|_| on(w.kmm)).map(|k| k.forward(out.feature.clone(), t_feature.clone())),
+        kd: on(w.kd).then(|| hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature)),
+        at: on(w.at).then(|| attention_transfer(out.feature, t_feature)),
+        aam: trainee.aam.as_ref().filter(|_| on(w.aam)).map(|a| a.forward(out.logits, t_logits).total),
     }
 }
 
-#[derive(Default)]
-struct TermSums {
-    steps: usize,
-    segmentation: f64,
-    lm: Option<f64>,
-    kmm: Option<f64>,
-    aam: Option<f64>,
-    total: f64,
+/// The value of each loss term of a step (or their sum or mean over steps).
+#[derive(Debug, Clone, Default)]
+pub struct TermValues {
+    pub segmentation: f64,
+    pub lm: Option<f64>,
+    pub kmm: Option<f64>,
+    pub aam: Option<f64>,
+    pub kd: Option<f64>,
+    pub at: Option<f64>,
+    pub total: f64,
 }
 
-impl TermSums {
-    fn add(&mut self, terms: &LossTerms, total: &Tensor<1>) {
+impl TermValues {
+    /// Reads the terms of a step (this waits for the device).
+    pub fn of(terms: &LossTerms, total: &Tensor<1>) -> Self {
         let value = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
-        let accumulate = |sum: &mut Option<f64>, term: &Option<Tensor<1>>| {
-            if let Some(t) = term {
-                *sum = Some(sum.unwrap_or(0.0) + value(t));
-            }
+        let term = |t: &Option<Tensor<1>>| t.as_ref().map(value);
+        Self {
+            segmentation: value(&terms.segmentation),
+            lm: term(&terms.lm),
+            kmm: term(&terms.kmm),
+            aam: term(&terms.aam),
+            kd: term(&terms.kd),
+            at: term(&terms.at),
+            total: value(total),
+        }
+    }
+
+    /// Term by term sum; a term absent from both stays absent.
+    pub fn plus(&self, other: &Self) -> Self {
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
         };
-        self.steps += 1;
-        self.segmentation += value(&terms.segmentation);
-        accumulate(&mut self.lm, &terms.lm);
-        accumulate(&mut self.kmm, &terms.kmm);
-        accumulate(&mut self.aam, &terms.aam);
-        self.total += value(total);
+        Self {
+            segmentation: self.segmentation + other.segmentation,
+            lm: add(self.lm, other.lm),
+            kmm: add(self.kmm, other.kmm),
+            aam: add(self.aam, other.aam),
+            kd: add(self.kd, other.kd),
+            at: add(self.at, other.at),
+            total: self.total + other.total,
+        }
+    }
+
+    pub fn scaled(&self, factor: f64) -> Self {
+        let scale = |v: Option<f64>| v.map(|v| v * factor);
+        Self {
+            segmentation: self.segmentation * factor,
+            lm: scale(self.lm),
+            kmm: scale(self.kmm),
+            aam: scale(self.aam),
+            kd: scale(self.kd),
+            at: scale(self.at),
+            total: self.total * factor,
+        }
     }
 
     fn log(&self, epoch: usize, lr: f64, val_dice: f64) -> EpochLog {
-        let n = self.steps as f64;
         EpochLog {
             epoch,
             lr,
-            segmentation: self.segmentation / n,
-            lm: self.lm.map(|v| v / n),
-            kmm: self.kmm.map(|v| v / n),
-            aam: self.aam.map(|v| v / n),
-            total: self.total / n,
+            segmentation: self.segmentation,
+            lm: self.lm,
+            kmm: self.kmm,
+            aam: self.aam,
+            kd: self.kd,
+            at: self.at,
+            total: self.total,
             val_dice,
         }
     }

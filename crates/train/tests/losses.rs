@@ -7,6 +7,9 @@ use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::{
     GramMode, KernelMatrix, KernelMatrixConfig, batch_gram, channel_gram, gram_distance,
 };
+use relkd_train::config::{Distiller, LossConfig};
+use relkd_train::losses::attention::{attention_map, attention_transfer};
+use relkd_train::losses::hinton::hinton_kd;
 use relkd_train::losses::logits::logits_kl;
 use relkd_train::losses::segmentation::{SegmentationLoss, dice_loss, focal_loss};
 use relkd_train::losses::{DistillationWeights, LossTerms};
@@ -284,9 +287,89 @@ fn adaptive_weights_start_equal_and_climb_the_loss() {
 fn total_follows_equation_8() {
     let device = Device::flex();
     let s = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
-    let terms = LossTerms { segmentation: s(1.0), lm: Some(s(2.0)), kmm: Some(s(3.0)), aam: Some(s(4.0)) };
+    let terms = LossTerms {
+        lm: Some(s(2.0)),
+        kmm: Some(s(3.0)),
+        aam: Some(s(4.0)),
+        kd: Some(s(5.0)),
+        at: Some(s(6.0)),
+        ..LossTerms::segmentation_only(s(1.0))
+    };
     close(scalar(terms.total(&DistillationWeights::default())), 1.0 + 0.2 * 2.0 + 0.9 * 3.0 + 0.9 * 4.0, 1e-6);
     close(scalar(terms.total(&DistillationWeights::none())), 1.0, 1e-7);
-    let lm_only = LossTerms { kmm: None, aam: None, ..terms };
+    let lm_only = LossTerms { kmm: None, aam: None, ..terms.clone() };
     close(scalar(lm_only.total(&DistillationWeights::default())), 1.4, 1e-6);
+    let hinton = DistillationWeights { kd: 0.5, ..DistillationWeights::none() };
+    close(scalar(terms.total(&hinton)), 1.0 + 0.5 * 5.0, 1e-6);
+}
+
+#[test]
+fn distillers_follow_the_config() {
+    let mut losses = LossConfig::default();
+    assert_eq!(losses.weights(), DistillationWeights { lm: 0.2, kmm: 0.9, aam: 0.9, kd: 0.0, at: 0.0 });
+    losses.distiller = Distiller::Hinton;
+    assert_eq!(losses.weights(), DistillationWeights { kd: 1.0, ..DistillationWeights::none() });
+    losses.distiller = Distiller::Attention;
+    assert_eq!(losses.weights(), DistillationWeights { at: 500.0, ..DistillationWeights::none() });
+}
+
+#[test]
+fn hinton_kd_by_hand() {
+    let device = Device::flex();
+    let student = t4(&[0.0, 0.0], [1, 2, 1, 1], &device);
+    let teacher = t4(&[0.0, 3f32.ln()], [1, 2, 1, 1], &device);
+    // KL((¼, ¾) ‖ (½, ½)), the teacher's distribution first; T = 1 scales by 1.
+    let kl = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
+    close(scalar(hinton_kd(student.clone(), teacher.clone(), 1.0)), kl, 1e-6);
+    // T = 2: the teacher softens to (1, √3)/(1 + √3), and the KL is scaled by T² = 4.
+    let q = 1.0 / (1.0 + 3f64.sqrt());
+    let kl_t2 = q * (2.0 * q).ln() + (1.0 - q) * (2.0 * (1.0 - q)).ln();
+    close(scalar(hinton_kd(student.clone(), teacher, 2.0)), 4.0 * kl_t2, 1e-6);
+    close(scalar(hinton_kd(student.clone(), student, 4.0)), 0.0, 1e-7);
+}
+
+#[test]
+fn hinton_kd_gradient_matches_finite_differences_and_spares_the_teacher() {
+    let teacher_values = random(2 * 2 * 3 * 3, 11);
+    let device = Device::flex().autodiff();
+    let teacher = t4(&teacher_values, [2, 2, 3, 3], &device);
+    check_gradient(random(2 * 2 * 3 * 3, 5), [2, 2, 3, 3], |x| {
+        hinton_kd(x.clone(), t4(&teacher_values, [2, 2, 3, 3], &x.device()), 2.0)
+    });
+    let teacher = teacher.require_grad();
+    let student = t4(&random(36, 5), [2, 2, 3, 3], &device).require_grad();
+    let grads = hinton_kd(student.clone(), teacher.clone(), 2.0).backward();
+    assert!(student.grad(&grads).is_some());
+    assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
+}
+
+#[test]
+fn attention_transfer_by_hand() {
+    let device = Device::flex();
+    // Student 1×2×1×2: channel means of squares (1 + 9)/2 = 5 and (4 + 0)/2 = 2.
+    let student = t4(&[1.0, 2.0, 3.0, 0.0], [1, 2, 1, 2], &device);
+    // Teacher with one channel: squares 1 and 1.
+    let teacher = t4(&[1.0, -1.0], [1, 1, 1, 2], &device);
+    let n = 29f64.sqrt();
+    let h = 0.5f64.sqrt();
+    let want = ((5.0 / n - h).powi(2) + (2.0 / n - h).powi(2)) / 2.0;
+    close(scalar(attention_transfer(student.clone(), teacher)), want, 1e-6);
+    let map = values(attention_map(student.clone(), [1, 2]));
+    close(map[0] as f64, 5.0 / n, 1e-6);
+    close(map[1] as f64, 2.0 / n, 1e-6);
+    // A teacher proportional to the student, with any channel count, has the same attention.
+    let scaled = student.clone().mul_scalar(3.0);
+    close(scalar(attention_transfer(student.clone(), Tensor::cat(vec![scaled.clone(), scaled], 1))), 0.0, 1e-7);
+    // The student's map is resized to the teacher's size: uniform maps stay equal.
+    let small = t4(&[1.0; 4], [1, 1, 2, 2], &device);
+    let big = t4(&[2.0; 48], [1, 3, 4, 4], &device);
+    close(scalar(attention_transfer(small, big)), 0.0, 1e-7);
+}
+
+#[test]
+fn attention_transfer_gradient_matches_finite_differences() {
+    let teacher = random(2 * 3 * 2 * 2, 3);
+    check_gradient(random(2 * 2 * 2 * 2, 9), [2, 2, 2, 2], |x| {
+        attention_transfer(x.clone(), t4(&teacher, [2, 3, 2, 2], &x.device()))
+    });
 }

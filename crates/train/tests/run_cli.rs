@@ -5,20 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const TINY: &str = "
-data:
-  phantom: { sites: 3, cases: 4, size: 32, seed: 0 }
-protocol: cross
-target: S3
-preprocessing: { size: 32, context: 0 }
-test_fraction: 0.5
-teacher: { architecture: unetpp, width: 0.125 }
-student: { architecture: enet, width: 0.25 }
-training:
-  epochs: 3
-  batch_size: 4
-  lr: { base_lr: 1.0e-6, max_lr: 0.01, step_size: 10 }
-";
+const TINY: &str = include_str!("../../../tests/fixtures/tiny-run.yaml");
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -196,4 +183,26 @@ fn a_killed_run_resumes_where_it_stopped_and_writes_every_output() {
     }
     assert!(snapshot(&run) == untouched, "a failed command changed the earlier run");
     assert!(!s.path("x").exists(), "a rejected teacher checkpoint still created a run folder");
+}
+
+#[test]
+fn devices_train_data_parallel_and_unavailable_ones_fail_clearly() {
+    let s = Sandbox::new();
+    // Two workers on the CPU: the same path as --devices cuda:0,cuda:1, runnable here.
+    let o = s.run(&["--config", "tiny.yaml", "--out", "run", "--devices", "cpu,cpu"]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("2 devices, data parallel"), "{log}");
+    assert_eq!(rows(&s.path("run/metrics.csv"), "student").len(), 3);
+    let report = std::fs::read_to_string(s.path("run/report.md")).unwrap();
+    assert!(report.contains("2 devices, data parallel"), "{report}");
+
+    // A device that cannot run is an error before anything is trained, never a fallback.
+    let o = s.run(&["--config", "tiny.yaml", "--out", "gpu", "--devices", "cuda:0,cuda:1"]);
+    let log = text(&o);
+    assert!(!o.status.success());
+    assert!(log.contains("CUDA"), "{log}");
+    assert!(!s.path("gpu").exists(), "{log}");
+    let o = s.run(&["--config", "tiny.yaml", "--devices", "cpu,auto"]);
+    assert!(!o.status.success() && text(&o).contains("not auto"), "{}", text(&o));
 }

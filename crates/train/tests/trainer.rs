@@ -6,7 +6,7 @@ use relkd_core::dataset::{Case, Dataset, load_case};
 use relkd_core::phantom::{PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
-use relkd_train::losses::DistillationWeights;
+use relkd_train::config::LossConfig;
 use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
@@ -35,6 +35,7 @@ fn options(epochs: usize, lr: f64) -> TrainOptions {
         seed: 0,
         augmentation: Augmentation::none(),
         segmentation: SegmentationLoss::default(),
+        devices: vec![],
     }
 }
 
@@ -70,7 +71,7 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     trainee.kmm = Some(KernelMatrixConfig::new(s_tap.channels, t_tap.channels).init(&device));
     trainee.aam = Some(AffinityConfig::new(2).with_adaptive(true).init(&device));
     let adapter_before = trainee.kmm.as_ref().unwrap().adapter.weight.val().into_data();
-    let distillation = Distillation { teacher, weights: DistillationWeights::default(), temperature: 1.0 };
+    let distillation = Distillation::new(teacher, &LossConfig::default());
 
     let train_samples = samples(&cases[..2]);
     struct CountSteps(usize);
@@ -103,4 +104,69 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     assert!((0.0..=1.0).contains(&log.val_dice), "validation Dice on the held-out case: {log:?}");
     let adapter_after = trained.kmm.as_ref().unwrap().adapter.weight.val().into_data();
     assert_ne!(adapter_before, adapter_after, "the KMM adapter trains with the student");
+}
+
+/// `--devices` with two workers on the CPU: burn-train's multi-device step must return the
+/// gradient of the whole batch, i.e. each half's gradient weighted by its share and summed on
+/// the main device — here computed independently, half by half, on one device.
+#[test]
+fn data_parallel_step_sums_the_share_weighted_gradients_of_its_parts() {
+    use burn::optim::GradientsParams;
+    use relkd_train::data_parallel::DataParallel;
+    use relkd_train::trainer::{TermValues, loss_terms, teacher_outputs, to_batch};
+
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let cases = tiny_cases();
+    let batch: Vec<Slice2d> = samples(&cases).into_iter().take(6).collect();
+    // UNet++ has no dropout, so both computations see the same network.
+    let net = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device);
+    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
+    let kmm = KernelMatrixConfig::new(net.tap().channels, teacher.tap().channels).init(&device);
+    let trainee = Trainee { net, kmm: Some(kmm), aam: Some(AffinityConfig::new(2).init(&device)) };
+    let distillation = Distillation::new(teacher, &LossConfig::default());
+    let segmentation = SegmentationLoss::default();
+
+    let parallel = DataParallel::new(&[device.clone(), device.clone()], segmentation, Some(&distillation));
+    let (values, grads) = parallel.step(&trainee, &batch, &PREP).unwrap();
+
+    let plain = device.clone().without_autodiff();
+    let mut expected = TermValues::default();
+    let mut expected_grads = Vec::new();
+    for half in batch.chunks(3) {
+        let (images, labels) = to_batch(half, &PREP, &device);
+        let teacher = teacher_outputs(&distillation, &images, &plain);
+        let terms = loss_terms(&trainee, images, labels, &segmentation, Some((teacher, &distillation)));
+        let total = terms.total(&distillation.weights);
+        expected = expected.plus(&TermValues::of(&terms, &total).scaled(0.5));
+        expected_grads.push(GradientsParams::from_grads(total.mul_scalar(0.5).backward(), &trainee));
+    }
+    assert!((values.total - expected.total).abs() < 1e-4 * expected.total.abs(), "{values:?} vs {expected:?}");
+    assert!((values.aam.unwrap() - expected.aam.unwrap()).abs() < 1e-4, "{values:?} vs {expected:?}");
+    let check = |id, what: &str| {
+        let got: Tensor<4> = grads.get(id).unwrap_or_else(|| panic!("no gradient for {what}"));
+        let want: Tensor<4> = expected_grads.iter().map(|g| g.get::<4>(id).unwrap()).reduce(|a, b| a + b).unwrap();
+        let scale = want.clone().abs().max().into_scalar::<f32>();
+        let diff = (got - want).abs().max().into_scalar::<f32>();
+        assert!(scale > 0.0 && diff <= 1e-4 * scale, "{what}: max difference {diff} against max {scale}");
+    };
+    check(trainee.kmm.as_ref().unwrap().adapter.weight.id, "the KMM adapter");
+    check(first_conv_weight(&trainee.net), "the first convolution");
+}
+
+use burn::tensor::Tensor;
+
+/// The parameter id of the network's first 4D weight.
+fn first_conv_weight(net: &relkd_models::Network) -> burn::module::ParamId {
+    struct First(Option<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for First {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if D == 4 && self.0.is_none() {
+                self.0 = Some(param.id);
+            }
+        }
+    }
+    let mut first = First(None);
+    net.visit(&mut first);
+    first.0.expect("a convolution")
 }

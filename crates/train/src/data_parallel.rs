@@ -1,0 +1,180 @@
+//! Data-parallel training on several devices (`train --devices cuda:0,cuda:1`) through
+//! burn-train's multi-device train step, the engine of its `ExecutionStrategy::MultiDevice`
+//! with the optimiser on the main device.
+//!
+//! burn-train's Learner owns its loop, and distillation needs ours (a frozen teacher, three
+//! extra losses, per-epoch checkpoints and validation), so the loop stays in
+//! [`crate::trainer`] and only the step is burn-train's: each step's batch is split across the
+//! devices, [`MultiDevicesTrainStep`] runs forward and backward of a fork of the trainee on every
+//! device in its own thread, and the gradients are brought to the main device and summed there
+//! ([`GradientsAccumulator`]) for one Adam step, as burn-train's `OptimMainDevice` does. Each
+//! device's loss is weighted by its share of the batch, so the sum is the gradient of the whole
+//! batch's mean loss (exactly for per-pixel terms; batch statistics — batch norm, the Dice
+//! denominators, KMM's batch Gram — are per device, as in any data-parallel training).
+
+use burn::data::dataloader::{DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::ExecutionError;
+use burn_train::train::MultiDevicesTrainStep;
+use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
+use relkd_core::transforms::{Preprocessing, Slice2d};
+
+use crate::losses::DistillationWeights;
+use crate::losses::segmentation::SegmentationLoss;
+use crate::trainer::{Distillation, TermValues, Trainee, loss_terms, teacher_outputs, to_batch};
+
+/// One device's part of a batch.
+pub struct Part {
+    pub images: Tensor<4>,
+    pub labels: Tensor<3, Int>,
+    /// Its share of the batch's samples; its loss is weighted by it.
+    pub share: f64,
+}
+
+/// The trainee as burn-train's multi-device step sees it: the network with its distillation
+/// modules, and (not trained) what its loss needs on each device.
+#[derive(Module, Debug)]
+pub struct DistillStep {
+    pub trainee: Trainee,
+    #[module(skip)]
+    context: StepContext,
+}
+
+#[derive(Clone, Debug)]
+struct StepContext {
+    segmentation: SegmentationLoss,
+    /// The frozen teacher forked to each device, by the device's autodiff twin.
+    distillations: Vec<(Device, Distillation)>,
+    weights: DistillationWeights,
+}
+
+impl DistillStep {
+    fn terms(&self, part: Part) -> (Tensor<1>, TermValues) {
+        let device = part.images.device();
+        let plain = device.clone().without_autodiff();
+        let distillation = match self.context.distillations.is_empty() {
+            true => None,
+            false => Some(
+                self.context
+                    .distillations
+                    .iter()
+                    .find(|(d, _)| *d == device)
+                    .map(|(_, d)| d)
+                    .unwrap_or_else(|| panic!("no teacher on {device:?}")),
+            ),
+        };
+        let teacher = distillation.map(|d| (teacher_outputs(d, &part.images, &plain), d));
+        let terms = loss_terms(&self.trainee, part.images, part.labels, &self.context.segmentation, teacher);
+        let total = terms.total(&self.context.weights);
+        let values = TermValues::of(&terms, &total).scaled(part.share);
+        (total.mul_scalar(part.share), values)
+    }
+}
+
+impl TrainStep for DistillStep {
+    type Input = Part;
+    type Output = TermValues;
+
+    fn step(&self, part: Part) -> TrainOutput<TermValues> {
+        let (loss, values) = self.terms(part);
+        TrainOutput::new(self, loss.backward(), values)
+    }
+}
+
+impl InferenceStep for DistillStep {
+    type Input = Part;
+    type Output = TermValues;
+
+    fn step(&self, part: Part) -> TermValues {
+        self.terms(part).1
+    }
+}
+
+impl ItemLazy for TermValues {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        Ok(self)
+    }
+}
+
+/// burn-train's iterator protocol for a single part.
+struct OnePart(Option<Part>);
+
+impl Iterator for OnePart {
+    type Item = Result<Part, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.take().map(Ok)
+    }
+}
+
+impl DataLoaderIterator<Part> for OnePart {
+    fn progress(&self) -> Progress {
+        Progress { items_processed: usize::from(self.0.is_none()), items_total: 1, unit: None }
+    }
+}
+
+/// The devices a trainee's steps are spread over; the first is the main device, which keeps
+/// the weights and the optimiser state.
+pub struct DataParallel {
+    devices: Vec<Device>,
+    step: MultiDevicesTrainStep<DistillStep>,
+    context: StepContext,
+}
+
+impl DataParallel {
+    /// `devices` are autodiff devices; the teacher is forked to each of them.
+    pub fn new(devices: &[Device], segmentation: SegmentationLoss, distillation: Option<&Distillation>) -> Self {
+        let distillations = distillation.map_or(vec![], |d| {
+            devices
+                .iter()
+                .map(|device| {
+                    let teacher = d.teacher.clone().fork(&device.clone().without_autodiff());
+                    (device.clone(), Distillation { teacher, ..d.clone() })
+                })
+                .collect()
+        });
+        let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
+        Self {
+            devices: devices.to_vec(),
+            step: MultiDevicesTrainStep::new(devices),
+            context: StepContext { segmentation, distillations, weights },
+        }
+    }
+
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// One batch: split, stepped on every device, gradients summed on the main device.
+    /// Returns the batch's loss terms and gradients for `trainee` (same parameter ids).
+    pub fn step(
+        &self,
+        trainee: &Trainee,
+        batch: &[Slice2d],
+        prep: &Preprocessing,
+    ) -> Result<(TermValues, GradientsParams), String> {
+        let per_device = batch.len().div_ceil(self.devices.len());
+        let mut parts: Vec<Box<dyn DataLoaderIterator<Part>>> = batch
+            .chunks(per_device)
+            .zip(&self.devices)
+            .map(|(samples, device)| {
+                let (images, labels) = to_batch(samples, prep, device);
+                let share = samples.len() as f64 / batch.len() as f64;
+                Box::new(OnePart(Some(Part { images, labels, share }))) as Box<dyn DataLoaderIterator<Part>>
+            })
+            .collect();
+        let model = DistillStep { trainee: trainee.clone(), context: self.context.clone() };
+        let (outputs, _) = self.step.step(&mut parts, &model).map_err(|e| e.to_string())?;
+        let main = &self.devices[0];
+        let mut accumulator = GradientsAccumulator::new();
+        let mut values = TermValues::default();
+        for output in outputs {
+            accumulator.accumulate(&model, output.output.grads.to_device(main, &model));
+            values = values.plus(&output.output.item);
+        }
+        Ok((values, accumulator.grads()))
+    }
+}

@@ -1,0 +1,336 @@
+//! `train experiment FILE.yaml`: the paper's tables as one grid of runs.
+//!
+//! A grid is teachers × students × target sites × distillers, all from one base run
+//! configuration. Per target site the grid trains each teacher once (reusing the teacher cache
+//! that `train` fills), each student's baseline once (it does not depend on the teacher), and
+//! one distilled student per (teacher, distiller). Every trained model is a cell: it is written
+//! with its card and its scores on the target's held-out cases, and a rerun of the same command
+//! skips every finished cell and continues an interrupted one from its last epoch.
+//!
+//! Layout of the output folder (default `experiments/FILE-STEM/`):
+//! `TARGET/config.yaml` (the base configuration resolved for that target), `TARGET/NAME.bpk`
+//! + `.yaml` per cell, `TARGET/scores/NAME.yaml`, `TARGET/metrics.csv`; then `report.md`,
+//! `scores.csv` and `dice_TEACHER_STUDENT.png` for the whole grid.
+
+mod report;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use burn::module::Module;
+use relkd_core::dataset::Dataset;
+use relkd_core::files::write_atomic;
+use relkd_models::Architecture;
+use relkd_models::device::DeviceChoice;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{fingerprint, load_model};
+use crate::config::{Distiller, ExperimentConfig, LossConfig};
+use crate::evaluate::CaseScore;
+use crate::run::{Cases, Devices, Role, Stage, data_root, prepare, progress_bar, score_cases, student_trainee};
+use crate::trainer::Distillation;
+
+pub use report::{Cell, CellKind};
+
+/// An experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSpec {
+    /// The run configuration every cell starts from; a relative path is taken from the
+    /// experiment file's folder.
+    pub base: PathBuf,
+    pub teachers: Vec<Architecture>,
+    pub students: Vec<Architecture>,
+    /// Target sites (folder names, canonical names or S1…S6), or `[all]`.
+    pub targets: Vec<String>,
+    /// The distilled students of each (teacher, student, target): `lm+kmm+aam` (the paper's),
+    /// any subset of it, `hinton` or `attention`. The baseline (w/o) is always trained.
+    pub distillers: Vec<Variant>,
+}
+
+/// How one distilled student learns from its teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Variant {
+    /// The paper's modules, each on or off (Table 3); λ from the base configuration.
+    Relational { lm: bool, kmm: bool, aam: bool },
+    Hinton,
+    Attention,
+}
+
+impl Variant {
+    pub const ALL_THREE: Variant = Variant::Relational { lm: true, kmm: true, aam: true };
+
+    /// The name in experiment files and cell names: `lm+aam`, `hinton`, `attention`.
+    pub fn name(self) -> String {
+        match self {
+            Variant::Relational { lm, kmm, aam } => {
+                let on: Vec<&str> = [("lm", lm), ("kmm", kmm), ("aam", aam)]
+                    .into_iter()
+                    .filter_map(|(n, on)| on.then_some(n))
+                    .collect();
+                on.join("+")
+            }
+            Variant::Hinton => "hinton".to_string(),
+            Variant::Attention => "attention".to_string(),
+        }
+    }
+
+    /// The base configuration's losses with this variant's distiller and switches.
+    pub fn losses(self, base: &LossConfig) -> LossConfig {
+        let mut losses = base.clone();
+        match self {
+            Variant::Relational { lm, kmm, aam } => {
+                losses.distiller = Distiller::Relational;
+                let keep = |on: bool, w: f64| if on { w } else { 0.0 };
+                losses.lambda.lm = keep(lm, base.lambda.lm);
+                losses.lambda.kmm = keep(kmm, base.lambda.kmm);
+                losses.lambda.aam = keep(aam, base.lambda.aam);
+            }
+            Variant::Hinton => losses.distiller = Distiller::Hinton,
+            Variant::Attention => losses.distiller = Distiller::Attention,
+        }
+        losses
+    }
+}
+
+impl TryFrom<String> for Variant {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let wrong = || format!("unknown distiller `{text}`: use lm, kmm, aam joined by + (e.g. lm+kmm+aam), hinton or attention");
+        match text.trim() {
+            "hinton" => return Ok(Variant::Hinton),
+            "attention" | "at" => return Ok(Variant::Attention),
+            _ => {}
+        }
+        let (mut lm, mut kmm, mut aam) = (false, false, false);
+        for part in text.split('+').map(str::trim) {
+            let flag = match part {
+                "lm" => &mut lm,
+                "kmm" => &mut kmm,
+                "aam" => &mut aam,
+                _ => return Err(wrong()),
+            };
+            if *flag {
+                return Err(format!("distiller `{text}` names {part} twice"));
+            }
+            *flag = true;
+        }
+        Ok(Variant::Relational { lm, kmm, aam })
+    }
+}
+
+impl From<Variant> for String {
+    fn from(v: Variant) -> String {
+        v.name()
+    }
+}
+
+impl GridSpec {
+    /// Reads an experiment file; every error names it.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path).with_context(|| format!("experiment file {}", path.display()))?;
+        let spec: Self = serde_yaml::from_str(&text).with_context(|| format!("experiment file {}", path.display()))?;
+        for (list, key) in [
+            (spec.teachers.is_empty(), "teachers"),
+            (spec.students.is_empty(), "students"),
+            (spec.targets.is_empty(), "targets"),
+            (spec.distillers.is_empty(), "distillers"),
+        ] {
+            ensure!(!list, "experiment file {}: `{key}` must list at least one entry", path.display());
+        }
+        Ok(spec)
+    }
+}
+
+/// What `train experiment` is asked for.
+#[derive(Debug, Clone)]
+pub struct GridRequest {
+    pub file: PathBuf,
+    pub data: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub device: DeviceChoice,
+    /// Several devices: data-parallel training.
+    pub devices: Vec<DeviceChoice>,
+}
+
+/// Runs (or continues) the grid of `request.file` and returns its output folder.
+pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
+    let spec = GridSpec::load(&request.file)?;
+    let base_path = request.file.parent().unwrap_or(Path::new(".")).join(&spec.base);
+    let mut base = ExperimentConfig::load(&base_path)
+        .with_context(|| format!("the base configuration of {}", request.file.display()))?;
+    if let Some(data) = &request.data {
+        base.data.root = Some(data.clone());
+    }
+    if let Some(root) = &base.data.root {
+        base.data.root = Some(root.canonicalize().with_context(|| format!("data folder {}", root.display()))?);
+    }
+    // Every target is resolved before anything is written.
+    let root = data_root(&base.data)?;
+    let dataset = Dataset::discover(&root)?;
+    let targets: Vec<String> = if spec.targets.iter().any(|t| t == "all") {
+        dataset.sites.iter().map(|s| s.name.clone()).collect()
+    } else {
+        spec.targets.iter().map(|t| Ok(dataset.site(t)?.name.clone())).collect::<anyhow::Result<_>>()?
+    };
+    let stem = request.file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
+    let spec_yaml = serde_yaml::to_string(&spec).expect("serialises");
+    if out.exists() && !out.join("experiment.yaml").exists() && fs::read_dir(&out)?.next().is_some() {
+        bail!("{} exists and is not an experiment folder (no experiment.yaml); choose another --out", out.display());
+    }
+    let devices = Devices::resolve(request.device, &request.devices)?;
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&out.join("experiment.yaml"), spec_yaml.as_bytes()).with_context(|| format!("{}", out.display()))?;
+
+    let per_target = spec.teachers.len() + spec.students.len() * (1 + spec.teachers.len() * spec.distillers.len());
+    println!(
+        "experiment {stem}: {} target(s) × ({} teacher(s), {} baseline(s), {} distilled student(s)) = {} cells on {}",
+        targets.len(),
+        spec.teachers.len(),
+        spec.students.len(),
+        spec.students.len() * spec.teachers.len() * spec.distillers.len(),
+        targets.len() * per_target,
+        devices.description
+    );
+    let mut cells = Vec::new();
+    let mut done = 0;
+    for target in &targets {
+        let mut config = base.clone();
+        config.target = target.clone();
+        let (root, cases) = prepare(&mut config)?;
+        let dir = out.join(&config.target);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config_yaml = config.to_yaml();
+        let saved = dir.join("config.yaml");
+        match fs::read_to_string(&saved) {
+            Ok(text) => ensure!(
+                text == config_yaml,
+                "{} was run with another base configuration; use a new --out or restore {}",
+                dir.display(),
+                base_path.display()
+            ),
+            Err(_) => write_atomic(&saved, config_yaml.as_bytes()).with_context(|| format!("{}", saved.display()))?,
+        }
+        let grid = TargetGrid { config: &config, cases: &cases, dir: &dir, devices: &devices, stem: &stem };
+        let mut next = |what: &str| {
+            done += 1;
+            println!("--- cell {done}/{}: {what} on {target}", targets.len() * per_target);
+        };
+        for &teacher in &spec.teachers {
+            next(&format!("teacher {}", teacher.display_name()));
+            cells.push(grid.teacher(teacher, &root)?);
+        }
+        for &student in &spec.students {
+            next(&format!("{} w/o", student.display_name()));
+            cells.push(grid.baseline(student)?);
+            for &teacher in &spec.teachers {
+                let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
+                let (net, _) = load_model(&weights, &devices.main)?;
+                let net = net.valid();
+                for &variant in &spec.distillers {
+                    next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
+                    cells.push(grid.distilled(student, teacher, variant, &net)?);
+                }
+            }
+        }
+    }
+    let real_data = base.data.root.is_some();
+    let data = if real_data { root.display().to_string() } else { format!("phantom ({})", root.display()) };
+    let written = report::write(&out, &stem, &spec, &targets, &cells, &data, real_data)?;
+    println!("\n{}", written.summary.trim_end());
+    println!("\nwrote {}", out.join("report.md").display());
+    Ok(out)
+}
+
+/// The cells of one target site.
+struct TargetGrid<'a> {
+    config: &'a ExperimentConfig,
+    cases: &'a Cases,
+    dir: &'a Path,
+    devices: &'a Devices,
+    stem: &'a str,
+}
+
+impl TargetGrid<'_> {
+    fn teacher(&self, teacher: Architecture, root: &Path) -> anyhow::Result<Cell> {
+        let mut config = self.config.clone();
+        config.teacher.architecture = teacher;
+        let kind = CellKind::Teacher { teacher };
+        self.stage(&config, &kind.stem(), |stage| stage.teacher(&kind.stem(), root, self.cases, None).map(drop))?;
+        self.score(&config, kind)
+    }
+
+    fn baseline(&self, student: Architecture) -> anyhow::Result<Cell> {
+        let mut config = self.config.clone();
+        config.student.architecture = student;
+        let kind = CellKind::Baseline { student };
+        let make = student_trainee(&config, None);
+        self.stage(&config, &kind.stem(), |stage| stage.train(&kind.stem(), Role::Baseline, &make, self.cases, None))?;
+        self.score(&config, kind)
+    }
+
+    fn distilled(
+        &self,
+        student: Architecture,
+        teacher: Architecture,
+        variant: Variant,
+        net: &relkd_models::Network,
+    ) -> anyhow::Result<Cell> {
+        let mut config = self.config.clone();
+        config.student.architecture = student;
+        config.teacher.architecture = teacher;
+        config.losses = variant.losses(&self.config.losses);
+        let kind = CellKind::Distilled { student, teacher, variant };
+        let make = student_trainee(&config, Some(net));
+        let distillation = Distillation::new(net.clone(), &config.losses);
+        self.stage(&config, &kind.stem(), |stage| {
+            stage.train(&kind.stem(), Role::Student, &make, self.cases, Some(&distillation))
+        })?;
+        self.score(&config, kind)
+    }
+
+    /// Runs `work` on a stage whose cards carry this cell's configuration hash.
+    fn stage(
+        &self,
+        config: &ExperimentConfig,
+        stem: &str,
+        work: impl FnOnce(&Stage) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let hash = fingerprint(&config.to_yaml());
+        let run_id = format!("{}/{}", self.stem, config.target);
+        let stage = Stage {
+            config,
+            run_dir: self.dir,
+            run_id: &run_id,
+            config_hash: &hash,
+            device: &self.devices.main,
+            parallel: &self.devices.parallel,
+        };
+        work(&stage).with_context(|| format!("cell {stem} of {}", self.dir.display()))?;
+        let _ = fs::remove_dir(self.dir.join("checkpoints")); // only when empty
+        Ok(())
+    }
+
+    /// The cell's scores on the target's held-out cases, computed once and kept beside it.
+    fn score(&self, config: &ExperimentConfig, kind: CellKind) -> anyhow::Result<Cell> {
+        let stem = kind.stem();
+        let path = self.dir.join("scores").join(format!("{stem}.yaml"));
+        let target = config.target.clone();
+        if let Ok(text) = fs::read_to_string(&path) {
+            let scores: Vec<CaseScore> = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+            return Ok(Cell { target, kind, scores });
+        }
+        let (net, _) = load_model(&self.dir.join(format!("{stem}.bpk")), &self.devices.main)?;
+        let bar = progress_bar(self.cases.test.len() as u64, &format!("scoring {stem}"));
+        let plain = self.devices.main.clone().without_autodiff();
+        let (scores, _) = score_cases(&net.valid(), &self.cases.test, config, &plain, &|| bar.inc(1));
+        bar.finish_and_clear();
+        fs::create_dir_all(path.parent().expect("scores folder"))?;
+        write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes()).with_context(|| format!("{}", path.display()))?;
+        Ok(Cell { target, kind, scores })
+    }
+}

@@ -1,0 +1,338 @@
+//! The grid's report: Table 2 (teachers, w/o and w/ per student, one column per target site),
+//! Table 3 (the ablation of LM, AAM and KMM), the comparison distillers of Table 4, a per-site
+//! bar chart per teacher–student pair, and every case's scores.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use relkd_core::dataset::paper_site;
+use relkd_core::files::write_atomic;
+use relkd_core::png::{BLACK, Canvas, GREY, WHITE};
+use relkd_models::Architecture;
+
+use super::{GridSpec, Variant};
+use crate::evaluate::CaseScore;
+use crate::report::{PALETTE, mean, paper_table2};
+
+/// What a trained model of the grid is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    Teacher { teacher: Architecture },
+    Baseline { student: Architecture },
+    Distilled { student: Architecture, teacher: Architecture, variant: Variant },
+}
+
+impl CellKind {
+    /// File stem of the cell's weights, card and scores in the target's folder.
+    pub fn stem(&self) -> String {
+        match self {
+            CellKind::Teacher { teacher } => format!("teacher-{}", teacher.name()),
+            CellKind::Baseline { student } => format!("baseline-{}", student.name()),
+            CellKind::Distilled { student, teacher, variant } => {
+                format!("{}-{}-{}", student.name(), teacher.name(), variant.name())
+            }
+        }
+    }
+}
+
+/// One trained model of the grid, scored on its target site's held-out cases.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub target: String,
+    pub kind: CellKind,
+    pub scores: Vec<CaseScore>,
+}
+
+/// Table 3 of the paper (ENet student, DeepLabV3+ teacher), row by row in its order:
+/// (LM, KMM, AAM) switched on, label, Dice S1…S6.
+const TABLE3: [((bool, bool, bool), &str, [f64; 6]); 8] = [
+    ((false, false, false), "baseline (w/o)", [0.714, 0.604, 0.539, 0.782, 0.701, 0.772]),
+    ((true, false, false), "+LM", [0.691, 0.571, 0.505, 0.741, 0.619, 0.721]),
+    ((false, false, true), "+AAM", [0.700, 0.599, 0.648, 0.780, 0.691, 0.740]),
+    ((false, true, false), "+KMM", [0.698, 0.583, 0.630, 0.767, 0.690, 0.738]),
+    ((true, true, false), "+KMM +LM", [0.763, 0.679, 0.659, 0.807, 0.769, 0.775]),
+    ((true, false, true), "+AAM +LM", [0.772, 0.691, 0.688, 0.810, 0.762, 0.798]),
+    ((false, true, true), "+AAM +KMM", [0.781, 0.611, 0.709, 0.849, 0.781, 0.816]),
+    ((true, true, true), "all three (LM + KMM + AAM)", [0.810, 0.642, 0.734, 0.881, 0.796, 0.876]),
+];
+
+fn paper_column(site: &str) -> Option<usize> {
+    Some(paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1)
+}
+
+/// What the grid wrote; `summary` is the tables, for the terminal.
+pub struct Written {
+    pub summary: String,
+}
+
+/// The tables with one column per target (and their mean when there are several).
+struct Tables<'a> {
+    targets: &'a [String],
+    cells: &'a [Cell],
+    real_data: bool,
+}
+
+impl Tables<'_> {
+    fn dice(&self, target: &str, kind: CellKind) -> Option<f64> {
+        let cell = self.cells.iter().find(|c| c.target == target && c.kind == kind)?;
+        Some(mean(cell.scores.iter().map(|s| s.dice)))
+    }
+
+    fn header(&self, first: &str) -> String {
+        let mut columns: Vec<String> = self
+            .targets
+            .iter()
+            .map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})")))
+            .collect();
+        if self.targets.len() > 1 {
+            columns.push("mean".into());
+        }
+        format!("| {first} | {} |\n|---|{}\n", columns.join(" | "), "---|".repeat(columns.len()))
+    }
+
+    /// A row: our Dice per target (the paper's in brackets on the real data), and the mean.
+    fn row(&self, label: &str, kind: CellKind, paper: impl Fn(&str) -> Option<f64>) -> String {
+        let ours: Vec<Option<f64>> = self.targets.iter().map(|t| self.dice(t, kind)).collect();
+        let mut fields: Vec<String> = self
+            .targets
+            .iter()
+            .zip(&ours)
+            .map(|(t, d)| {
+                let mut f = d.map_or("–".into(), |d| format!("{d:.3}"));
+                if let Some(p) = paper(t).filter(|_| self.real_data) {
+                    let _ = write!(f, " ({p:.3})");
+                }
+                f
+            })
+            .collect();
+        if self.targets.len() > 1 {
+            let all: Vec<f64> = ours.iter().flatten().copied().collect();
+            fields.push(if all.len() == ours.len() { format!("{:.3}", mean(all.into_iter())) } else { "–".into() });
+        }
+        format!("| {label} | {} |\n", fields.join(" | "))
+    }
+}
+
+/// Writes `report.md`, `scores.csv` and the bar charts into `out`.
+pub fn write(
+    out: &Path,
+    name: &str,
+    spec: &GridSpec,
+    targets: &[String],
+    cells: &[Cell],
+    data: &str,
+    real_data: bool,
+) -> anyhow::Result<Written> {
+    let tables = Tables { targets, cells, real_data };
+    let mut md = String::new();
+    let _ = writeln!(md, "# relkd experiment {name}\n");
+    let names = |a: &[Architecture]| a.iter().map(|a| a.display_name()).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        md,
+        "Data: {data}. Teachers: {}. Students: {}. Target sites: {}. Distillers: {}. Each Dice is the mean \
+         over the target site's held-out cases, which no student saw.\n",
+        names(&spec.teachers),
+        names(&spec.students),
+        targets.join(", "),
+        spec.distillers.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+    );
+    if real_data {
+        md.push_str("The paper's Dice is in brackets.\n\n");
+    } else {
+        md.push_str(
+            "These are phantom numbers: synthetic data at reduced size and width. They show the pipeline \
+             and the direction of effects, not the paper's results (the paper's numbers appear only on the \
+             real data).\n\n",
+        );
+    }
+    let mut summary = String::new();
+
+    // Table 2.
+    let mut t2 = String::from("## Dice per target site (Table 2)\n\n");
+    t2.push_str(&tables.header("model"));
+    for &teacher in &spec.teachers {
+        let kind = CellKind::Teacher { teacher };
+        t2.push_str(&tables.row(&format!("teacher {}", teacher.display_name()), kind, |site| {
+            paper_table2("teacher", teacher, teacher, site)
+        }));
+    }
+    let full = spec.distillers.contains(&Variant::ALL_THREE);
+    for &student in &spec.students {
+        t2.push_str(&tables.row(
+            &format!("{} w/o", student.display_name()),
+            CellKind::Baseline { student },
+            |site| paper_table2("baseline", student, spec.teachers[0], site),
+        ));
+        for &teacher in spec.teachers.iter().filter(|_| full) {
+            let kind = CellKind::Distilled { student, teacher, variant: Variant::ALL_THREE };
+            t2.push_str(&tables.row(
+                &format!("{} w/ {}", student.display_name(), teacher.display_name()),
+                kind,
+                |site| paper_table2("student", student, teacher, site),
+            ));
+        }
+    }
+    md.push_str(&t2);
+    summary.push_str(&t2);
+
+    // Table 3: the ablation, for each pair whose grid has more than the full distiller.
+    let ablation: Vec<&(_, &str, [f64; 6])> = TABLE3
+        .iter()
+        .filter(|((lm, kmm, aam), _, _)| {
+            let variant = Variant::Relational { lm: *lm, kmm: *kmm, aam: *aam };
+            !(*lm || *kmm || *aam) || spec.distillers.contains(&variant)
+        })
+        .collect();
+    if ablation.len() > 2 || (ablation.len() == 2 && !full) {
+        for &teacher in &spec.teachers {
+            for &student in &spec.students {
+                let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
+                let mut t3 = format!(
+                    "\n## Ablation (Table 3): {} student, {} teacher\n\n",
+                    student.display_name(),
+                    teacher.display_name()
+                );
+                t3.push_str(&tables.header("distillation"));
+                for ((lm, kmm, aam), label, paper) in ablation.iter().map(|r| **r) {
+                    let kind = if lm || kmm || aam {
+                        CellKind::Distilled { student, teacher, variant: Variant::Relational { lm, kmm, aam } }
+                    } else {
+                        CellKind::Baseline { student }
+                    };
+                    t3.push_str(&tables.row(label, kind, |site| {
+                        paper_column(site).filter(|_| paper_pair).map(|c| paper[c])
+                    }));
+                }
+                md.push_str(&t3);
+                summary.push_str(&t3);
+            }
+        }
+    }
+
+    // Table 4's comparison distillers.
+    let others: Vec<Variant> =
+        spec.distillers.iter().copied().filter(|v| matches!(v, Variant::Hinton | Variant::Attention)).collect();
+    if !others.is_empty() {
+        for &teacher in &spec.teachers {
+            for &student in &spec.students {
+                let mut t4 = format!(
+                    "\n## Distillers compared (Table 4): {} student, {} teacher\n\n",
+                    student.display_name(),
+                    teacher.display_name()
+                );
+                t4.push_str(&tables.header("distiller"));
+                t4.push_str(&tables.row("none (w/o)", CellKind::Baseline { student }, |_| None));
+                let mut rows = others.clone();
+                if full {
+                    rows.insert(0, Variant::ALL_THREE);
+                }
+                for variant in rows {
+                    let label = match variant {
+                        Variant::Hinton => "logit KD (Hinton)",
+                        Variant::Attention => "attention transfer (AT)",
+                        _ => "relational (LM + KMM + AAM)",
+                    };
+                    t4.push_str(&tables.row(label, CellKind::Distilled { student, teacher, variant }, |_| None));
+                }
+                md.push_str(&t4);
+                summary.push_str(&t4);
+            }
+        }
+    }
+
+    // Bar charts.
+    let mut files = vec!["experiment.yaml".to_string(), "scores.csv".to_string()];
+    md.push_str("\n## Per-site Dice\n\n");
+    for &teacher in &spec.teachers {
+        for &student in &spec.students {
+            let chart = format!("dice_{}_{}.png", teacher.name(), student.name());
+            let distilled = spec.distillers.iter().copied().find(|v| *v == Variant::ALL_THREE).unwrap_or(spec.distillers[0]);
+            let bars = [
+                ("TEACHER", CellKind::Teacher { teacher }),
+                ("W/O", CellKind::Baseline { student }),
+                ("W/", CellKind::Distilled { student, teacher, variant: distilled }),
+            ];
+            let title = format!("{} FROM {} ({})", student.display_name(), teacher.display_name(), distilled.name());
+            let canvas = bar_chart(&tables, &title, &bars);
+            let path = out.join(&chart);
+            write_atomic(&path, &canvas.to_png()).with_context(|| format!("{}", path.display()))?;
+            let _ = writeln!(md, "![{chart}]({chart})\n");
+            files.push(chart);
+        }
+    }
+
+    let mut csv = String::from("target,cell,student,teacher,distiller,site,case,dice,hd95_mm,asd_mm\n");
+    for c in cells {
+        let (student, teacher, distiller) = match c.kind {
+            CellKind::Teacher { teacher } => (String::new(), teacher.name().to_string(), String::new()),
+            CellKind::Baseline { student } => (student.name().to_string(), String::new(), String::new()),
+            CellKind::Distilled { student, teacher, variant } => {
+                (student.name().to_string(), teacher.name().to_string(), variant.name())
+            }
+        };
+        for s in &c.scores {
+            let _ = writeln!(
+                csv,
+                "{},{},{student},{teacher},{distiller},{},{},{:.6},{:.4},{:.4}",
+                c.target,
+                c.kind.stem(),
+                s.site,
+                s.case,
+                s.dice,
+                s.hd95,
+                s.asd
+            );
+        }
+    }
+    write_atomic(&out.join("scores.csv"), csv.as_bytes()).with_context(|| format!("{}", out.display()))?;
+    md.push_str("## Files\n\n");
+    for f in files.iter().chain(&["report.md".to_string()]) {
+        let _ = writeln!(md, "- `{f}`");
+    }
+    for t in targets {
+        let _ = writeln!(md, "- `{t}/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv");
+    }
+    write_atomic(&out.join("report.md"), md.as_bytes()).with_context(|| format!("{}", out.display()))?;
+    Ok(Written { summary })
+}
+
+/// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1.
+fn bar_chart(tables: &Tables, title: &str, bars: &[(&str, CellKind)]) -> Canvas {
+    let (bar_w, gap, margin, plot_h) = (28i64, 24i64, 56i64, 240i64);
+    let group_w = bars.len() as i64 * bar_w;
+    let plot_w = tables.targets.len() as i64 * (group_w + gap) + gap;
+    let legend_w: i64 = bars.iter().map(|(label, _)| 52 + Canvas::text_width(label, 2)).sum();
+    let width = (plot_w + 2 * margin).max(Canvas::text_width(title, 2) + 24).max(legend_w + margin);
+    let mut canvas = Canvas::new(width as usize, (plot_h + 2 * margin + 24) as usize, WHITE);
+    let (x0, y0) = (margin, margin);
+    canvas.text(12, 12, title, 2, BLACK);
+    for i in 0..=4 {
+        let y = y0 + plot_h * i / 4;
+        canvas.line((x0, y), (x0 + plot_w, y), 1, GREY);
+        let label = format!("{:.2}", 1.0 - i as f64 / 4.0);
+        canvas.text(x0 - Canvas::text_width(&label, 1) - 4, y - 2, &label, 1, BLACK);
+    }
+    canvas.line((x0, y0 + plot_h), (x0 + plot_w, y0 + plot_h), 1, BLACK);
+    for (g, target) in tables.targets.iter().enumerate() {
+        let gx = x0 + gap + g as i64 * (group_w + gap);
+        for (b, (_, kind)) in bars.iter().enumerate() {
+            let Some(dice) = tables.dice(target, *kind) else { continue };
+            let h = (dice.clamp(0.0, 1.0) * plot_h as f64).round() as i64;
+            let x = gx + b as i64 * bar_w;
+            canvas.fill_rect(x + 2, y0 + plot_h - h, bar_w - 4, h, PALETTE[b % PALETTE.len()]);
+            let value = format!("{dice:.2}");
+            canvas.text(x + (bar_w - Canvas::text_width(&value, 1)) / 2, y0 + plot_h - h - 8, &value, 1, BLACK);
+        }
+        let label = paper_site(target).map_or(target.clone(), |(id, _)| format!("{target} {id}"));
+        canvas.text(gx + (group_w - Canvas::text_width(&label, 1)) / 2, y0 + plot_h + 6, &label, 1, BLACK);
+    }
+    let mut x = margin;
+    let y = y0 + plot_h + margin;
+    for (b, (label, _)) in bars.iter().enumerate() {
+        canvas.fill_rect(x, y, 16, 10, PALETTE[b % PALETTE.len()]);
+        canvas.text(x + 22, y, label, 2, BLACK);
+        x += 22 + Canvas::text_width(label, 2) + 30;
+    }
+    canvas
+}

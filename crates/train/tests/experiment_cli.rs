@@ -1,0 +1,164 @@
+//! `train experiment` end to end on a tiny phantom: the Table 3 grid's eight rows, the report's
+//! numbers against the per-case scores, resume after a kill, and a rerun that trains nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+const TINY: &str = include_str!("../../../tests/fixtures/tiny-run.yaml");
+
+const GRID: &str = "
+base: tiny.yaml
+teachers: [unetpp]
+students: [enet]
+targets: [S3]
+distillers: [lm, aam, kmm, kmm+lm, lm+aam, aam+kmm, lm+kmm+aam]
+";
+
+fn train(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_train"));
+    c.args(args).current_dir(dir).env("RELKD_CACHE", dir.join("cache"));
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Every trained model of the grid: name → (bytes, modification time).
+fn weights(dir: &Path) -> BTreeMap<PathBuf, (Vec<u8>, SystemTime)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bpk"))
+        .map(|p| (p.clone(), (std::fs::read(&p).unwrap(), p.metadata().unwrap().modified().unwrap())))
+        .collect()
+}
+
+/// The row of `table` (a markdown section) whose label is `label`, as its cells.
+fn row<'a>(section: &'a str, label: &str) -> Vec<&'a str> {
+    let line = section
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no row {label} in\n{section}"));
+    line.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+/// Mean Dice of `cell` in the grid's scores.csv, computed here.
+fn mean_dice(scores: &str, cell: &str) -> f64 {
+    let dice: Vec<f64> = scores
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[1] == cell)
+        .map(|f| f[7].parse().unwrap())
+        .collect();
+    assert!(!dice.is_empty(), "no scores for {cell}");
+    dice.iter().sum::<f64>() / dice.len() as f64
+}
+
+#[test]
+fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
+    std::fs::write(dir.join("grid.yaml"), GRID).unwrap();
+    let out = dir.join("experiments/grid");
+    let target = out.join("HCRUDB"); // S3, by its folder name
+
+    // First run: interrupted once the baseline is scored.
+    let mut child = train(dir, &["experiment", "grid.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !target.join("scores/baseline-enet.yaml").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the grid ended before it could be interrupted");
+        assert!(started.elapsed() < Duration::from_secs(300), "no baseline after 5 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before: Vec<PathBuf> = weights(&target).into_keys().collect();
+
+    // Second run: the finished cells are skipped, the rest trained.
+    let o = train(dir, &["experiment", "grid.yaml"]).output().unwrap();
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("baseline-enet: done earlier"), "{log}");
+    assert!(!log.contains("baseline-enet epoch"), "the finished baseline was trained again:\n{log}");
+    assert!(log.contains("enet-unetpp-lm+kmm+aam epoch"), "{log}");
+    for p in &before {
+        let stem = p.file_stem().unwrap().to_string_lossy();
+        assert!(log.contains(&format!("{stem}: done earlier")), "{stem} not skipped:\n{log}");
+    }
+
+    // The report: Table 2 rows and all eight rows of Table 3, equal to the per-case scores.
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let table2 = &report[report.find("## Dice per target site").unwrap()..report.find("## Ablation").unwrap()];
+    let table3 = &report[report.find("## Ablation").unwrap()..report.find("## Per-site").unwrap()];
+    for (label, cell) in [("teacher UNet++", "teacher-unetpp"), ("ENet w/o", "baseline-enet"), ("ENet w/ UNet++", "enet-unetpp-lm+kmm+aam")] {
+        let got: f64 = row(table2, label)[1].parse().unwrap();
+        assert!((got - mean_dice(&scores, cell)).abs() < 6e-4, "{label}: {got}");
+    }
+    let rows: Vec<&str> = table3.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| distillation")).collect();
+    assert_eq!(rows.len(), 8, "{table3}");
+    for (label, cell) in [
+        ("baseline (w/o)", "baseline-enet"),
+        ("+LM", "enet-unetpp-lm"),
+        ("+AAM", "enet-unetpp-aam"),
+        ("+KMM", "enet-unetpp-kmm"),
+        ("+KMM +LM", "enet-unetpp-lm+kmm"),
+        ("+AAM +LM", "enet-unetpp-lm+aam"),
+        ("+AAM +KMM", "enet-unetpp-kmm+aam"),
+        ("all three (LM + KMM + AAM)", "enet-unetpp-lm+kmm+aam"),
+    ] {
+        let got: f64 = row(table3, label)[1].parse().unwrap();
+        assert!((got - mean_dice(&scores, cell)).abs() < 6e-4, "{label}: {got}");
+    }
+    assert!(report.contains("phantom numbers"), "{report}");
+    assert!(!report.contains("(0."), "the paper's numbers appear only on real data:\n{report}");
+    let chart = std::fs::read(out.join("dice_unetpp_enet.png")).unwrap();
+    assert_eq!(&chart[1..4], b"PNG");
+    // Each distilled cell's card records its switches.
+    let card = std::fs::read_to_string(target.join("enet-unetpp-lm+aam.yaml")).unwrap();
+    assert!(card.contains("LM λ=0.2") && card.contains("AAM λ=0.9") && !card.contains("KMM λ"), "{card}");
+
+    // Third run: nothing left to train; every model and the report unchanged.
+    let trained = weights(&target);
+    assert_eq!(trained.len(), 9);
+    let o = train(dir, &["experiment", "grid.yaml"]).output().unwrap();
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(!log.contains(" epoch "), "a finished cell was trained again:\n{log}");
+    assert_eq!(log.matches("done earlier").count(), 9, "{log}");
+    assert_eq!(weights(&target), trained);
+    assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
+}
+
+#[test]
+fn bad_experiments_fail_clearly_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
+    let cases = [
+        (GRID.replace("lm+aam,", "lm+xyz,"), "unknown distiller `lm+xyz`"),
+        (GRID.replace("[S3]", "[S9]"), "S9"),
+        (GRID.replace("students: [enet]", "students: []"), "`students` must list at least one entry"),
+        (GRID.replace("tiny.yaml", "missing.yaml"), "missing.yaml"),
+    ];
+    for (grid, message) in cases {
+        std::fs::write(dir.join("bad.yaml"), &grid).unwrap();
+        let o = train(dir, &["experiment", "bad.yaml"]).output().unwrap();
+        assert!(!o.status.success());
+        let log = text(&o);
+        assert!(log.contains(message), "expected `{message}` in:\n{log}");
+        assert!(!dir.join("experiments").exists(), "{message}: an output folder was created");
+    }
+    // An existing folder that is not an experiment's is never written into.
+    std::fs::create_dir_all(dir.join("mine")).unwrap();
+    std::fs::write(dir.join("mine/notes.txt"), "keep").unwrap();
+    std::fs::write(dir.join("grid.yaml"), GRID).unwrap();
+    let o = train(dir, &["experiment", "grid.yaml", "--out", "mine"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("not an experiment folder"), "{}", text(&o));
+    assert_eq!(std::fs::read_dir(dir.join("mine")).unwrap().count(), 1);
+}
