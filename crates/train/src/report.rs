@@ -182,8 +182,12 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
             m.card.live_params
         );
         if run.real_data {
-            let _ =
-                write!(md, " {} |", paper_table2(&m.card.model, m.card.architecture, run.teacher, run.target).map_or("–".into(), |v| format!("{v:.3}")));
+            let _ = write!(
+                md,
+                " {} |",
+                paper_table2(&m.card.model, m.card.architecture, run.teacher, run.target)
+                    .map_or("–".into(), |v| format!("{v:.3}"))
+            );
         }
         md.push('\n');
     }
@@ -294,7 +298,18 @@ mod tests {
     use super::*;
 
     fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
-        EpochLog { epoch, lr: 1e-3, segmentation: total, lm: None, kmm: Some(0.5), aam: None, kd: None, at: None, total, val_dice }
+        EpochLog {
+            epoch,
+            lr: 1e-3,
+            segmentation: total,
+            lm: None,
+            kmm: Some(0.5),
+            aam: None,
+            kd: None,
+            at: None,
+            total,
+            val_dice,
+        }
     }
 
     #[test]

@@ -29,10 +29,10 @@ use serde::Serialize;
 use crate::checkpoint::{ModelCard, StageCheckpoints, copy_model, fingerprint, load_model, save_model};
 use crate::config::{DataConfig, ExperimentConfig};
 use crate::evaluate::{CaseScore, predict_volume, score};
+use crate::losses::DistillationWeights;
 use crate::losses::affinity::AffinityConfig;
 use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
-use crate::losses::DistillationWeights;
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, train};
 
 /// The configuration used when `--config` is not given: CPU-sized, on the phantom.

@@ -14,8 +14,9 @@ use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d};
 use relkd_models::{Network, SegOutput, Segmenter};
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::{predict_volume, score};
 use crate::config::LossConfig;
+use crate::data_parallel::DataParallel;
+use crate::evaluate::{predict_volume, score};
 use crate::losses::affinity::Affinity;
 use crate::losses::attention::attention_transfer;
 use crate::losses::hinton::hinton_kd;
@@ -23,7 +24,6 @@ use crate::losses::kernel_matrix::KernelMatrix;
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, LossTerms};
-use crate::data_parallel::DataParallel;
 use crate::schedule::CyclicLrConfig;
 
 /// What one training run needs besides the data.
@@ -198,8 +198,8 @@ pub fn train(
     let plain = device.clone().without_autodiff();
     let steps = samples.len().div_ceil(options.batch_size);
     let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
-    let parallel = (options.devices.len() > 1)
-        .then(|| DataParallel::new(&options.devices, options.segmentation, distillation));
+    let parallel =
+        (options.devices.len() > 1).then(|| DataParallel::new(&options.devices, options.segmentation, distillation));
 
     for epoch in state.epoch..options.epochs {
         let epoch_seed = options.seed ^ ((epoch as u64) << 32);

@@ -4,19 +4,21 @@ use std::path::{Path, PathBuf};
 
 use relkd_models::Architecture;
 use relkd_train::config::{ConfigError, ExperimentConfig};
+use relkd_train::experiment::{GridSpec, Variant};
 use relkd_train::protocol::Protocol;
 
 fn configs_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
 }
 
+/// Every run configuration under configs/ (the grids in configs/experiments/ are not runs).
 fn shipped() -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![configs_dir()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() {
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "experiments") {
                 dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml") {
                 out.push(path);
@@ -35,6 +37,38 @@ fn every_shipped_config_loads_and_round_trips() {
         let again: ExperimentConfig = serde_yaml::from_str(&config.to_yaml()).unwrap();
         assert_eq!(again, config, "{}", path.display());
     }
+}
+
+#[test]
+fn shipped_grids_load_with_their_base_configs() {
+    let dir = configs_dir().join("experiments");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let grid = GridSpec::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        ExperimentConfig::load(&dir.join(&grid.base)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("table3") {
+            // Table 3: the baseline and every combination of the three modules.
+            let mut subsets: Vec<String> = grid.distillers.iter().map(|v| v.name()).collect();
+            subsets.sort();
+            assert_eq!(subsets, ["aam", "kmm", "kmm+aam", "lm", "lm+aam", "lm+kmm", "lm+kmm+aam"], "{name}");
+            assert_eq!(
+                (grid.teachers.as_slice(), grid.students.as_slice()),
+                (&[Architecture::Deeplabv3plus][..], &[Architecture::Enet][..])
+            );
+        }
+        if name.starts_with("table2") {
+            assert_eq!(grid.teachers.len() * grid.students.len(), 6, "{name}");
+            assert_eq!(grid.distillers, [Variant::ALL_THREE], "{name}");
+        }
+        if !name.ends_with("-quick") {
+            assert_eq!(grid.targets, ["all"], "{name}: the paper's tables cover every site");
+        }
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["table2", "table2-quick", "table3", "table3-quick", "table4-quick"]);
 }
 
 #[test]

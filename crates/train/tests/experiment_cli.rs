@@ -1,5 +1,6 @@
-//! `train experiment` end to end on a tiny phantom: the Table 3 grid's eight rows, the report's
-//! numbers against the per-case scores, resume after a kill, and a rerun that trains nothing.
+//! `train experiment` end to end on a tiny phantom: the Table 3 grid's eight rows and Table 4's
+//! comparison distillers, the report's numbers against the per-case scores, resume after a
+//! kill, and a rerun that trains nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ base: tiny.yaml
 teachers: [unetpp]
 students: [enet]
 targets: [S3]
-distillers: [lm, aam, kmm, kmm+lm, lm+aam, aam+kmm, lm+kmm+aam]
+distillers: [lm, aam, kmm, kmm+lm, lm+aam, aam+kmm, lm+kmm+aam, hinton, attention]
 ";
 
 fn train(dir: &Path, args: &[&str]) -> Command {
@@ -68,7 +69,8 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
     let target = out.join("HCRUDB"); // S3, by its folder name
 
     // First run: interrupted once the baseline is scored.
-    let mut child = train(dir, &["experiment", "grid.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        train(dir, &["experiment", "grid.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let started = Instant::now();
     while !target.join("scores/baseline-enet.yaml").exists() {
         assert!(child.try_wait().unwrap().is_none(), "the grid ended before it could be interrupted");
@@ -95,8 +97,13 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     let table2 = &report[report.find("## Dice per target site").unwrap()..report.find("## Ablation").unwrap()];
-    let table3 = &report[report.find("## Ablation").unwrap()..report.find("## Per-site").unwrap()];
-    for (label, cell) in [("teacher UNet++", "teacher-unetpp"), ("ENet w/o", "baseline-enet"), ("ENet w/ UNet++", "enet-unetpp-lm+kmm+aam")] {
+    let table3 = &report[report.find("## Ablation").unwrap()..report.find("## Distillers compared").unwrap()];
+    let table4 = &report[report.find("## Distillers compared").unwrap()..report.find("## Per-site").unwrap()];
+    for (label, cell) in [
+        ("teacher UNet++", "teacher-unetpp"),
+        ("ENet w/o", "baseline-enet"),
+        ("ENet w/ UNet++", "enet-unetpp-lm+kmm+aam"),
+    ] {
         let got: f64 = row(table2, label)[1].parse().unwrap();
         assert!((got - mean_dice(&scores, cell)).abs() < 6e-4, "{label}: {got}");
     }
@@ -115,6 +122,28 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
         let got: f64 = row(table3, label)[1].parse().unwrap();
         assert!((got - mean_dice(&scores, cell)).abs() < 6e-4, "{label}: {got}");
     }
+    for (label, cell) in [
+        ("none (w/o)", "baseline-enet"),
+        ("relational (LM + KMM + AAM)", "enet-unetpp-lm+kmm+aam"),
+        ("logit KD (Hinton)", "enet-unetpp-hinton"),
+        ("attention transfer (AT)", "enet-unetpp-attention"),
+    ] {
+        let got: f64 = row(table4, label)[1].parse().unwrap();
+        assert!((got - mean_dice(&scores, cell)).abs() < 6e-4, "{label}: {got}");
+    }
+    let metrics = std::fs::read_to_string(target.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for (cell, term) in [("enet-unetpp-hinton", "kd"), ("enet-unetpp-attention", "at")] {
+        let rows: Vec<&str> = metrics.lines().filter(|l| l.starts_with(&format!("{cell},"))).collect();
+        assert_eq!(rows.len(), 3, "{metrics}");
+        for r in rows {
+            let fields: Vec<&str> = r.split(',').collect();
+            let value: f64 = fields[column(term)].parse().unwrap_or_else(|_| panic!("{cell}: no {term} in {r}"));
+            assert!(value.is_finite() && value >= 0.0, "{r}");
+            assert!(fields[column("aam")].is_empty() && fields[column("lm")].is_empty(), "{r}");
+        }
+    }
     assert!(report.contains("phantom numbers"), "{report}");
     assert!(!report.contains("(0."), "the paper's numbers appear only on real data:\n{report}");
     let chart = std::fs::read(out.join("dice_unetpp_enet.png")).unwrap();
@@ -125,12 +154,12 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
 
     // Third run: nothing left to train; every model and the report unchanged.
     let trained = weights(&target);
-    assert_eq!(trained.len(), 9);
+    assert_eq!(trained.len(), 11);
     let o = train(dir, &["experiment", "grid.yaml"]).output().unwrap();
     let log = text(&o);
     assert!(o.status.success(), "{log}");
     assert!(!log.contains(" epoch "), "a finished cell was trained again:\n{log}");
-    assert_eq!(log.matches("done earlier").count(), 9, "{log}");
+    assert_eq!(log.matches("done earlier").count(), 11, "{log}");
     assert_eq!(weights(&target), trained);
     assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
 }

@@ -9,8 +9,8 @@
 //!
 //! Layout of the output folder (default `experiments/FILE-STEM/`):
 //! `TARGET/config.yaml` (the base configuration resolved for that target), `TARGET/NAME.bpk`
-//! + `.yaml` per cell, `TARGET/scores/NAME.yaml`, `TARGET/metrics.csv`; then `report.md`,
-//! `scores.csv` and `dice_TEACHER_STUDENT.png` for the whole grid.
+//! with `TARGET/NAME.yaml` per cell, `TARGET/scores/NAME.yaml`, `TARGET/metrics.csv`; then
+//! `report.md`, `scores.csv` and `dice_TEACHER_STUDENT.png` for the whole grid.
 
 mod report;
 
@@ -54,7 +54,11 @@ pub struct GridSpec {
 #[serde(try_from = "String", into = "String")]
 pub enum Variant {
     /// The paper's modules, each on or off (Table 3); λ from the base configuration.
-    Relational { lm: bool, kmm: bool, aam: bool },
+    Relational {
+        lm: bool,
+        kmm: bool,
+        aam: bool,
+    },
     Hinton,
     Attention,
 }
@@ -99,7 +103,9 @@ impl TryFrom<String> for Variant {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        let wrong = || format!("unknown distiller `{text}`: use lm, kmm, aam joined by + (e.g. lm+kmm+aam), hinton or attention");
+        let wrong = || {
+            format!("unknown distiller `{text}`: use lm, kmm, aam joined by + (e.g. lm+kmm+aam), hinton or attention")
+        };
         match text.trim() {
             "hinton" => return Ok(Variant::Hinton),
             "attention" | "at" => return Ok(Variant::Attention),
@@ -330,7 +336,8 @@ impl TargetGrid<'_> {
         let (scores, _) = score_cases(&net.valid(), &self.cases.test, config, &plain, &|| bar.inc(1));
         bar.finish_and_clear();
         fs::create_dir_all(path.parent().expect("scores folder"))?;
-        write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes()).with_context(|| format!("{}", path.display()))?;
+        write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes())
+            .with_context(|| format!("{}", path.display()))?;
         Ok(Cell { target, kind, scores })
     }
 }

@@ -44,9 +44,11 @@ pub struct Cell {
     pub scores: Vec<CaseScore>,
 }
 
-/// Table 3 of the paper (ENet student, DeepLabV3+ teacher), row by row in its order:
-/// (LM, KMM, AAM) switched on, label, Dice S1…S6.
-const TABLE3: [((bool, bool, bool), &str, [f64; 6]); 8] = [
+/// A row of Table 3: (LM, KMM, AAM) switched on, label, the paper's Dice S1…S6.
+type AblationRow = ((bool, bool, bool), &'static str, [f64; 6]);
+
+/// Table 3 of the paper (ENet student, DeepLabV3+ teacher), row by row in its order.
+const TABLE3: [AblationRow; 8] = [
     ((false, false, false), "baseline (w/o)", [0.714, 0.604, 0.539, 0.782, 0.701, 0.772]),
     ((true, false, false), "+LM", [0.691, 0.571, 0.505, 0.741, 0.619, 0.721]),
     ((false, false, true), "+AAM", [0.700, 0.599, 0.648, 0.780, 0.691, 0.740]),
@@ -80,11 +82,8 @@ impl Tables<'_> {
     }
 
     fn header(&self, first: &str) -> String {
-        let mut columns: Vec<String> = self
-            .targets
-            .iter()
-            .map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})")))
-            .collect();
+        let mut columns: Vec<String> =
+            self.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect();
         if self.targets.len() > 1 {
             columns.push("mean".into());
         }
@@ -159,11 +158,9 @@ pub fn write(
     }
     let full = spec.distillers.contains(&Variant::ALL_THREE);
     for &student in &spec.students {
-        t2.push_str(&tables.row(
-            &format!("{} w/o", student.display_name()),
-            CellKind::Baseline { student },
-            |site| paper_table2("baseline", student, spec.teachers[0], site),
-        ));
+        t2.push_str(&tables.row(&format!("{} w/o", student.display_name()), CellKind::Baseline { student }, |site| {
+            paper_table2("baseline", student, spec.teachers[0], site)
+        }));
         for &teacher in spec.teachers.iter().filter(|_| full) {
             let kind = CellKind::Distilled { student, teacher, variant: Variant::ALL_THREE };
             t2.push_str(&tables.row(
@@ -177,7 +174,7 @@ pub fn write(
     summary.push_str(&t2);
 
     // Table 3: the ablation, for each pair whose grid has more than the full distiller.
-    let ablation: Vec<&(_, &str, [f64; 6])> = TABLE3
+    let ablation: Vec<&AblationRow> = TABLE3
         .iter()
         .filter(|((lm, kmm, aam), _, _)| {
             let variant = Variant::Relational { lm: *lm, kmm: *kmm, aam: *aam };
@@ -200,9 +197,9 @@ pub fn write(
                     } else {
                         CellKind::Baseline { student }
                     };
-                    t3.push_str(&tables.row(label, kind, |site| {
-                        paper_column(site).filter(|_| paper_pair).map(|c| paper[c])
-                    }));
+                    t3.push_str(
+                        &tables.row(label, kind, |site| paper_column(site).filter(|_| paper_pair).map(|c| paper[c])),
+                    );
                 }
                 md.push_str(&t3);
                 summary.push_str(&t3);
@@ -247,7 +244,8 @@ pub fn write(
     for &teacher in &spec.teachers {
         for &student in &spec.students {
             let chart = format!("dice_{}_{}.png", teacher.name(), student.name());
-            let distilled = spec.distillers.iter().copied().find(|v| *v == Variant::ALL_THREE).unwrap_or(spec.distillers[0]);
+            let distilled =
+                spec.distillers.iter().copied().find(|v| *v == Variant::ALL_THREE).unwrap_or(spec.distillers[0]);
             let bars = [
                 ("TEACHER", CellKind::Teacher { teacher }),
                 ("W/O", CellKind::Baseline { student }),
