@@ -172,6 +172,7 @@ fn bad_experiments_fail_clearly_and_write_nothing() {
     let cases = [
         (GRID.replace("lm+aam,", "lm+xyz,"), "unknown distiller `lm+xyz`"),
         (GRID.replace("[S3]", "[S9]"), "S9"),
+        (GRID.replace("[S3]", "[all, S3]"), "`targets: [all]` stands alone"),
         (GRID.replace("students: [enet]", "students: []"), "`students` must list at least one entry"),
         (GRID.replace("tiny.yaml", "missing.yaml"), "missing.yaml"),
     ];

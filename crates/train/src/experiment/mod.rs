@@ -147,6 +147,11 @@ impl GridSpec {
         ] {
             ensure!(!list, "experiment file {}: `{key}` must list at least one entry", path.display());
         }
+        ensure!(
+            spec.targets.len() == 1 || !spec.targets.iter().any(|t| t == "all"),
+            "experiment file {}: `targets: [all]` stands alone; list sites or write all",
+            path.display()
+        );
         Ok(spec)
     }
 }
