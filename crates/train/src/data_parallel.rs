@@ -22,9 +22,8 @@ use burn_train::train::MultiDevicesTrainStep;
 use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use relkd_core::transforms::{Preprocessing, Slice2d};
 
-use crate::losses::DistillationWeights;
 use crate::losses::segmentation::SegmentationLoss;
-use crate::trainer::{Distillation, TermValues, Trainee, loss_terms, teacher_outputs, to_batch};
+use crate::trainer::{Distillation, TermValues, Trainee, batch_loss, to_batch};
 
 /// One device's part of a batch.
 pub struct Part {
@@ -46,31 +45,26 @@ pub struct DistillStep {
 #[derive(Clone, Debug)]
 struct StepContext {
     segmentation: SegmentationLoss,
-    /// The frozen teacher forked to each device, by the device's autodiff twin.
+    /// The frozen teacher forked to each device, by the device's autodiff twin; empty for the
+    /// baseline and the teacher.
     distillations: Vec<(Device, Distillation)>,
-    weights: DistillationWeights,
 }
 
 impl DistillStep {
+    /// The part's loss and terms, weighted by its share of the batch.
     fn terms(&self, part: Part) -> (Tensor<1>, TermValues) {
         let device = part.images.device();
-        let plain = device.clone().without_autodiff();
-        let distillation = match self.context.distillations.is_empty() {
-            true => None,
-            false => Some(
-                self.context
-                    .distillations
-                    .iter()
-                    .find(|(d, _)| *d == device)
-                    .map(|(_, d)| d)
-                    .unwrap_or_else(|| panic!("no teacher on {device:?}")),
-            ),
-        };
-        let teacher = distillation.map(|d| (teacher_outputs(d, &part.images, &plain), d));
-        let terms = loss_terms(&self.trainee, part.images, part.labels, &self.context.segmentation, teacher);
-        let total = terms.total(&self.context.weights);
-        let values = TermValues::of(&terms, &total).scaled(part.share);
-        (total.mul_scalar(part.share), values)
+        let distillation = (!self.context.distillations.is_empty()).then(|| {
+            self.context
+                .distillations
+                .iter()
+                .find(|(d, _)| *d == device)
+                .map(|(_, d)| d)
+                .unwrap_or_else(|| panic!("no teacher on {device:?}"))
+        });
+        let (total, values) =
+            batch_loss(&self.trainee, part.images, part.labels, &self.context.segmentation, distillation);
+        (total.mul_scalar(part.share), values.scaled(part.share))
     }
 }
 
@@ -136,16 +130,11 @@ impl DataParallel {
                 })
                 .collect()
         });
-        let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
         Self {
             devices: devices.to_vec(),
             step: MultiDevicesTrainStep::new(devices),
-            context: StepContext { segmentation, distillations, weights },
+            context: StepContext { segmentation, distillations },
         }
-    }
-
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
     }
 
     /// One batch: split, stepped on every device, gradients summed on the main device.

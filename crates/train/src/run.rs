@@ -87,7 +87,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     }
     let config_yaml = config.to_yaml();
     let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
-    let device = devices.main.clone();
+    let device = &devices.main;
 
     // Everything is checked; only now is the run folder touched.
     let run_dir = match run_dir {
@@ -120,21 +120,15 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         cases.test.len(),
     );
 
-    let stage = Stage {
-        config: &config,
-        run_dir: &run_dir,
-        run_id: &run_id,
-        config_hash: &config_hash,
-        device: &device,
-        parallel: &devices.parallel,
-    };
+    let stage =
+        Stage { config: &config, run_dir: &run_dir, run_id: &run_id, config_hash: &config_hash, devices: &devices };
     let mut timings = Vec::new();
 
     // Teacher.
     let started = Instant::now();
     let how = stage.teacher("teacher", &root, &cases, request.teacher_checkpoint.as_deref())?;
     timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
-    let (teacher, teacher_card) = load_model(&run_dir.join("teacher.bpk"), &device)?;
+    let (teacher, teacher_card) = load_model(&run_dir.join("teacher.bpk"), device)?;
     let teacher = teacher.valid();
 
     // Baseline student: the segmentation loss alone.
@@ -158,7 +152,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         let (net, card) = if name == "teacher" {
             (teacher.clone(), teacher_card.clone())
         } else {
-            let (net, card) = load_model(&run_dir.join(format!("{name}.bpk")), &device)?;
+            let (net, card) = load_model(&run_dir.join(format!("{name}.bpk")), device)?;
             (net.valid(), card)
         };
         let (scores, masks) = score_cases(&net, &cases.test, &config, &plain, &|| bar.inc(1));
@@ -257,13 +251,7 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
     if let Some(target) = &request.target {
         config.target = target.clone();
     }
-    if let Some(data) = &request.data {
-        config.data.root = Some(data.clone());
-    }
-    if let Some(root) = &config.data.root {
-        let canonical = root.canonicalize().with_context(|| format!("data folder {}", root.display()))?;
-        config.data.root = Some(canonical);
-    }
+    set_data_root(&mut config.data, request.data.as_deref())?;
     use relkd_models::Role;
     for (spec, flag, expected) in
         [(&config.teacher, "--teacher", Role::Teacher), (&config.student, "--student", Role::Student)]
@@ -277,6 +265,18 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
         }
     }
     Ok((config, resume_dir))
+}
+
+/// Puts `--data` (when given) into the configuration and makes the root absolute, so a run
+/// folder's config.yaml names its data wherever it is resumed from.
+pub(crate) fn set_data_root(data: &mut DataConfig, given: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(dir) = given {
+        data.root = Some(dir.to_path_buf());
+    }
+    if let Some(root) = &data.root {
+        data.root = Some(root.canonicalize().with_context(|| format!("data folder {}", root.display()))?);
+    }
+    Ok(())
 }
 
 /// The dataset root: the configured folder, or the phantom, generated once into the cache.
@@ -599,9 +599,7 @@ pub struct Stage<'a> {
     pub run_dir: &'a Path,
     pub run_id: &'a str,
     pub config_hash: &'a str,
-    pub device: &'a Device,
-    /// Every device of data-parallel training (`device` first); empty for one device.
-    pub parallel: &'a [Device],
+    pub devices: &'a Devices,
 }
 
 impl Stage<'_> {
@@ -617,11 +615,11 @@ impl Stage<'_> {
             return Ok("(from this run)".to_string());
         }
         if let Some(path) = given {
-            adopt_teacher(path, &weights, config, self.device)?;
+            adopt_teacher(path, &weights, config, &self.devices.main)?;
             return Ok(format!("(given: {})", path.display()));
         }
         if ModelCard::path_for(&cached).exists() {
-            adopt_teacher(&cached, &weights, config, self.device)?;
+            adopt_teacher(&cached, &weights, config, &self.devices.main)?;
             println!("{stem}: reusing {} (same data, sites and settings)", cached.display());
             return Ok("(reused from the cache)".to_string());
         }
@@ -687,15 +685,15 @@ impl Stage<'_> {
             seed: c.training.seed,
             augmentation: c.augmentation,
             segmentation: c.losses.segmentation,
-            devices: self.parallel.to_vec(),
+            devices: self.devices.parallel.clone(),
         };
         let checkpoints = StageCheckpoints::new(self.run_dir.join("checkpoints").join(stem));
-        let (trainee, resume) = match checkpoints.load(make(self.device))? {
+        let (trainee, resume) = match checkpoints.load(make(&self.devices.main))? {
             Some((trainee, resume)) => {
                 println!("{stem}: continuing after epoch {} of {}", resume.state.epoch, options.epochs);
                 (trainee, Some(resume))
             }
-            None => (make(self.device), None),
+            None => (make(&self.devices.main), None),
         };
         let steps = samples.len().div_ceil(options.batch_size);
         let bar = progress_bar((steps * options.epochs) as u64, stem);
@@ -718,7 +716,7 @@ impl Stage<'_> {
             epoch_started: Instant::now(),
         };
         let (best, state) =
-            train(trainee, resume, &samples, val_cases, &options, distillation, self.device, &mut hooks)?;
+            train(trainee, resume, &samples, val_cases, &options, distillation, &self.devices.main, &mut hooks)?;
         bar.finish_and_clear();
         let weights_names = distillation.map_or(vec![], |d| {
             let w = d.weights;

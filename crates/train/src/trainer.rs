@@ -197,7 +197,6 @@ pub fn train(
     let mut scheduler = options.lr.init_at(state.iteration);
     let plain = device.clone().without_autodiff();
     let steps = samples.len().div_ceil(options.batch_size);
-    let weights = distillation.map_or(DistillationWeights::none(), |d| d.weights);
     let parallel =
         (options.devices.len() > 1).then(|| DataParallel::new(&options.devices, options.segmentation, distillation));
 
@@ -226,10 +225,7 @@ pub fn train(
                 Some(parallel) => parallel.step(&trainee, &batch, &options.prep).map_err(std::io::Error::other)?,
                 None => {
                     let (images, labels) = to_batch(&batch, &options.prep, device);
-                    let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
-                    let terms = loss_terms(&trainee, images, labels, &options.segmentation, teacher);
-                    let total = terms.total(&weights);
-                    let values = TermValues::of(&terms, &total);
+                    let (total, values) = batch_loss(&trainee, images, labels, &options.segmentation, distillation);
                     (values, GradientsParams::from_grads(total.backward(), &trainee))
                 }
             };
@@ -252,6 +248,24 @@ pub fn train(
     }
     let best = best.unwrap_or(trainee);
     Ok((best, state))
+}
+
+/// One batch's total loss (for the backward pass) and the value of every term: the student's
+/// forward pass and, with `distillation`, the frozen teacher's on the same images (on the
+/// images' device without autodiff).
+pub fn batch_loss(
+    trainee: &Trainee,
+    images: Tensor<4>,
+    labels: Tensor<3, Int>,
+    segmentation: &SegmentationLoss,
+    distillation: Option<&Distillation>,
+) -> (Tensor<1>, TermValues) {
+    let plain = images.device().without_autodiff();
+    let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
+    let terms = loss_terms(trainee, images, labels, segmentation, teacher);
+    let total = terms.total(&distillation.map_or(DistillationWeights::none(), |d| d.weights));
+    let values = TermValues::of(&terms, &total);
+    (total, values)
 }
 
 /// The terms of eq. 8 for one batch: the student's forward pass, its segmentation loss and,

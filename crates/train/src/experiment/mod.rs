@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{fingerprint, load_model};
 use crate::config::{Distiller, ExperimentConfig, LossConfig};
 use crate::evaluate::CaseScore;
-use crate::run::{Cases, Devices, Role, Stage, data_root, prepare, progress_bar, score_cases, student_trainee};
+use crate::run::{
+    Cases, Devices, Role, Stage, data_root, prepare, progress_bar, score_cases, set_data_root, student_trainee,
+};
 use crate::trainer::Distillation;
 
 pub use report::{Cell, CellKind};
@@ -173,12 +175,7 @@ pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
     let base_path = request.file.parent().unwrap_or(Path::new(".")).join(&spec.base);
     let mut base = ExperimentConfig::load(&base_path)
         .with_context(|| format!("the base configuration of {}", request.file.display()))?;
-    if let Some(data) = &request.data {
-        base.data.root = Some(data.clone());
-    }
-    if let Some(root) = &base.data.root {
-        base.data.root = Some(root.canonicalize().with_context(|| format!("data folder {}", root.display()))?);
-    }
+    set_data_root(&mut base.data, request.data.as_deref())?;
     // Every target is resolved before anything is written.
     let root = data_root(&base.data)?;
     let dataset = Dataset::discover(&root)?;
@@ -231,28 +228,28 @@ pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
             done += 1;
             println!("--- cell {done}/{}: {what} on {target}", targets.len() * per_target);
         };
+        let mut teachers = Vec::new();
         for &teacher in &spec.teachers {
             next(&format!("teacher {}", teacher.display_name()));
             cells.push(grid.teacher(teacher, &root)?);
+            let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
+            teachers.push((teacher, load_model(&weights, &devices.main)?.0.valid()));
         }
         for &student in &spec.students {
             next(&format!("{} w/o", student.display_name()));
             cells.push(grid.baseline(student)?);
-            for &teacher in &spec.teachers {
-                let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
-                let (net, _) = load_model(&weights, &devices.main)?;
-                let net = net.valid();
+            for (teacher, net) in &teachers {
                 for &variant in &spec.distillers {
                     next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
-                    cells.push(grid.distilled(student, teacher, variant, &net)?);
+                    cells.push(grid.distilled(student, *teacher, variant, net)?);
                 }
             }
         }
     }
     let real_data = base.data.root.is_some();
     let data = if real_data { root.display().to_string() } else { format!("phantom ({})", root.display()) };
-    let written = report::write(&out, &stem, &spec, &targets, &cells, &data, real_data)?;
-    println!("\n{}", written.summary.trim_end());
+    let summary = report::write(&out, &stem, &spec, &targets, &cells, &data, real_data)?;
+    println!("\n{}", summary.trim_end());
     println!("\nwrote {}", out.join("report.md").display());
     Ok(out)
 }
@@ -313,14 +310,7 @@ impl TargetGrid<'_> {
     ) -> anyhow::Result<()> {
         let hash = fingerprint(&config.to_yaml());
         let run_id = format!("{}/{}", self.stem, config.target);
-        let stage = Stage {
-            config,
-            run_dir: self.dir,
-            run_id: &run_id,
-            config_hash: &hash,
-            device: &self.devices.main,
-            parallel: &self.devices.parallel,
-        };
+        let stage = Stage { config, run_dir: self.dir, run_id: &run_id, config_hash: &hash, devices: self.devices };
         work(&stage).with_context(|| format!("cell {stem} of {}", self.dir.display()))?;
         let _ = fs::remove_dir(self.dir.join("checkpoints")); // only when empty
         Ok(())

@@ -63,11 +63,6 @@ fn paper_column(site: &str) -> Option<usize> {
     Some(paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1)
 }
 
-/// What the grid wrote; `summary` is the tables, for the terminal.
-pub struct Written {
-    pub summary: String,
-}
-
 /// The tables with one column per target (and their mean when there are several).
 struct Tables<'a> {
     targets: &'a [String],
@@ -113,7 +108,8 @@ impl Tables<'_> {
     }
 }
 
-/// Writes `report.md`, `scores.csv` and the bar charts into `out`.
+/// Writes `report.md`, `scores.csv` and the bar charts into `out`; returns the tables, for the
+/// terminal.
 pub fn write(
     out: &Path,
     name: &str,
@@ -122,7 +118,7 @@ pub fn write(
     cells: &[Cell],
     data: &str,
     real_data: bool,
-) -> anyhow::Result<Written> {
+) -> anyhow::Result<String> {
     let tables = Tables { targets, cells, real_data };
     let mut md = String::new();
     let _ = writeln!(md, "# relkd experiment {name}\n");
@@ -181,7 +177,8 @@ pub fn write(
             !(*lm || *kmm || *aam) || spec.distillers.contains(&variant)
         })
         .collect();
-    if ablation.len() > 2 || (ablation.len() == 2 && !full) {
+    let partial = spec.distillers.iter().any(|v| matches!(v, Variant::Relational { .. }) && *v != Variant::ALL_THREE);
+    if partial {
         for &teacher in &spec.teachers {
             for &student in &spec.students {
                 let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
@@ -238,14 +235,13 @@ pub fn write(
         }
     }
 
-    // Bar charts.
+    // Bar charts: w/ is the paper's full distiller when the grid has it, else its first.
+    let distilled = if full { Variant::ALL_THREE } else { spec.distillers[0] };
     let mut files = vec!["experiment.yaml".to_string(), "scores.csv".to_string()];
     md.push_str("\n## Per-site Dice\n\n");
     for &teacher in &spec.teachers {
         for &student in &spec.students {
             let chart = format!("dice_{}_{}.png", teacher.name(), student.name());
-            let distilled =
-                spec.distillers.iter().copied().find(|v| *v == Variant::ALL_THREE).unwrap_or(spec.distillers[0]);
             let bars = [
                 ("TEACHER", CellKind::Teacher { teacher }),
                 ("W/O", CellKind::Baseline { student }),
@@ -292,7 +288,7 @@ pub fn write(
         let _ = writeln!(md, "- `{t}/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv");
     }
     write_atomic(&out.join("report.md"), md.as_bytes()).with_context(|| format!("{}", out.display()))?;
-    Ok(Written { summary })
+    Ok(summary)
 }
 
 /// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1.
