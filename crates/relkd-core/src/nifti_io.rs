@@ -229,17 +229,30 @@ fn identity() -> Affine {
 }
 
 /// A header for a new volume with the given spacing and affine (sform and qform both set,
-/// code 1 = scanner anatomical). Used by the phantom writer.
+/// code 1 = scanner anatomical). Used by the phantom writer, whose affines are axis-aligned
+/// with any signs (radiological storage flips x and y): the qform encodes the same axes.
 pub fn new_header(spacing: [f32; 3], affine: &Affine) -> NiftiHeader {
+    let sign = |d: usize| if affine[d][d] < 0.0 { -1.0f32 } else { 1.0 };
+    // A negative determinant goes into qfac (the third axis); what is left is a rotation by
+    // 180° about one axis or none, whose quaternion (b, c, d) is that axis.
+    let qfac = sign(0) * sign(1) * sign(2);
+    let rotation = [sign(0), sign(1), sign(2) * qfac];
+    let quaternion = match rotation {
+        [-1.0, -1.0, _] => [0.0, 0.0, 1.0],
+        [-1.0, _, -1.0] => [0.0, 1.0, 0.0],
+        [_, -1.0, -1.0] => [1.0, 0.0, 0.0],
+        _ => [0.0, 0.0, 0.0],
+    };
     NiftiHeader {
-        pixdim: [1.0, spacing[0], spacing[1], spacing[2], 1.0, 1.0, 1.0, 1.0],
+        pixdim: [qfac, spacing[0], spacing[1], spacing[2], 1.0, 1.0, 1.0, 1.0],
         sform_code: 1,
         srow_x: affine[0].map(|v| v as f32),
         srow_y: affine[1].map(|v| v as f32),
         srow_z: affine[2].map(|v| v as f32),
-        // qform: identity rotation with the same offset, valid only for axis-aligned affines,
-        // which is all the phantom writes; readers prefer the sform anyway.
         qform_code: 1,
+        quatern_b: quaternion[0],
+        quatern_c: quaternion[1],
+        quatern_d: quaternion[2],
         quatern_x: affine[0][3] as f32,
         quatern_y: affine[1][3] as f32,
         quatern_z: affine[2][3] as f32,

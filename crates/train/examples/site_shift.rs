@@ -6,7 +6,7 @@
 
 use burn::tensor::Device;
 use relkd_core::dataset::{Dataset, load_case, split_cases};
-use relkd_core::phantom::{PhantomConfig, generate};
+use relkd_core::phantom::{Extras, PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, case_slices};
 use relkd_models::{Architecture, NetworkConfig};
 use relkd_train::losses::segmentation::SegmentationLoss;
@@ -18,7 +18,7 @@ fn main() {
     let target = args.get(1).map_or("HK", String::as_str).to_string();
     let epochs: usize = args.get(2).map_or(12, |e| e.parse().expect("EPOCHS is a number"));
     let dir = tempfile::tempdir().unwrap();
-    generate(&PhantomConfig::default(), dir.path(), &|_, _| {}).unwrap();
+    generate(&PhantomConfig::default(), dir.path(), &Extras::default(), &|_, _| {}).unwrap();
     let data = Dataset::discover(dir.path()).unwrap();
     let prep = Preprocessing { size: 64, context: 0 };
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use relkd_core::dataset::Dataset;
-use relkd_core::phantom::{self, PhantomConfig};
+use relkd_core::phantom::{self, Extras, Matrix, PhantomConfig};
 
 use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
@@ -85,7 +85,12 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Write the synthetic multi-site prostate phantom in the layout of the real dataset.
-    #[command(after_help = "Example:\n  train phantom --out data/phantom --sites 6 --cases 8 --size 128 --seed 0")]
+    ///
+    /// Each case is a true-scale 3D pelvis acquired as its site would: field of view, slice
+    /// thickness, coil, echo time, noise. `--preview` shows what it looks like.
+    #[command(after_help = "Examples:\n  \
+        train phantom --out data/phantom --preview data/preview      # 6 sites × 8 cases, 128×128 in-plane\n  \
+        train phantom --out data/native --size native --tissues       # each site's true 384×384 matrix")]
     Phantom {
         /// Folder to create; it must not exist yet or be empty.
         #[arg(long)]
@@ -96,12 +101,21 @@ pub enum Command {
         /// Cases per site.
         #[arg(long, default_value_t = PhantomConfig::default().cases)]
         cases: usize,
-        /// In-plane size in voxels (the real data is 384).
+        /// In-plane matrix: a pixel count (each site's field of view resampled) or `native`
+        /// (384×384, as the real data).
         #[arg(long, default_value_t = PhantomConfig::default().size)]
-        size: usize,
+        size: Matrix,
         /// Random seed; the same seed writes the same files.
         #[arg(long, default_value_t = PhantomConfig::default().seed)]
         seed: u64,
+        /// Also write one PNG per site into this folder: axial, sagittal and coronal slices
+        /// through the gland of its first case, with the mask's outline.
+        #[arg(long, value_name = "DIR")]
+        preview: Option<PathBuf>,
+        /// Also write the structure volume each image was rendered from, as
+        /// OUT/tissues/SITE/CaseNN_tissues.nii.gz (codes: relkd_core::phantom::Structure).
+        #[arg(long)]
+        tissues: bool,
     },
     /// Summarise a multi-site dataset per site and list every problem found.
     ///
@@ -170,8 +184,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     match command {
-        Command::Phantom { out, sites, cases, size, seed } => {
-            write_phantom(&PhantomConfig { sites, cases, size, seed }, &out)?;
+        Command::Phantom { out, sites, cases, size, seed, preview, tissues } => {
+            write_phantom(&PhantomConfig { sites, cases, size, seed }, &out, &Extras { tissues, preview })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { root } => data_summary(&root),
@@ -186,22 +200,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn write_phantom(config: &PhantomConfig, out: &Path) -> anyhow::Result<()> {
-    if out.exists() && std::fs::read_dir(out).with_context(|| format!("{}", out.display()))?.next().is_some() {
-        bail!("{} already exists and is not empty; choose another --out or remove it first", out.display());
+fn write_phantom(config: &PhantomConfig, out: &Path, extras: &Extras) -> anyhow::Result<()> {
+    for dir in std::iter::once(out).chain(extras.preview.as_deref()) {
+        if dir.exists() && std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))?.next().is_some() {
+            bail!("{} already exists and is not empty; choose another folder or remove it first", dir.display());
+        }
     }
     let bar = progress_bar((config.sites * config.cases) as u64, "phantom");
-    let written = phantom::generate(config, out, &|done, _| bar.set_position(done as u64))
+    let started = std::time::Instant::now();
+    let written = phantom::generate(config, out, extras, &|done, _| bar.set_position(done as u64))
         .with_context(|| format!("writing the phantom to {}", out.display()))?;
     bar.finish();
+    let n = config.size.pixels();
     println!(
-        "wrote {written} cases ({} sites × {}, {}×{} in-plane) to {}",
+        "wrote {written} cases ({} sites × {}, {n}×{n} in-plane) to {} in {:.1} s",
         config.sites,
         config.cases,
-        config.size,
-        config.size,
-        out.display()
+        out.display(),
+        started.elapsed().as_secs_f64()
     );
+    if let Some(dir) = &extras.preview {
+        println!("previews: {}/SITE.png", dir.display());
+    }
     Ok(())
 }
 

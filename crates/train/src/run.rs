@@ -285,7 +285,7 @@ pub(crate) fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
         return Ok(root.clone());
     }
     let p = &data.phantom;
-    let dir = cache_dir().join(format!("phantom-{}x{}-{}px-seed{}", p.sites, p.cases, p.size, p.seed));
+    let dir = cache_dir().join(p.cache_name());
     if dir.join(phantom::MANIFEST).exists() {
         return Ok(dir);
     }
@@ -294,7 +294,7 @@ pub(crate) fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
     // Generated beside its final name and renamed, so an interrupted generation is never used.
     let staging = relkd_core::files::partial_path(&dir);
     let bar = progress_bar((p.sites * p.cases) as u64, "phantom");
-    phantom::generate(p, &staging, &|done, _| bar.set_position(done as u64))
+    phantom::generate(p, &staging, &phantom::Extras::default(), &|done, _| bar.set_position(done as u64))
         .with_context(|| format!("generating the phantom into {}", staging.display()))?;
     bar.finish_and_clear();
     if let Err(e) = fs::rename(&staging, &dir) {

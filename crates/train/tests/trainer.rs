@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use relkd_core::dataset::{Case, Dataset, load_case};
-use relkd_core::phantom::{PhantomConfig, generate};
+use relkd_core::phantom::{Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
 use relkd_train::config::LossConfig;
@@ -17,7 +17,13 @@ const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
 
 fn tiny_cases() -> Vec<Case> {
     let dir = tempfile::tempdir().unwrap();
-    generate(&PhantomConfig { sites: 1, cases: 3, size: 32, seed: 2 }, dir.path(), &|_, _| {}).unwrap();
+    generate(
+        &PhantomConfig { sites: 1, cases: 3, size: Matrix::Pixels(32), seed: 2 },
+        dir.path(),
+        &Extras::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     let data = Dataset::discover(dir.path()).unwrap();
     data.sites[0].cases.iter().map(|f| load_case("RUNMC", f).unwrap()).collect()
 }
