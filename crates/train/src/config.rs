@@ -8,9 +8,9 @@ use relkd_core::transforms::{Augmentation, Preprocessing};
 use relkd_models::{Architecture, NetworkConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::losses::DistillationWeights;
 use crate::losses::kernel_matrix::GramMode;
 use crate::losses::segmentation::SegmentationLoss;
+use crate::losses::{DistillationWeights, Term};
 use crate::protocol::{Protocol, SitePlan};
 use crate::schedule::CyclicLrConfig;
 
@@ -128,14 +128,14 @@ impl Default for LossConfig {
 impl LossConfig {
     /// The weight of every distillation term under the chosen distiller (0 = off).
     pub fn weights(&self) -> DistillationWeights {
-        let none = DistillationWeights::none();
-        match self.distiller {
+        let weights = match self.distiller {
             Distiller::Relational => {
-                DistillationWeights { lm: self.lambda.lm, kmm: self.lambda.kmm, aam: self.lambda.aam, ..none }
+                vec![(Term::Lm, self.lambda.lm), (Term::Kmm, self.lambda.kmm), (Term::Aam, self.lambda.aam)]
             }
-            Distiller::Hinton => DistillationWeights { kd: self.hinton.weight, ..none },
-            Distiller::Attention => DistillationWeights { at: self.attention.beta / 2.0, ..none },
-        }
+            Distiller::Hinton => vec![(Term::Kd, self.hinton.weight)],
+            Distiller::Attention => vec![(Term::At, self.attention.beta / 2.0)],
+        };
+        weights.into_iter().filter(|(_, w)| *w > 0.0).collect()
     }
 }
 
@@ -164,8 +164,8 @@ pub struct Lambda {
 impl Default for Lambda {
     /// The paper's λ1 = 0.2, λ2 = 0.9, λ3 = 0.9.
     fn default() -> Self {
-        let paper = DistillationWeights::default();
-        Self { lm: paper.lm, kmm: paper.kmm, aam: paper.aam }
+        let paper = DistillationWeights::paper();
+        Self { lm: paper.weight(Term::Lm), kmm: paper.weight(Term::Kmm), aam: paper.weight(Term::Aam) }
     }
 }
 

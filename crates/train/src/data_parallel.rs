@@ -145,19 +145,28 @@ impl DataParallel {
         batch: &[Slice2d],
         prep: &Preprocessing,
     ) -> Result<(TermValues, GradientsParams), String> {
-        let per_device = batch.len().div_ceil(self.devices.len());
-        let mut parts: Vec<Box<dyn DataLoaderIterator<Part>>> = batch
-            .chunks(per_device)
+        let model = DistillStep { trainee: trainee.clone(), context: self.context.clone() };
+        let main = &self.devices[0];
+        if batch.len() < self.devices.len() {
+            // burn-train's step needs a part for every device: an epoch's last, smaller batch
+            // runs whole on the main device.
+            let (images, labels) = to_batch(batch, prep, main);
+            let (total, values) = model.terms(Part { images, labels, share: 1.0 });
+            return Ok((values, GradientsParams::from_grads(total.backward(), trainee)));
+        }
+        let mut start = 0;
+        let mut parts: Vec<Box<dyn DataLoaderIterator<Part>>> = split_sizes(batch.len(), self.devices.len())
+            .into_iter()
             .zip(&self.devices)
-            .map(|(samples, device)| {
+            .map(|(size, device)| {
+                let samples = &batch[start..start + size];
+                start += size;
                 let (images, labels) = to_batch(samples, prep, device);
                 let share = samples.len() as f64 / batch.len() as f64;
                 Box::new(OnePart(Some(Part { images, labels, share }))) as Box<dyn DataLoaderIterator<Part>>
             })
             .collect();
-        let model = DistillStep { trainee: trainee.clone(), context: self.context.clone() };
         let (outputs, _) = self.step.step(&mut parts, &model).map_err(|e| e.to_string())?;
-        let main = &self.devices[0];
         let mut accumulator = GradientsAccumulator::new();
         let mut values = TermValues::default();
         for output in outputs {
@@ -165,5 +174,20 @@ impl DataParallel {
             values = values.plus(&output.output.item);
         }
         Ok((values, accumulator.grads()))
+    }
+}
+
+/// Sizes of `devices` parts of a batch of `len ≥ devices` samples, as even as they come.
+fn split_sizes(len: usize, devices: usize) -> Vec<usize> {
+    (0..devices).map(|i| len / devices + usize::from(i < len % devices)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_device_gets_a_part() {
+        assert_eq!(super::split_sizes(4, 3), vec![2, 1, 1]);
+        assert_eq!(super::split_sizes(5, 2), vec![3, 2]);
+        assert_eq!(super::split_sizes(2, 2), vec![1, 1]);
     }
 }

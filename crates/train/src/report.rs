@@ -9,6 +9,7 @@ use relkd_models::Architecture;
 
 use crate::checkpoint::ModelCard;
 use crate::evaluate::CaseScore;
+use crate::losses::Term;
 use crate::trainer::EpochLog;
 
 /// One trained model with its scores on the evaluation cases.
@@ -36,23 +37,13 @@ fn csv_number(v: Option<f64>) -> String {
 
 /// Every epoch of every model: loss terms (empty when off), learning rate, validation Dice.
 pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
-    let mut out = String::from("model,epoch,lr,segmentation,lm,kmm,aam,kd,at,total,val_dice\n");
+    let columns: Vec<&str> = Term::ALL.iter().map(|t| t.key()).collect();
+    let mut out = format!("model,epoch,lr,{},total,val_dice\n", columns.join(","));
     for (model, history) in models {
         for e in *history {
-            let _ = writeln!(
-                out,
-                "{model},{},{:.3e},{:.6},{},{},{},{},{},{:.6},{:.6}",
-                e.epoch,
-                e.lr,
-                e.segmentation,
-                csv_number(e.lm),
-                csv_number(e.kmm),
-                csv_number(e.aam),
-                csv_number(e.kd),
-                csv_number(e.at),
-                e.total,
-                e.val_dice
-            );
+            let terms: Vec<String> = Term::ALL.iter().map(|&t| csv_number(e.terms.get(t).copied())).collect();
+            let _ =
+                writeln!(out, "{model},{},{:.3e},{},{:.6},{:.6}", e.epoch, e.lr, terms.join(","), e.total, e.val_dice);
         }
     }
     out
@@ -298,18 +289,8 @@ mod tests {
     use super::*;
 
     fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
-        EpochLog {
-            epoch,
-            lr: 1e-3,
-            segmentation: total,
-            lm: None,
-            kmm: Some(0.5),
-            aam: None,
-            kd: None,
-            at: None,
-            total,
-            val_dice,
-        }
+        let terms = [(Term::Segmentation, total), (Term::Kmm, 0.5)].into_iter().collect();
+        EpochLog { epoch, lr: 1e-3, terms, total, val_dice }
     }
 
     #[test]

@@ -29,9 +29,9 @@ use serde::Serialize;
 use crate::checkpoint::{ModelCard, StageCheckpoints, copy_model, fingerprint, load_model, save_model};
 use crate::config::{DataConfig, ExperimentConfig};
 use crate::evaluate::{CaseScore, predict_volume, score};
-use crate::losses::DistillationWeights;
 use crate::losses::affinity::AffinityConfig;
 use crate::losses::kernel_matrix::KernelMatrixConfig;
+use crate::losses::{DistillationWeights, Term};
 use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, train};
 
@@ -524,15 +524,15 @@ impl Role {
 /// from `teacher` uses them.
 pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Network>) -> impl Fn(&Device) -> Trainee {
     let student = config.student_network();
-    let weights = teacher.map_or(DistillationWeights::none(), |_| config.losses.weights());
+    let weights = teacher.map_or_else(DistillationWeights::default, |_| config.losses.weights());
     let channels = teacher.map(|t| (student.init(&Device::flex()).tap().channels, t.tap().channels));
     let losses = config.losses.clone();
     move |d: &Device| Trainee {
         net: student.init(d),
         kmm: channels
-            .filter(|_| weights.kmm > 0.0)
+            .filter(|_| weights.on(Term::Kmm))
             .map(|(s, t)| KernelMatrixConfig::new(s, t).with_mode(losses.kmm_gram).init(d)),
-        aam: (weights.aam > 0.0).then(|| {
+        aam: weights.on(Term::Aam).then(|| {
             AffinityConfig::new(2)
                 .with_dilations(losses.aam.dilations.clone())
                 .with_margin(losses.aam.margin)
@@ -719,12 +719,7 @@ impl Stage<'_> {
             train(trainee, resume, &samples, val_cases, &options, distillation, &self.devices.main, &mut hooks)?;
         bar.finish_and_clear();
         let weights_names = distillation.map_or(vec![], |d| {
-            let w = d.weights;
-            [("LM", w.lm), ("KMM", w.kmm), ("AAM", w.aam), ("KD", w.kd), ("AT", w.at)]
-                .into_iter()
-                .filter(|(_, w)| *w > 0.0)
-                .map(|(n, w)| format!("{n} λ={w}"))
-                .collect()
+            d.weights.iter().map(|(term, w)| format!("{} λ={w}", term.key().to_uppercase())).collect()
         });
         let card = ModelCard {
             model: role.name().to_string(),
@@ -775,9 +770,11 @@ impl TrainHooks for Hooks<'_> {
     ) -> std::io::Result<()> {
         self.checkpoints.save(trainee, optimizer, state, improved)?;
         let e = state.history.last().expect("an epoch just ended");
-        let terms: String = [("lm", e.lm), ("kmm", e.kmm), ("aam", e.aam), ("kd", e.kd), ("at", e.at)]
+        let terms: String = e
+            .terms
             .iter()
-            .filter_map(|(n, v)| v.map(|v| format!(" {n} {v:.4}")))
+            .filter(|(term, _)| *term != Term::Segmentation)
+            .map(|(term, v)| format!(" {} {v:.4}", term.key()))
             .collect();
         self.bar.suspend(|| {
             println!(
@@ -787,7 +784,7 @@ impl TrainHooks for Hooks<'_> {
                 self.epochs,
                 self.epoch_started.elapsed().as_secs_f64(),
                 e.total,
-                e.segmentation,
+                e.terms.get(Term::Segmentation).copied().unwrap_or(f64::NAN),
                 e.lr,
                 e.val_dice,
                 if improved { "  *" } else { "" }

@@ -23,7 +23,7 @@ use crate::losses::hinton::hinton_kd;
 use crate::losses::kernel_matrix::KernelMatrix;
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
-use crate::losses::{DistillationWeights, LossTerms};
+use crate::losses::{DistillationWeights, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
 
 /// What one training run needs besides the data.
@@ -80,14 +80,9 @@ pub struct EpochLog {
     pub epoch: usize,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
-    pub segmentation: f64,
-    pub lm: Option<f64>,
-    pub kmm: Option<f64>,
-    pub aam: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kd: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<f64>,
+    /// Mean of each term that was on (unweighted).
+    #[serde(flatten)]
+    pub terms: Terms<f64>,
     pub total: f64,
     /// Mean 3D Dice over the validation cases (NaN without validation cases).
     pub val_dice: f64,
@@ -263,7 +258,8 @@ pub fn batch_loss(
     let plain = images.device().without_autodiff();
     let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
     let terms = loss_terms(trainee, images, labels, segmentation, teacher);
-    let total = terms.total(&distillation.map_or(DistillationWeights::none(), |d| d.weights));
+    let baseline = DistillationWeights::default();
+    let total = terms.total(distillation.map_or(&baseline, |d| &d.weights));
     let values = TermValues::of(&terms, &total);
     (total, values)
 }
@@ -278,32 +274,36 @@ pub fn loss_terms(
     teacher: Option<(SegOutput, &Distillation)>,
 ) -> LossTerms {
     let out = trainee.net.forward_features(images);
-    let segmentation = segmentation.forward(out.logits.clone(), labels);
+    let mut terms = LossTerms::default();
+    terms.insert(Term::Segmentation, segmentation.forward(out.logits.clone(), labels));
     let Some((teacher, d)) = teacher else {
-        return LossTerms::segmentation_only(segmentation);
+        return terms;
     };
     let (t_logits, t_feature) = (teacher.logits, teacher.feature);
     let w = &d.weights;
-    let on = |w: f64| w > 0.0;
-    LossTerms {
-        segmentation,
-        lm: on(w.lm).then(|| logits_kl(out.logits.clone(), t_logits.clone(), d.temperature)),
-        kmm: trainee.kmm.as_ref().filter(|_| on(w.kmm)).map(|k| k.forward(out.feature.clone(), t_feature.clone())),
-        kd: on(w.kd).then(|| hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature)),
-        at: on(w.at).then(|| attention_transfer(out.feature, t_feature)),
-        aam: trainee.aam.as_ref().filter(|_| on(w.aam)).map(|a| a.forward(out.logits, t_logits).total),
+    if w.on(Term::Lm) {
+        terms.insert(Term::Lm, logits_kl(out.logits.clone(), t_logits.clone(), d.temperature));
     }
+    if let Some(kmm) = trainee.kmm.as_ref().filter(|_| w.on(Term::Kmm)) {
+        terms.insert(Term::Kmm, kmm.forward(out.feature.clone(), t_feature.clone()));
+    }
+    if w.on(Term::Kd) {
+        terms.insert(Term::Kd, hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature));
+    }
+    if w.on(Term::At) {
+        terms.insert(Term::At, attention_transfer(out.feature, t_feature));
+    }
+    if let Some(aam) = trainee.aam.as_ref().filter(|_| w.on(Term::Aam)) {
+        terms.insert(Term::Aam, aam.forward(out.logits, t_logits).total);
+    }
+    terms
 }
 
-/// The value of each loss term of a step (or their sum or mean over steps).
+/// The value of each loss term of a step and their weighted total (or their sums or means
+/// over steps).
 #[derive(Debug, Clone, Default)]
 pub struct TermValues {
-    pub segmentation: f64,
-    pub lm: Option<f64>,
-    pub kmm: Option<f64>,
-    pub aam: Option<f64>,
-    pub kd: Option<f64>,
-    pub at: Option<f64>,
+    pub terms: Terms<f64>,
     pub total: f64,
 }
 
@@ -311,60 +311,19 @@ impl TermValues {
     /// Reads the terms of a step (this waits for the device).
     pub fn of(terms: &LossTerms, total: &Tensor<1>) -> Self {
         let value = |t: &Tensor<1>| t.clone().into_scalar::<f32>() as f64;
-        let term = |t: &Option<Tensor<1>>| t.as_ref().map(value);
-        Self {
-            segmentation: value(&terms.segmentation),
-            lm: term(&terms.lm),
-            kmm: term(&terms.kmm),
-            aam: term(&terms.aam),
-            kd: term(&terms.kd),
-            at: term(&terms.at),
-            total: value(total),
-        }
+        Self { terms: terms.map(|_, t| value(t)), total: value(total) }
     }
 
-    /// Term by term sum; a term absent from both stays absent.
+    /// Term by term sum.
     pub fn plus(&self, other: &Self) -> Self {
-        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
-        };
-        Self {
-            segmentation: self.segmentation + other.segmentation,
-            lm: add(self.lm, other.lm),
-            kmm: add(self.kmm, other.kmm),
-            aam: add(self.aam, other.aam),
-            kd: add(self.kd, other.kd),
-            at: add(self.at, other.at),
-            total: self.total + other.total,
-        }
+        Self { terms: self.terms.plus(&other.terms), total: self.total + other.total }
     }
 
     pub fn scaled(&self, factor: f64) -> Self {
-        let scale = |v: Option<f64>| v.map(|v| v * factor);
-        Self {
-            segmentation: self.segmentation * factor,
-            lm: scale(self.lm),
-            kmm: scale(self.kmm),
-            aam: scale(self.aam),
-            kd: scale(self.kd),
-            at: scale(self.at),
-            total: self.total * factor,
-        }
+        Self { terms: self.terms.scaled(factor), total: self.total * factor }
     }
 
-    fn log(&self, epoch: usize, lr: f64, val_dice: f64) -> EpochLog {
-        EpochLog {
-            epoch,
-            lr,
-            segmentation: self.segmentation,
-            lm: self.lm,
-            kmm: self.kmm,
-            aam: self.aam,
-            kd: self.kd,
-            at: self.at,
-            total: self.total,
-            val_dice,
-        }
+    fn log(self, epoch: usize, lr: f64, val_dice: f64) -> EpochLog {
+        EpochLog { epoch, lr, terms: self.terms, total: self.total, val_dice }
     }
 }

@@ -12,7 +12,7 @@ use relkd_train::losses::kernel_matrix::{
 };
 use relkd_train::losses::logits::logits_kl;
 use relkd_train::losses::segmentation::{SegmentationLoss, dice_loss, focal_loss};
-use relkd_train::losses::{DistillationWeights, LossTerms};
+use relkd_train::losses::{DistillationWeights, LossTerms, Term};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -292,30 +292,35 @@ fn adaptive_weights_start_equal_and_climb_the_loss() {
 fn total_follows_equation_8() {
     let device = Device::flex();
     let s = |v: f32| Tensor::<1>::from_data(TensorData::new(vec![v], [1]), &device);
-    let terms = LossTerms {
-        lm: Some(s(2.0)),
-        kmm: Some(s(3.0)),
-        aam: Some(s(4.0)),
-        kd: Some(s(5.0)),
-        at: Some(s(6.0)),
-        ..LossTerms::segmentation_only(s(1.0))
-    };
-    close(scalar(terms.total(&DistillationWeights::default())), 1.0 + 0.2 * 2.0 + 0.9 * 3.0 + 0.9 * 4.0, 1e-6);
-    close(scalar(terms.total(&DistillationWeights::none())), 1.0, 1e-7);
-    let lm_only = LossTerms { kmm: None, aam: None, ..terms.clone() };
-    close(scalar(lm_only.total(&DistillationWeights::default())), 1.4, 1e-6);
-    let hinton = DistillationWeights { kd: 0.5, ..DistillationWeights::none() };
+    let values = [
+        (Term::Segmentation, 1.0),
+        (Term::Lm, 2.0),
+        (Term::Kmm, 3.0),
+        (Term::Aam, 4.0),
+        (Term::Kd, 5.0),
+        (Term::At, 6.0),
+    ];
+    let terms: LossTerms = values.iter().map(|&(t, v)| (t, s(v))).collect();
+    close(scalar(terms.total(&DistillationWeights::paper())), 1.0 + 0.2 * 2.0 + 0.9 * 3.0 + 0.9 * 4.0, 1e-6);
+    close(scalar(terms.total(&DistillationWeights::default())), 1.0, 1e-7);
+    let mut lm_only = terms.clone();
+    lm_only.remove(Term::Kmm);
+    lm_only.remove(Term::Aam);
+    close(scalar(lm_only.total(&DistillationWeights::paper())), 1.4, 1e-6);
+    let hinton: DistillationWeights = [(Term::Kd, 0.5)].into_iter().collect();
     close(scalar(terms.total(&hinton)), 1.0 + 0.5 * 5.0, 1e-6);
 }
 
 #[test]
 fn distillers_follow_the_config() {
     let mut losses = LossConfig::default();
-    assert_eq!(losses.weights(), DistillationWeights { lm: 0.2, kmm: 0.9, aam: 0.9, kd: 0.0, at: 0.0 });
+    assert_eq!(losses.weights(), DistillationWeights::paper());
+    losses.lambda.kmm = 0.0;
+    assert_eq!(losses.weights(), [(Term::Lm, 0.2), (Term::Aam, 0.9)].into_iter().collect());
     losses.distiller = Distiller::Hinton;
-    assert_eq!(losses.weights(), DistillationWeights { kd: 1.0, ..DistillationWeights::none() });
+    assert_eq!(losses.weights(), [(Term::Kd, 1.0)].into_iter().collect());
     losses.distiller = Distiller::Attention;
-    assert_eq!(losses.weights(), DistillationWeights { at: 500.0, ..DistillationWeights::none() });
+    assert_eq!(losses.weights(), [(Term::At, 500.0)].into_iter().collect());
 }
 
 #[test]

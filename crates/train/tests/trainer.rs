@@ -7,6 +7,7 @@ use relkd_core::phantom::{Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
 use relkd_train::config::LossConfig;
+use relkd_train::losses::Term;
 use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
@@ -57,13 +58,14 @@ fn a_fixed_batch_is_learned() {
     let batch: Vec<Slice2d> = samples(&cases).into_iter().take(4).collect();
     let (_, state) = train(student(&device), None, &batch, &[], &options(80, 0.01), None, &device, &mut Quiet).unwrap();
     let history = state.history;
-    let (first, last) = (history[0].segmentation, history.last().unwrap().segmentation);
+    let segmentation = |e: &relkd_train::trainer::EpochLog| e.terms.get(Term::Segmentation).copied().unwrap();
+    let (first, last) = (segmentation(&history[0]), segmentation(history.last().unwrap()));
     assert!(
         last < 0.6 * first,
         "segmentation loss {first} → {last}: {:?}",
-        history.iter().map(|e| e.segmentation).collect::<Vec<_>>()
+        history.iter().map(segmentation).collect::<Vec<_>>()
     );
-    assert!(history.iter().all(|e| e.lm.is_none() && e.val_dice.is_nan()));
+    assert!(history.iter().all(|e| e.terms.get(Term::Lm).is_none() && e.val_dice.is_nan()));
 }
 
 #[test]
@@ -102,10 +104,13 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     assert_eq!(counter.0, train_samples.len().div_ceil(4));
     assert_eq!((state.epoch, state.iteration, state.best_epoch), (1, counter.0 as u64, Some(1)));
     let log = &state.history[0];
-    for term in [log.lm, log.kmm, log.aam] {
-        assert!(term.is_some_and(f64::is_finite), "{log:?}");
+    let term = |t: Term| *log.terms.get(t).unwrap_or_else(|| panic!("{t:?} missing: {log:?}"));
+    for t in [Term::Segmentation, Term::Lm, Term::Kmm, Term::Aam] {
+        assert!(term(t).is_finite(), "{log:?}");
     }
-    let expected_total = log.segmentation + 0.2 * log.lm.unwrap() + 0.9 * log.kmm.unwrap() + 0.9 * log.aam.unwrap();
+    assert!(log.terms.get(Term::Kd).is_none() && log.terms.get(Term::At).is_none(), "{log:?}");
+    let expected_total =
+        term(Term::Segmentation) + 0.2 * term(Term::Lm) + 0.9 * term(Term::Kmm) + 0.9 * term(Term::Aam);
     assert!((log.total - expected_total).abs() < 1e-3 * expected_total.abs().max(1.0), "{log:?}");
     assert!((0.0..=1.0).contains(&log.val_dice), "validation Dice on the held-out case: {log:?}");
     let adapter_after = trained.kmm.as_ref().unwrap().adapter.weight.val().into_data();
@@ -148,7 +153,8 @@ fn data_parallel_step_sums_the_share_weighted_gradients_of_its_parts() {
         expected_grads.push(GradientsParams::from_grads(total.mul_scalar(0.5).backward(), &trainee));
     }
     assert!((values.total - expected.total).abs() < 1e-4 * expected.total.abs(), "{values:?} vs {expected:?}");
-    assert!((values.aam.unwrap() - expected.aam.unwrap()).abs() < 1e-4, "{values:?} vs {expected:?}");
+    let aam = |v: &TermValues| *v.terms.get(Term::Aam).unwrap();
+    assert!((aam(&values) - aam(&expected)).abs() < 1e-4, "{values:?} vs {expected:?}");
     let check = |id, what: &str| {
         let got: Tensor<4> = grads.get(id).unwrap_or_else(|| panic!("no gradient for {what}"));
         let want: Tensor<4> = expected_grads.iter().map(|g| g.get::<4>(id).unwrap()).reduce(|a, b| a + b).unwrap();

@@ -10,60 +10,149 @@ pub mod kernel_matrix;
 pub mod logits;
 pub mod segmentation;
 
+use std::collections::BTreeMap;
+
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-/// Which distillation terms run, and their weights; 0 switches a term off.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct DistillationWeights {
-    /// λ1 of the logits module.
-    pub lm: f64,
-    /// λ2 of the kernel matrix module.
-    pub kmm: f64,
-    /// λ3 of the adaptive affinity module.
-    pub aam: f64,
-    /// Weight of Hinton's logit KD.
-    pub kd: f64,
-    /// Weight of attention transfer (β/2).
-    pub at: f64,
+/// A term of the total loss. Its key names it everywhere: the config's weights, the step's
+/// values, the epoch log in model cards and `metrics.csv`'s columns. A new distiller is a new
+/// variant here and its loss function beside this module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Term {
+    /// L_seg, always on.
+    Segmentation,
+    /// λ1 · L_LM, the logits module.
+    Lm,
+    /// λ2 · L_KM, the kernel matrix module.
+    Kmm,
+    /// λ3 · L_AA, the adaptive affinity module.
+    Aam,
+    /// Hinton's logit KD (Table 4).
+    Kd,
+    /// Attention transfer (Table 4), weighted by β/2.
+    At,
 }
 
-impl Default for DistillationWeights {
-    /// The paper's λ1 = 0.2, λ2 = 0.9, λ3 = 0.9; no comparison distiller.
-    fn default() -> Self {
-        Self { lm: 0.2, kmm: 0.9, aam: 0.9, ..Self::none() }
+impl Term {
+    /// In column order.
+    pub const ALL: [Term; 6] = [Term::Segmentation, Term::Lm, Term::Kmm, Term::Aam, Term::Kd, Term::At];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Term::Segmentation => "segmentation",
+            Term::Lm => "lm",
+            Term::Kmm => "kmm",
+            Term::Aam => "aam",
+            Term::Kd => "kd",
+            Term::At => "at",
+        }
     }
 }
+
+/// One value per term that is on, keyed by [`Term`]. Serialised as a map from term keys;
+/// a `null` value (older cards) reads as absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "BTreeMap<Term, Option<T>>",
+    into = "BTreeMap<Term, T>",
+    bound(deserialize = "T: Deserialize<'de>", serialize = "T: Serialize + Clone")
+)]
+pub struct Terms<T>(BTreeMap<Term, T>);
+
+impl<T> Default for Terms<T> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<T> From<BTreeMap<Term, Option<T>>> for Terms<T> {
+    fn from(map: BTreeMap<Term, Option<T>>) -> Self {
+        Self(map.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+    }
+}
+
+impl<T> From<Terms<T>> for BTreeMap<Term, T> {
+    fn from(terms: Terms<T>) -> Self {
+        terms.0
+    }
+}
+
+impl<T> FromIterator<(Term, T)> for Terms<T> {
+    fn from_iter<I: IntoIterator<Item = (Term, T)>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<T> Terms<T> {
+    pub fn get(&self, term: Term) -> Option<&T> {
+        self.0.get(&term)
+    }
+
+    pub fn insert(&mut self, term: Term, value: T) {
+        self.0.insert(term, value);
+    }
+
+    pub fn remove(&mut self, term: Term) -> Option<T> {
+        self.0.remove(&term)
+    }
+
+    /// The terms present, in [`Term::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Term, &T)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn map<U>(&self, f: impl Fn(Term, &T) -> U) -> Terms<U> {
+        self.iter().map(|(k, v)| (k, f(k, v))).collect()
+    }
+}
+
+impl Terms<f64> {
+    /// Term by term sum; a term absent from one side counts as 0 there.
+    pub fn plus(&self, other: &Self) -> Self {
+        let mut sum = self.clone();
+        for (k, v) in other.iter() {
+            *sum.0.entry(k).or_insert(0.0) += v;
+        }
+        sum
+    }
+
+    pub fn scaled(&self, factor: f64) -> Self {
+        self.map(|_, v| v * factor)
+    }
+}
+
+/// The weight of each distillation term that is on (the segmentation loss always weighs 1).
+pub type DistillationWeights = Terms<f64>;
 
 impl DistillationWeights {
-    /// The baseline: segmentation loss alone.
-    pub fn none() -> Self {
-        Self { lm: 0.0, kmm: 0.0, aam: 0.0, kd: 0.0, at: 0.0 }
+    /// The paper's λ1 = 0.2, λ2 = 0.9, λ3 = 0.9.
+    pub fn paper() -> Self {
+        [(Term::Lm, 0.2), (Term::Kmm, 0.9), (Term::Aam, 0.9)].into_iter().collect()
+    }
+
+    /// The weight of `term`, 0 when it is off.
+    pub fn weight(&self, term: Term) -> f64 {
+        self.get(term).copied().unwrap_or(0.0)
+    }
+
+    /// Whether `term` is on (weight above 0).
+    pub fn on(&self, term: Term) -> bool {
+        self.weight(term) > 0.0
     }
 }
 
-/// Every term of one step, kept for logging.
-#[derive(Debug, Clone)]
-pub struct LossTerms {
-    pub segmentation: Tensor<1>,
-    pub lm: Option<Tensor<1>>,
-    pub kmm: Option<Tensor<1>>,
-    pub aam: Option<Tensor<1>>,
-    pub kd: Option<Tensor<1>>,
-    pub at: Option<Tensor<1>>,
-}
+/// Every term of one step, as tensors (for the backward pass and for logging).
+pub type LossTerms = Terms<Tensor<1>>;
 
 impl LossTerms {
-    /// The segmentation loss alone.
-    pub fn segmentation_only(segmentation: Tensor<1>) -> Self {
-        Self { segmentation, lm: None, kmm: None, aam: None, kd: None, at: None }
-    }
-
-    /// Eq. 8 (plus any comparison distiller) with the given weights; absent terms count as 0.
+    /// Eq. 8 (plus any comparison distiller) with the given weights; the segmentation loss
+    /// weighs 1, absent terms count as 0.
     pub fn total(&self, w: &DistillationWeights) -> Tensor<1> {
-        [(&self.lm, w.lm), (&self.kmm, w.kmm), (&self.aam, w.aam), (&self.kd, w.kd), (&self.at, w.at)]
-            .into_iter()
-            .filter_map(|(term, weight)| term.as_ref().map(|t| t.clone().mul_scalar(weight)))
-            .fold(self.segmentation.clone(), |total, term| total + term)
+        let segmentation = self.get(Term::Segmentation).expect("every step has a segmentation loss").clone();
+        self.iter()
+            .filter(|(term, _)| *term != Term::Segmentation)
+            .fold(segmentation, |total, (term, t)| total + t.clone().mul_scalar(w.weight(term)))
     }
 }
