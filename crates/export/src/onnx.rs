@@ -359,11 +359,6 @@ impl Graph for OnnxGraph {
         self.node1("Add", &[&a.0, &b.0], vec![])
     }
 
-    fn scale(&mut self, x: &Value, factor: f32) -> Value {
-        let f = self.floats("c", &[1], &[factor]);
-        self.node1("Mul", &[&x.0, &f], vec![])
-    }
-
     fn concat(&mut self, xs: &[Value]) -> Value {
         let names: Vec<&str> = xs.iter().map(|v| v.0.as_str()).collect();
         self.node1("Concat", &names, vec![attr_int("axis", 1)])

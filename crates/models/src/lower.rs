@@ -26,8 +26,6 @@ pub trait Graph {
     fn relu(&mut self, x: &Value) -> Value;
     fn prelu(&mut self, x: &Value, prelu: &PRelu) -> Value;
     fn add(&mut self, a: &Value, b: &Value) -> Value;
-    /// Multiplies by a constant.
-    fn scale(&mut self, x: &Value, factor: f32) -> Value;
     /// Concatenation along channels.
     fn concat(&mut self, xs: &[Value]) -> Value;
     /// 2×2, stride-2 max pooling.

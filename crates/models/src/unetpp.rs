@@ -33,8 +33,6 @@ pub struct UnetppConfig {
     /// Filters of the first level; level i has `base_filters · 2^i`.
     #[config(default = 64)]
     pub base_filters: usize,
-    #[config(default = false)]
-    pub deep_supervision: bool,
 }
 
 impl UnetppConfig {
@@ -61,11 +59,7 @@ impl UnetppConfig {
                     .collect()
             })
             .collect();
-        let heads = if self.deep_supervision { LEVELS - 1 } else { 1 };
-        Unetpp {
-            nodes,
-            heads: (0..heads).map(|_| conv_same(filters[0], self.classes, 1, 1, 1, true, device)).collect(),
-        }
+        Unetpp { nodes, head: conv_same(filters[0], self.classes, 1, 1, 1, true, device) }
     }
 }
 
@@ -74,8 +68,8 @@ impl UnetppConfig {
 pub struct Unetpp {
     /// `nodes[i][j]` is X^{i,j}: level i (stride 2^i), j-th node along the skip pathway.
     nodes: Vec<Vec<ConvBlock>>,
-    /// 1×1 classifiers on X^{0,4} only, or on X^{0,1}…X^{0,4} with deep supervision.
-    heads: Vec<Conv2d>,
+    /// The 1×1 classifier on X^{0,4} (the paper trains without deep supervision).
+    head: Conv2d,
 }
 
 fn upsample(x: Tensor<4>) -> Tensor<4> {
@@ -101,16 +95,7 @@ impl Segmenter for Unetpp {
             }
         }
         let feature = x[TAP_LEVEL][0].clone(); // X³⁰ [b, 8f, h/8, w/8]
-        // The last head reads X⁰⁴; with deep supervision the others read X⁰¹…X⁰³.
-        let first = LEVELS - self.heads.len();
-        let logits = self
-            .heads
-            .iter()
-            .zip(&x[0][first..])
-            .map(|(head, node)| head.forward(node.clone()))
-            .reduce(|a, b| a + b)
-            .expect("at least one head")
-            .div_scalar(self.heads.len() as f32); // [b, classes, h, w]
+        let logits = self.head.forward(x[0][LEVELS - 1].clone()); // X⁰⁴ → [b, classes, h, w]
         SegOutput { logits, feature }
     }
 
@@ -140,11 +125,7 @@ impl Segmenter for Unetpp {
                 x[level].push(node);
             }
         }
-        let first = LEVELS - self.heads.len();
-        let heads: Vec<Value> =
-            self.heads.iter().zip(&x[0][first..]).map(|(head, node)| g.conv(node, head, None)).collect();
-        let sum = heads[1..].iter().fold(heads[0].clone(), |acc, h| g.add(&acc, h));
-        if heads.len() == 1 { sum } else { g.scale(&sum, 1.0 / heads.len() as f32) }
+        g.conv(&x[0][LEVELS - 1], &self.head, None)
     }
 
     fn count_macs(&self, [h, w]: [usize; 2], m: &mut MacCounter) {
@@ -155,7 +136,7 @@ impl Segmenter for Unetpp {
                 m.conv(&node.conv2, hw);
             });
         }
-        self.heads.iter().for_each(|head| _ = m.conv(head, [h, w]));
+        m.conv(&self.head, [h, w]);
     }
 }
 

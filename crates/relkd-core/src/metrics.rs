@@ -176,7 +176,7 @@ fn squared_distance_1d(f: &[f64], step: f64, out: &mut Vec<f64>) {
 }
 
 /// Linear-interpolation percentile (numpy's default method) of a non-empty set.
-fn percentile(values: &[f64], pct: f64) -> f64 {
+pub fn percentile(values: &[f64], pct: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let rank = pct / 100.0 * (v.len() - 1) as f64;

@@ -37,10 +37,10 @@ impl Timings {
         self.0.len()
     }
 
-    /// The `p`-th percentile (nearest rank), in milliseconds.
+    /// The `p`-th percentile (linear interpolation, as numpy), in milliseconds.
     pub fn percentile_ms(&self, p: f64) -> f64 {
-        let rank = ((p / 100.0 * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
-        self.0[rank - 1].as_secs_f64() * 1e3
+        let ms: Vec<f64> = self.0.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        crate::metrics::percentile(&ms, p)
     }
 
     pub fn median_ms(&self) -> f64 {
@@ -72,10 +72,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles() {
+    fn percentiles_interpolate_as_numpy() {
         let t = Timings((1..=20).map(Duration::from_millis).collect());
-        assert_eq!(t.median_ms(), 10.0);
-        assert_eq!(t.percentile_ms(95.0), 19.0);
+        // numpy.percentile(range(1, 21), [50, 95]) = [10.5, 19.05]
+        assert!((t.median_ms() - 10.5).abs() < 1e-9);
+        assert!((t.percentile_ms(95.0) - 19.05).abs() < 1e-9);
         assert_eq!((t.min_ms(), t.max_ms()), (1.0, 20.0));
     }
 }

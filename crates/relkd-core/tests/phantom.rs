@@ -28,8 +28,11 @@ fn dataset() -> &'static Path {
     .path()
 }
 
-/// Every case of [`dataset`]: (site, case, image, mask, structures).
-fn cases() -> Vec<(String, String, Volume, Vec<u8>, Vec<Structure>)> {
+/// One case of [`dataset`]: (site, case, image, mask, structures).
+type Rendered = (String, String, Volume, Vec<u8>, Vec<Structure>);
+
+/// Every case of [`dataset`].
+fn cases() -> Vec<Rendered> {
     let root = dataset();
     let data = Dataset::discover(root).unwrap();
     let mut out = vec![];

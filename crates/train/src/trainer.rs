@@ -11,16 +11,16 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use relkd_core::dataset::Case;
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d};
-use relkd_models::{Network, SegOutput, Segmenter};
+use relkd_models::{Network, NetworkConfig, SegOutput, Segmenter};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LossConfig;
 use crate::data_parallel::DataParallel;
 use crate::evaluate::{predict_volume, score};
-use crate::losses::affinity::Affinity;
+use crate::losses::affinity::{Affinity, AffinityConfig};
 use crate::losses::attention::attention_transfer;
 use crate::losses::hinton::hinton_kd;
-use crate::losses::kernel_matrix::KernelMatrix;
+use crate::losses::kernel_matrix::{KernelMatrix, KernelMatrixConfig};
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, LossTerms, Term, Terms};
@@ -48,6 +48,30 @@ pub struct Trainee {
     pub net: Network,
     pub kmm: Option<KernelMatrix>,
     pub aam: Option<Affinity>,
+}
+
+/// How to build a [`Trainee`] on a device: its network and the distillation modules that train
+/// with it.
+#[derive(Debug, Clone)]
+pub struct TraineeConfig {
+    pub net: NetworkConfig,
+    pub kmm: Option<KernelMatrixConfig>,
+    pub aam: Option<AffinityConfig>,
+}
+
+impl TraineeConfig {
+    /// A network trained alone (a teacher or a baseline).
+    pub fn plain(net: NetworkConfig) -> Self {
+        Self { net, kmm: None, aam: None }
+    }
+
+    pub fn init(&self, device: &Device) -> Trainee {
+        Trainee {
+            net: self.net.init(device),
+            kmm: self.kmm.as_ref().map(|k| k.init(device)),
+            aam: self.aam.as_ref().map(|a| a.init(device)),
+        }
+    }
 }
 
 /// The frozen teacher and how its knowledge is weighed.

@@ -29,7 +29,7 @@ use crate::checkpoint::{fingerprint, load_model};
 use crate::config::{Distiller, ExperimentConfig, LossConfig};
 use crate::evaluate::CaseScore;
 use crate::run::{
-    Cases, Devices, Role, Stage, data_root, prepare, progress_bar, score_cases, set_data_root, student_trainee,
+    Cases, Devices, RunModel, Stage, data_root, prepare, progress_bar, score_cases, set_data_root, student_trainee,
 };
 use crate::trainer::Distillation;
 
@@ -277,7 +277,9 @@ impl TargetGrid<'_> {
         config.student.architecture = student;
         let kind = CellKind::Baseline { student };
         let make = student_trainee(&config, None);
-        self.stage(&config, &kind.stem(), |stage| stage.train(&kind.stem(), Role::Baseline, &make, self.cases, None))?;
+        self.stage(&config, &kind.stem(), |stage| {
+            stage.train(&kind.stem(), RunModel::Baseline, &make, self.cases, None)
+        })?;
         self.score(&config, kind)
     }
 
@@ -296,7 +298,7 @@ impl TargetGrid<'_> {
         let make = student_trainee(&config, Some(net));
         let distillation = Distillation::new(net.clone(), &config.losses);
         self.stage(&config, &kind.stem(), |stage| {
-            stage.train(&kind.stem(), Role::Student, &make, self.cases, Some(&distillation))
+            stage.train(&kind.stem(), RunModel::Student, &make, self.cases, Some(&distillation))
         })?;
         self.score(&config, kind)
     }

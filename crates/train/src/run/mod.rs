@@ -1,0 +1,241 @@
+//! `train --teacher T --student S`: one experiment from data to report.
+//!
+//! The order: resolve the configuration (file or the built-in quick config, then the command
+//! line), find the data (generating the phantom into the cache once), plan the sites, load and
+//! split the cases, and check everything *before* the run folder is created, so bad input
+//! never touches an earlier run. Then three models, each skipped when already final: the
+//! teacher (reused from the cache or `--teacher-checkpoint` when one was trained with the same
+//! settings), the baseline student (segmentation loss only) and the distilled student. Last,
+//! every model is scored on the held-out cases of the target site and the report is written.
+//!
+//! Where to look: `data` finds the dataset and splits its cases, `teacher_cache` decides when
+//! a trained teacher is reused, `stage` trains one model into the run folder (with its
+//! checkpoints and progress), `outputs` scores the models and writes the report and overlays.
+
+mod data;
+mod outputs;
+mod stage;
+mod teacher_cache;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use burn::module::Module;
+use relkd_core::files::{LATEST_RUN, write_atomic};
+use relkd_models::Architecture;
+use relkd_models::device::DeviceChoice;
+
+pub use data::{Cases, cache_dir, prepare};
+pub(crate) use data::{data_root, set_data_root};
+pub use outputs::score_cases;
+pub(crate) use stage::progress_bar;
+pub use stage::{Devices, RunModel, Stage, student_trainee};
+
+use crate::checkpoint::{fingerprint, load_model};
+use crate::config::ExperimentConfig;
+use crate::trainer::Distillation;
+use outputs::evaluate_and_report;
+use teacher_cache::check_teacher;
+
+/// The configuration used when `--config` is not given: CPU-sized, on the phantom.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../../configs/quick.yaml");
+
+/// What the command line asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub teacher: Option<Architecture>,
+    pub student: Option<Architecture>,
+    pub config: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub target: Option<String>,
+    /// The run folder; a new one under `runs/` when absent.
+    pub out: Option<PathBuf>,
+    pub device: Option<DeviceChoice>,
+    /// Several devices: data-parallel training (overrides `device`).
+    pub devices: Vec<DeviceChoice>,
+    /// Continue the run in `out` (or the latest run) instead of starting a new one.
+    pub resume: bool,
+    pub teacher_checkpoint: Option<PathBuf>,
+}
+
+/// Runs (or continues) an experiment and returns its folder.
+pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
+    let (mut config, run_dir) = resolve(request)?;
+    let (root, cases) = prepare(&mut config)?;
+    let target = config.target.clone();
+    let plan = config.sites.clone().expect("planned");
+    if let Some(path) = &request.teacher_checkpoint {
+        check_teacher(path, &config)?;
+    }
+    let config_yaml = config.to_yaml();
+    let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
+    let device = &devices.main;
+
+    // Everything is checked; only now is the run folder touched.
+    let run_dir = match run_dir {
+        Some(dir) => {
+            let saved = fs::read_to_string(dir.join("config.yaml")).with_context(|| format!("{}", dir.display()))?;
+            ensure!(
+                saved == config_yaml,
+                "{} was started with another configuration (see its config.yaml); resume it without changing \
+                 --config/--data/--target/--teacher/--student, or start a new run",
+                dir.display()
+            );
+            println!("resuming {}", dir.display());
+            dir
+        }
+        None => create_run_dir(request, &config)?,
+    };
+    let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let config_hash = fingerprint(&config_yaml);
+    if let Some(parent) = run_dir.parent() {
+        write_atomic(&parent.join(LATEST_RUN), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
+    }
+
+    println!(
+        "run {run_id} on {}: teacher {} on {}, students {} on {}, tested on {} case(s) of {target}",
+        devices.description,
+        config.teacher.architecture.display_name(),
+        plan.teacher_sites.join(", "),
+        config.student.architecture.display_name(),
+        plan.student_sites.join(", "),
+        cases.test.len(),
+    );
+
+    let stage =
+        Stage { config: &config, run_dir: &run_dir, run_id: &run_id, config_hash: &config_hash, devices: &devices };
+    let mut timings = Vec::new();
+
+    // Teacher.
+    let started = Instant::now();
+    let how = stage.teacher("teacher", &root, &cases, request.teacher_checkpoint.as_deref())?;
+    timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
+    let (teacher, teacher_card) = load_model(&run_dir.join("teacher.bpk"), device)?;
+    let teacher = teacher.valid();
+
+    // Baseline student: the segmentation loss alone.
+    let started = Instant::now();
+    stage.train("baseline", RunModel::Baseline, &student_trainee(&config, None), &cases, None)?;
+    timings.push(("baseline".to_string(), started.elapsed().as_secs_f64(), String::new()));
+
+    // Distilled student: eq. 8 with the frozen teacher.
+    let started = Instant::now();
+    let distillation = Distillation::new(teacher.clone(), &config.losses);
+    stage.train(
+        "student",
+        RunModel::Student,
+        &student_trainee(&config, Some(&teacher)),
+        &cases,
+        Some(&distillation),
+    )?;
+    timings.push(("student".to_string(), started.elapsed().as_secs_f64(), String::new()));
+    let _ = fs::remove_dir(run_dir.join("checkpoints")); // only when empty: every model is final
+
+    evaluate_and_report(&stage, &root, &cases, &teacher, &teacher_card, timings)?;
+    Ok(run_dir)
+}
+
+/// The configuration and, when resuming, the run folder to continue.
+fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<PathBuf>)> {
+    let resume_dir = if request.resume {
+        let dir = match &request.out {
+            Some(dir) => dir.clone(),
+            None => {
+                let latest = Path::new("runs").join(LATEST_RUN);
+                let id = fs::read_to_string(&latest).with_context(|| {
+                    format!("--resume without --out continues the latest run, but {} is missing", latest.display())
+                })?;
+                Path::new("runs").join(id.trim())
+            }
+        };
+        ensure!(
+            dir.join("config.yaml").exists(),
+            "{} is not a run folder (no config.yaml); nothing to resume",
+            dir.display()
+        );
+        Some(dir)
+    } else {
+        None
+    };
+    let mut config = match (&resume_dir, &request.config) {
+        (Some(dir), None) => ExperimentConfig::load(&dir.join("config.yaml"))?,
+        (_, Some(path)) => ExperimentConfig::load(path)?,
+        (None, None) => ExperimentConfig::parse(DEFAULT_CONFIG, Path::new("configs/quick.yaml (built in)"))?,
+    };
+    if let Some(t) = request.teacher {
+        config.teacher.architecture = t;
+    }
+    if let Some(s) = request.student {
+        config.student.architecture = s;
+    }
+    if let Some(target) = &request.target {
+        config.target = target.clone();
+    }
+    set_data_root(&mut config.data, request.data.as_deref())?;
+    use relkd_models::Role;
+    for (spec, flag, expected) in
+        [(&config.teacher, "--teacher", Role::Teacher), (&config.student, "--student", Role::Student)]
+    {
+        if spec.architecture.role() != expected {
+            eprintln!(
+                "note: {flag} {} is a {} in the paper",
+                spec.architecture.display_name(),
+                spec.architecture.role()
+            );
+        }
+    }
+    Ok((config, resume_dir))
+}
+
+/// A new run folder: `--out` (which must not hold anything yet) or `runs/DATE-TIME-T-S-TARGET`.
+fn create_run_dir(request: &RunRequest, config: &ExperimentConfig) -> anyhow::Result<PathBuf> {
+    let dir = match &request.out {
+        Some(dir) => {
+            if dir.exists() && fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                bail!(
+                    "{} already exists and is not empty; choose another --out, or add --resume to continue it",
+                    dir.display()
+                );
+            }
+            dir.clone()
+        }
+        None => {
+            let stem = format!(
+                "{}-{}-{}-{}",
+                timestamp(),
+                config.teacher.architecture.name(),
+                config.student.architecture.name(),
+                config.target
+            );
+            let mut dir = Path::new("runs").join(&stem);
+            let mut n = 2;
+            while dir.exists() {
+                dir = Path::new("runs").join(format!("{stem}-{n}"));
+                n += 1;
+            }
+            dir
+        }
+    };
+    fs::create_dir_all(&dir).with_context(|| format!("creating the run folder {}", dir.display()))?;
+    write_atomic(&dir.join("config.yaml"), config.to_yaml().as_bytes())
+        .with_context(|| format!("{}", dir.display()))?;
+    Ok(dir)
+}
+
+/// UTC `YYYYMMDD-HHMMSS` from the system clock (civil-from-days, Howard Hinnant's algorithm).
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

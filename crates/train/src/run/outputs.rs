@@ -1,0 +1,146 @@
+//! What a finished run shows: every model scored on the target site's test cases, the CSVs,
+//! the loss curves, Fig. 3-style overlays and report.md.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::tensor::Device;
+use relkd_core::dataset::Case;
+use relkd_core::files::write_atomic;
+use relkd_core::png::Canvas;
+use relkd_core::transforms::{NormalizedVolume, resize_bilinear};
+use relkd_models::{Network, Segmenter};
+
+use super::data::Cases;
+use super::stage::{Stage, progress_bar};
+use crate::checkpoint::{ModelCard, load_model};
+use crate::config::ExperimentConfig;
+use crate::evaluate::{CaseScore, predict_volume, score};
+use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
+
+/// Segments every case with `net` and scores it; `tick` after each case.
+pub fn score_cases(
+    net: &Network,
+    cases: &[Case],
+    config: &ExperimentConfig,
+    device: &Device,
+    tick: &dyn Fn(),
+) -> (Vec<CaseScore>, Vec<Vec<u8>>) {
+    cases
+        .iter()
+        .map(|case| {
+            let mask = predict_volume(&case.image, &config.preprocessing, config.training.batch_size, device, &|x| {
+                net.forward(x)
+            });
+            tick();
+            (score(case, &mask), mask)
+        })
+        .unzip()
+}
+
+/// Scores the three models on the test cases and writes metrics, scores, curves, overlays
+/// and the report into the run folder.
+pub(super) fn evaluate_and_report(
+    stage: &Stage,
+    root: &Path,
+    cases: &Cases,
+    teacher: &Network,
+    teacher_card: &ModelCard,
+    timings: Vec<(String, f64, String)>,
+) -> anyhow::Result<()> {
+    let (config, run_dir, run_id, devices) = (stage.config, stage.run_dir, stage.run_id, stage.devices);
+    let device = &devices.main;
+    let target = &config.target;
+    let plan = config.sites.as_ref().expect("planned");
+    let plain = device.clone().without_autodiff();
+    let mut models = Vec::new();
+    let mut predictions = Vec::new();
+    let bar = progress_bar((3 * cases.test.len()) as u64, "scoring");
+    for name in ["teacher", "baseline", "student"] {
+        let (net, card) = if name == "teacher" {
+            (teacher.clone(), teacher_card.clone())
+        } else {
+            let (net, card) = load_model(&run_dir.join(format!("{name}.bpk")), device)?;
+            (net.valid(), card)
+        };
+        let (scores, masks) = score_cases(&net, &cases.test, config, &plain, &|| bar.inc(1));
+        predictions.push(masks);
+        models.push(Evaluated { history: card.history.clone(), card, scores });
+    }
+    bar.finish_and_clear();
+
+    let histories: Vec<(&str, &[crate::trainer::EpochLog])> =
+        models.iter().map(|m| (m.card.model.as_str(), m.history.as_slice())).collect();
+    let write = |name: &str, bytes: &[u8]| -> anyhow::Result<String> {
+        let path = run_dir.join(name);
+        write_atomic(&path, bytes).with_context(|| format!("{}", path.display()))?;
+        Ok(name.to_string())
+    };
+    let mut files = vec!["config.yaml".to_string()];
+    files.extend(["teacher", "baseline", "student"].iter().flat_map(|m| [format!("{m}.bpk"), format!("{m}.yaml")]));
+    files.push(write("metrics.csv", metrics_csv(&histories).as_bytes())?);
+    files.push(write("scores.csv", scores_csv(&models).as_bytes())?);
+    files.push(write("loss_curves.png", &loss_curves(&histories).to_png())?);
+    files.extend(write_overlays(run_dir, &cases.test, &predictions)?);
+    files.push("report.md".to_string());
+    let real_data = config.data.root.is_some();
+    let summary = RunSummary {
+        run_id,
+        data: if real_data { format!("{}", root.display()) } else { format!("phantom ({})", root.display()) },
+        real_data,
+        target,
+        teacher: config.teacher.architecture,
+        teacher_sites: &plan.teacher_sites,
+        student_sites: &plan.student_sites,
+        test_cases: cases.test.len(),
+        device: &devices.description,
+        timings: &timings,
+        files: &files,
+    };
+    let report = report_md(&summary, &models);
+    write("report.md", report.as_bytes())?;
+    let table_end = report.find("\n## Training").unwrap_or(report.len());
+    println!("\n{}", &report[report.find("## Dice").unwrap_or(0)..table_end].trim_end());
+    println!("\nwrote {}", run_dir.join("report.md").display());
+    Ok(())
+}
+
+/// Fig. 3-style pictures: for the first two test cases, three slices across the gland, each
+/// with the teacher's, the baseline's and the student's prediction (green) over the ground
+/// truth (red).
+fn write_overlays(run_dir: &Path, test: &[Case], predictions: &[Vec<Vec<u8>>]) -> anyhow::Result<Vec<String>> {
+    let dir = run_dir.join("overlays");
+    fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+    let mut written = Vec::new();
+    for (c, case) in test.iter().enumerate().take(2) {
+        let [nx, ny, nz] = case.image.dims;
+        let plane = nx * ny;
+        let gland: Vec<usize> = (0..nz).filter(|&z| case.mask[z * plane..][..plane].iter().any(|&v| v != 0)).collect();
+        let (Some(&first), Some(&last)) = (gland.first(), gland.last()) else { continue };
+        let norm = NormalizedVolume::new(&case.image);
+        let zoom = (256 / nx.max(ny)).max(1);
+        for z in [first + (last - first) / 4, (first + last) / 2, last - (last - first) / 4] {
+            let image = norm.input(z, &relkd_core::transforms::Preprocessing { size: nx, context: 0 });
+            // `input` resizes to a square; keep the source aspect by resizing back.
+            let image = resize_bilinear(&image, nx, nx, ny, nx);
+            let truth = &case.mask[z * plane..][..plane];
+            let (label_h, gap) = (18, 6);
+            let panel_w = (nx * zoom) as i64;
+            let mut canvas =
+                Canvas::new((3 * panel_w + 2 * gap) as usize, ny * zoom + label_h as usize, relkd_core::png::WHITE);
+            for (m, label) in ["TEACHER", "W/O", "W/"].iter().enumerate() {
+                let pred = &predictions[m][c][z * plane..][..plane];
+                let panel = relkd_core::png::overlay(&image, Some(truth), pred, ny, nx, zoom);
+                let x = m as i64 * (panel_w + gap);
+                canvas.paste(&panel, x, label_h);
+                canvas.text(x + 2, 2, label, 2, relkd_core::png::BLACK);
+            }
+            let name = format!("overlays/{}_{}_z{z:02}.png", case.site, case.id);
+            canvas.save(&run_dir.join(&name)).with_context(|| name.clone())?;
+            written.push(name);
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,116 @@
+//! When a trained teacher is reused: the cache keeps teachers by a fingerprint of everything
+//! that decides what they learn, and a teacher given with `--teacher-checkpoint` must be the
+//! architecture, width and input the run asks for.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::data::{Cases, cache_dir};
+use super::stage::{RunModel, Stage};
+use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model};
+use crate::config::ExperimentConfig;
+use crate::trainer::TraineeConfig;
+
+impl Stage<'_> {
+    /// Puts a trained teacher at `STEM.bpk` in the run folder: kept when already there, else
+    /// the one `given`, else the cached teacher trained with the same data, sites and
+    /// settings, else a new one (which is then cached). Says how it was obtained.
+    pub fn teacher(&self, stem: &str, root: &Path, cases: &Cases, given: Option<&Path>) -> anyhow::Result<String> {
+        let config = self.config;
+        let weights = self.run_dir.join(format!("{stem}.bpk"));
+        let cached = cache_dir().join("teachers").join(teacher_key(config, root)).join("teacher.bpk");
+        if ModelCard::path_for(&weights).exists() {
+            println!("{stem}: done earlier in this run");
+            return Ok("(from this run)".to_string());
+        }
+        if let Some(path) = given {
+            adopt_teacher(path, &weights, config, &self.devices.main)?;
+            return Ok(format!("(given: {})", path.display()));
+        }
+        if ModelCard::path_for(&cached).exists() {
+            adopt_teacher(&cached, &weights, config, &self.devices.main)?;
+            println!("{stem}: reusing {} (same data, sites and settings)", cached.display());
+            return Ok("(reused from the cache)".to_string());
+        }
+        self.train(stem, RunModel::Teacher, &TraineeConfig::plain(config.teacher_network()), cases, None)?;
+        if let Some(dir) = cached.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        }
+        copy_model(&weights, &cached)?;
+        Ok("(trained)".to_string())
+    }
+}
+
+/// Everything that decides what a teacher learns; equal keys mean an interchangeable teacher.
+fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        data: String,
+        sites: &'a [String],
+        test_fraction: f32,
+        val_fraction: f32,
+        preprocessing: &'a relkd_core::transforms::Preprocessing,
+        foreground_only: bool,
+        augmentation: &'a relkd_core::transforms::Augmentation,
+        teacher: &'a crate::config::ModelSpec,
+        training: &'a crate::config::TrainingConfig,
+        segmentation: &'a crate::losses::segmentation::SegmentationLoss,
+        eval_sites: &'a [String],
+    }
+    let plan = config.sites.as_ref().expect("planned");
+    let key = Key {
+        data: match &config.data.root {
+            Some(_) => root.display().to_string(),
+            None => config.data.phantom.manifest(),
+        },
+        sites: &plan.teacher_sites,
+        test_fraction: config.test_fraction,
+        val_fraction: config.val_fraction,
+        preprocessing: &config.preprocessing,
+        foreground_only: config.foreground_only,
+        augmentation: &config.augmentation,
+        teacher: &config.teacher,
+        training: &config.training,
+        segmentation: &config.losses.segmentation,
+        eval_sites: &plan.eval_sites,
+    };
+    format!("{}-{}", config.teacher.architecture.name(), fingerprint(&serde_yaml::to_string(&key).expect("serialises")))
+}
+
+/// Checks that a trained teacher's card describes the teacher this run asks for.
+pub(super) fn check_teacher(source: &Path, config: &ExperimentConfig) -> anyhow::Result<()> {
+    let card_path = ModelCard::path_for(source);
+    let card = ModelCard::load(&card_path)
+        .with_context(|| format!("teacher checkpoint {}: its model card", source.display()))?;
+    let want = &config.teacher;
+    ensure!(
+        card.architecture == want.architecture,
+        "teacher checkpoint {} is a {} (see {}), but this run's teacher is a {}",
+        source.display(),
+        card.architecture.display_name(),
+        card_path.display(),
+        want.architecture.display_name()
+    );
+    ensure!(
+        card.width == want.width && card.preprocessing == config.preprocessing,
+        "teacher checkpoint {} has width {} and input {:?}; this run needs width {} and {:?}",
+        source.display(),
+        card.width,
+        card.preprocessing,
+        want.width,
+        config.preprocessing
+    );
+    Ok(())
+}
+
+/// Copies a trained teacher into the run, byte for byte, after checking that it is the
+/// teacher asked for and that its weights load.
+fn adopt_teacher(source: &Path, weights: &Path, config: &ExperimentConfig, device: &Device) -> anyhow::Result<()> {
+    check_teacher(source, config)?;
+    load_model(source, device).with_context(|| format!("teacher checkpoint {}", source.display()))?;
+    Ok(copy_model(source, weights)?)
+}
