@@ -13,7 +13,7 @@ use relkd_core::transforms::Preprocessing;
 use relkd_export::{Precision, to_onnx};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Architecture, NetworkConfig};
-use relkd_train::checkpoint::ModelCard;
+use relkd_runs::card::ModelCard;
 
 fn main() {
     let runs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20);

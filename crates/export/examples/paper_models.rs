@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{Options, Probe, export};
 use relkd_models::{Architecture, NetworkConfig};
-use relkd_train::checkpoint::ModelCard;
+use relkd_runs::card::ModelCard;
 
 fn main() -> anyhow::Result<()> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "paper-models".into()));

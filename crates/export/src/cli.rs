@@ -11,13 +11,14 @@ use relkd_core::files::LATEST_RUN;
 use relkd_core::metrics::dice;
 use relkd_core::transforms::NormalizedVolume;
 use relkd_models::{Network, Segmenter};
-use relkd_train::checkpoint::{ModelCard, load_model};
-use relkd_train::config::ExperimentConfig;
-use relkd_train::evaluate::predict_volume;
-use relkd_train::run::Cases;
+use relkd_runs::card::{ModelCard, load_model};
+use relkd_runs::config::ExperimentConfig;
+use relkd_runs::data::Cases;
+use relkd_runs::evaluate::predict_volume;
 
 use crate::{
-    Acceptance, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, OnnxPredictor, Options, Precision, Probe, export, record_latest,
+    Acceptance, Check, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, OnnxPredictor, Options, Precision, Probe, export,
+    record_latest,
 };
 
 #[derive(Debug, Parser)]
@@ -77,28 +78,9 @@ impl Model {
     }
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let weights = match (&cli.checkpoint, &cli.run) {
-        (Some(file), _) => file.clone(),
-        (None, Some(dir)) => dir.join(format!("{}.bpk", cli.model.name())),
-        (None, None) => {
-            let latest = Path::new("runs").join(LATEST_RUN);
-            let id = std::fs::read_to_string(&latest).with_context(|| {
-                format!(
-                    "no --run or --checkpoint, and no latest run ({} is missing): run `train` first",
-                    latest.display()
-                )
-            })?;
-            Path::new("runs").join(id.trim()).join(format!("{}.bpk", cli.model.name()))
-        }
-    };
-    ensure!(
-        ModelCard::path_for(&weights).exists(),
-        "{} is not a finished model (no {} beside it){}",
-        weights.display(),
-        ModelCard::path_for(&weights).display(),
-        if cli.checkpoint.is_none() { "; was the run interrupted? `train --resume --out RUN` finishes it" } else { "" }
-    );
+/// Exports, verifies and reports; returns the verification of each probe.
+pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
+    let weights = weights_path(&cli)?;
     let run_dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = cli.out.clone().unwrap_or_else(|| run_dir.join(format!("{}.onnx", cli.model.name())));
     if out.exists() && !cli.force {
@@ -146,18 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         if cli.fp16 { Acceptance::Masks(FP16_MASK_DISAGREEMENT) } else { Acceptance::Logits(FP32_TOLERANCE) };
     let checks = export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance }, &probes, &device)
         .with_context(|| format!("exporting to {}", out.display()))?;
-    for check in &checks {
-        print!("  verified on {}: max |ONNX Runtime − Burn| = {:.2e}", check.what, check.max_abs_diff);
-        if cli.fp16 {
-            print!(" (float16 weights; predicted classes differ at {} pixel(s))", check.mask_disagreement);
-        } else if check.beyond_tolerance > 0 {
-            print!(
-                " ({} of {} logits beyond {FP32_TOLERANCE:.0e}: max-unpool ties; predicted classes differ at {} pixel(s))",
-                check.beyond_tolerance, check.logits, check.mask_disagreement
-            );
-        }
-        println!();
-    }
+    print_checks(&checks, cli.fp16);
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} ({:.2} MB, {:.3}× 4 bytes per live parameter, opset {})",
@@ -181,7 +152,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     {
         record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
     }
-    Ok(())
+    Ok(checks)
+}
+
+/// The weights to export: `--checkpoint`, else the model of `--run`, else of the latest run;
+/// a finished model (its card beside it).
+fn weights_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let weights = match (&cli.checkpoint, &cli.run) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(format!("{}.bpk", cli.model.name())),
+        (None, None) => {
+            let latest = Path::new("runs").join(LATEST_RUN);
+            let id = std::fs::read_to_string(&latest).with_context(|| {
+                format!(
+                    "no --run or --checkpoint, and no latest run ({} is missing): run `train` first",
+                    latest.display()
+                )
+            })?;
+            Path::new("runs").join(id.trim()).join(format!("{}.bpk", cli.model.name()))
+        }
+    };
+    ensure!(
+        ModelCard::path_for(&weights).exists(),
+        "{} is not a finished model (no {} beside it){}",
+        weights.display(),
+        ModelCard::path_for(&weights).display(),
+        if cli.checkpoint.is_none() { "; was the run interrupted? `train --resume --out RUN` finishes it" } else { "" }
+    );
+    Ok(weights)
+}
+
+fn print_checks(checks: &[Check], fp16: bool) {
+    for check in checks {
+        print!("  verified on {}: max |ONNX Runtime − Burn| = {:.2e}", check.what, check.max_abs_diff);
+        if fp16 {
+            print!(" (float16 weights; predicted classes differ at {} pixel(s))", check.mask_disagreement);
+        } else if check.beyond_tolerance > 0 {
+            print!(
+                " ({} of {} logits beyond {FP32_TOLERANCE:.0e}: max-unpool ties; predicted classes differ at {} pixel(s))",
+                check.beyond_tolerance, check.logits, check.mask_disagreement
+            );
+        }
+        println!();
+    }
 }
 
 /// The run's cases (read through its config.yaml), when the run folder has one.
@@ -191,7 +204,7 @@ fn run_cases(run_dir: &Path) -> anyhow::Result<Option<Cases>> {
         return Ok(None);
     }
     let mut config = ExperimentConfig::load(&config_path)?;
-    Ok(Some(relkd_train::run::prepare(&mut config)?.1))
+    Ok(Some(relkd_runs::data::prepare(&mut config)?.1))
 }
 
 /// Up to 8 slices of the run's first test case, as the model sees them.

@@ -19,7 +19,7 @@ use ort::value::TensorRef;
 use relkd_core::files::{LATEST_EXPORT, partial_path, write_atomic};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Network, Segmenter};
-use relkd_train::checkpoint::ModelCard;
+use relkd_runs::card::ModelCard;
 
 pub use onnx::Precision;
 

@@ -7,7 +7,7 @@ use onnx_protobuf::Message;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{Acceptance, FP32_TOLERANCE, Options, Precision, Probe, export, to_onnx};
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter, trainable_params};
-use relkd_train::checkpoint::ModelCard;
+use relkd_runs::card::ModelCard;
 
 /// A network whose parameters and batch-norm statistics are all away from their initial
 /// values (one Adam step on random data), so that folding is really exercised.

@@ -88,132 +88,162 @@ pub fn cost(path: &Path, channels: usize, h: usize, w: usize) -> Result<GraphCos
 
     let mut macs = 0i64;
     for node in &graph.node {
-        let unsupported =
-            |input: &str| GraphError::Unsupported { path: path.into(), op: node.op_type.clone(), input: input.into() };
-        let get = |i: usize| -> Result<Known, GraphError> {
-            let name = node.input.get(i).map(String::as_str).unwrap_or("");
-            known.get(name).cloned().ok_or_else(|| unsupported(name))
-        };
-        let shape = |i: usize| match get(i)? {
+        let n = Node { node, known: &known, float_constants: &float_constants, path };
+        let out = n.outputs(&mut macs)?;
+        for (name, value) in node.output.iter().zip(out) {
+            known.insert(name.clone(), value);
+        }
+    }
+    Ok(GraphCost { params, gflops: 2.0 * macs as f64 / 1e9 })
+}
+
+/// One node with what is known of the values before it.
+struct Node<'a> {
+    node: &'a NodeProto,
+    known: &'a HashMap<String, Known>,
+    float_constants: &'a HashMap<String, Vec<f32>>,
+    path: &'a Path,
+}
+
+impl Node<'_> {
+    fn unsupported(&self, input: &str) -> GraphError {
+        GraphError::Unsupported { path: self.path.into(), op: self.node.op_type.clone(), input: input.into() }
+    }
+
+    fn get(&self, i: usize) -> Result<Known, GraphError> {
+        let name = self.node.input.get(i).map(String::as_str).unwrap_or("");
+        self.known.get(name).cloned().ok_or_else(|| self.unsupported(name))
+    }
+
+    fn shape(&self, i: usize) -> Result<Vec<i64>, GraphError> {
+        match self.get(i)? {
             Known::Shape(s) => Ok(s),
-            Known::Ints(_) => Err(unsupported(&node.input[i])),
-        };
-        let ints = |i: usize| match get(i)? {
+            Known::Ints(_) => Err(self.unsupported(&self.node.input[i])),
+        }
+    }
+
+    fn ints(&self, i: usize) -> Result<Vec<i64>, GraphError> {
+        match self.get(i)? {
             Known::Ints(v) => Ok(v),
-            Known::Shape(_) => Err(unsupported(&node.input[i])),
-        };
-        let out: Vec<Known> = match node.op_type.as_str() {
+            Known::Shape(_) => Err(self.unsupported(&self.node.input[i])),
+        }
+    }
+
+    /// What the node's outputs are, adding its multiply-accumulates to `macs`.
+    fn outputs(&self, macs: &mut i64) -> Result<Vec<Known>, GraphError> {
+        Ok(match self.node.op_type.as_str() {
             "Shape" => {
-                let s = shape(0)?;
+                let s = self.shape(0)?;
                 let (start, end) =
-                    (attr_int(node, "start", 0) as usize, attr_int(node, "end", s.len() as i64) as usize);
+                    (attr_int(self.node, "start", 0) as usize, attr_int(self.node, "end", s.len() as i64) as usize);
                 vec![Known::Ints(s[start..end.min(s.len())].to_vec())]
             }
             "Mod" | "Sub" => {
-                let (a, b) = (ints(0)?, ints(1)?);
-                let f = |x: i64, y: i64| if node.op_type == "Mod" { x.rem_euclid(y) } else { x - y };
+                let (a, b) = (self.ints(0)?, self.ints(1)?);
+                let f = |x: i64, y: i64| if self.node.op_type == "Mod" { x.rem_euclid(y) } else { x - y };
                 vec![Known::Ints(a.iter().zip(b.iter().cycle()).map(|(&x, &y)| f(x, y)).collect())]
             }
-            "Concat" => match get(0)? {
+            "Concat" => match self.get(0)? {
                 Known::Ints(_) => {
                     let mut all = Vec::new();
-                    for i in 0..node.input.len() {
-                        all.extend(ints(i)?);
+                    for i in 0..self.node.input.len() {
+                        all.extend(self.ints(i)?);
                     }
                     vec![Known::Ints(all)]
                 }
                 Known::Shape(first) => {
-                    let axis = attr_int(node, "axis", 1) as usize;
+                    let axis = attr_int(self.node, "axis", 1) as usize;
                     let mut s = first.clone();
-                    s[axis] = (0..node.input.len()).map(|i| shape(i).map(|t| t[axis])).sum::<Result<i64, _>>()?;
+                    s[axis] =
+                        (0..self.node.input.len()).map(|i| self.shape(i).map(|t| t[axis])).sum::<Result<i64, _>>()?;
                     vec![Known::Shape(s)]
                 }
             },
             "Cast" | "Relu" | "LeakyRelu" | "PRelu" | "Sigmoid" | "BatchNormalization" | "Identity" => {
-                vec![get(0)?]
+                vec![self.get(0)?]
             }
             "Add" | "Mul" => {
-                let (a, b) = (shape(0)?, shape(1)?);
+                let (a, b) = (self.shape(0)?, self.shape(1)?);
                 vec![Known::Shape(if a.len() >= b.len() { a } else { b })]
             }
             "Pad" => {
-                let (s, pads) = (shape(0)?, ints(1)?);
+                let (s, pads) = (self.shape(0)?, self.ints(1)?);
                 let r = s.len();
                 vec![Known::Shape((0..r).map(|i| s[i] + pads[i] + pads[r + i]).collect())]
             }
             "Slice" => {
-                let (mut s, starts, ends) = (shape(0)?, ints(1)?, ints(2)?);
-                let axes = if node.input.len() > 3 { ints(3)? } else { (0..starts.len() as i64).collect() };
+                let (mut s, starts, ends) = (self.shape(0)?, self.ints(1)?, self.ints(2)?);
+                let axes = if self.node.input.len() > 3 { self.ints(3)? } else { (0..starts.len() as i64).collect() };
                 for ((&axis, &start), &end) in axes.iter().zip(&starts).zip(&ends) {
                     let d = &mut s[axis as usize];
                     *d = end.min(*d) - start;
                 }
                 vec![Known::Shape(s)]
             }
-            "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" => {
-                let s = shape(0)?;
-                let kernel = match node.op_type.as_str() {
-                    "Conv" | "ConvTranspose" => {
-                        let w = shape(1)?;
-                        attr_ints(node, "kernel_shape").unwrap_or_else(|| w[2..].to_vec())
-                    }
-                    _ => attr_ints(node, "kernel_shape").ok_or_else(|| unsupported("kernel_shape"))?,
-                };
-                let strides = attr_ints(node, "strides").unwrap_or(vec![1, 1]);
-                let dilations = attr_ints(node, "dilations").unwrap_or(vec![1, 1]);
-                let pads = attr_ints(node, "pads").unwrap_or(vec![0; 4]);
-                let transposed = node.op_type == "ConvTranspose";
-                let output_padding = attr_ints(node, "output_padding").unwrap_or(vec![0, 0]);
-                let spatial: Vec<i64> = (0..2)
-                    .map(|i| {
-                        let span = dilations[i] * (kernel[i] - 1) + 1;
-                        if transposed {
-                            strides[i] * (s[2 + i] - 1) + output_padding[i] + span - pads[i] - pads[2 + i]
-                        } else {
-                            (s[2 + i] + pads[i] + pads[2 + i] - span) / strides[i] + 1
-                        }
-                    })
-                    .collect();
-                let channels = match node.op_type.as_str() {
-                    "Conv" => {
-                        let w = shape(1)?;
-                        macs += w[0] * w[1] * kernel[0] * kernel[1] * spatial[0] * spatial[1] * s[0];
-                        w[0]
-                    }
-                    "ConvTranspose" => {
-                        let w = shape(1)?;
-                        let group = attr_int(node, "group", 1);
-                        macs += w[0] * w[1] * kernel[0] * kernel[1] * s[2] * s[3] * s[0];
-                        w[1] * group
-                    }
-                    _ => s[1],
-                };
-                let shape = vec![s[0], channels, spatial[0], spatial[1]];
-                vec![Known::Shape(shape); node.output.len()]
-            }
-            "MaxUnpool" => vec![Known::Shape(ints(2)?)],
+            "Conv" | "ConvTranspose" | "MaxPool" | "AveragePool" => self.windowed(macs)?,
+            "MaxUnpool" => vec![Known::Shape(self.ints(2)?)],
             "GlobalAveragePool" => {
-                let s = shape(0)?;
+                let s = self.shape(0)?;
                 vec![Known::Shape(vec![s[0], s[1], 1, 1])]
             }
             "Resize" => {
-                let s = shape(0)?;
-                let sizes = node.input.get(3).filter(|n| !n.is_empty()).map(|_| ints(3)).transpose()?;
+                let s = self.shape(0)?;
+                let sizes = self.node.input.get(3).filter(|name| !name.is_empty()).map(|_| self.ints(3)).transpose()?;
                 let out = match sizes {
                     Some(sizes) => sizes,
                     None => {
-                        let name = node.input.get(2).cloned().unwrap_or_default();
-                        let scales = float_constants.get(&name).ok_or_else(|| unsupported(&name))?;
+                        let name = self.node.input.get(2).cloned().unwrap_or_default();
+                        let scales = self.float_constants.get(&name).ok_or_else(|| self.unsupported(&name))?;
                         s.iter().zip(scales).map(|(&d, &f)| (d as f64 * f as f64).floor() as i64).collect()
                     }
                 };
                 vec![Known::Shape(out)]
             }
-            _ => return Err(unsupported(node.input.first().map_or("", String::as_str))),
-        };
-        for (name, value) in node.output.iter().zip(out) {
-            known.insert(name.clone(), value);
-        }
+            _ => return Err(self.unsupported(self.node.input.first().map_or("", String::as_str))),
+        })
     }
-    Ok(GraphCost { params, gflops: 2.0 * macs as f64 / 1e9 })
+
+    /// Convolutions and pooling: the output's spatial size from kernel, strides, dilations
+    /// and pads; convolutions add their MACs.
+    fn windowed(&self, macs: &mut i64) -> Result<Vec<Known>, GraphError> {
+        let s = self.shape(0)?;
+        let kernel = match self.node.op_type.as_str() {
+            "Conv" | "ConvTranspose" => {
+                let w = self.shape(1)?;
+                attr_ints(self.node, "kernel_shape").unwrap_or_else(|| w[2..].to_vec())
+            }
+            _ => attr_ints(self.node, "kernel_shape").ok_or_else(|| self.unsupported("kernel_shape"))?,
+        };
+        let strides = attr_ints(self.node, "strides").unwrap_or(vec![1, 1]);
+        let dilations = attr_ints(self.node, "dilations").unwrap_or(vec![1, 1]);
+        let pads = attr_ints(self.node, "pads").unwrap_or(vec![0; 4]);
+        let transposed = self.node.op_type == "ConvTranspose";
+        let output_padding = attr_ints(self.node, "output_padding").unwrap_or(vec![0, 0]);
+        let spatial: Vec<i64> = (0..2)
+            .map(|i| {
+                let span = dilations[i] * (kernel[i] - 1) + 1;
+                if transposed {
+                    strides[i] * (s[2 + i] - 1) + output_padding[i] + span - pads[i] - pads[2 + i]
+                } else {
+                    (s[2 + i] + pads[i] + pads[2 + i] - span) / strides[i] + 1
+                }
+            })
+            .collect();
+        let channels = match self.node.op_type.as_str() {
+            "Conv" => {
+                let w = self.shape(1)?;
+                *macs += w[0] * w[1] * kernel[0] * kernel[1] * spatial[0] * spatial[1] * s[0];
+                w[0]
+            }
+            "ConvTranspose" => {
+                let w = self.shape(1)?;
+                let group = attr_int(self.node, "group", 1);
+                *macs += w[0] * w[1] * kernel[0] * kernel[1] * s[2] * s[3] * s[0];
+                w[1] * group
+            }
+            _ => s[1],
+        };
+        let shape = vec![s[0], channels, spatial[0], spatial[1]];
+        Ok(vec![Known::Shape(shape); self.node.output.len()])
+    }
 }

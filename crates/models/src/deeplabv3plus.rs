@@ -19,7 +19,6 @@ use burn::nn::{BatchNorm, Dropout, DropoutConfig, Relu};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
-use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, resize_bilinear, scaled};
 use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
@@ -105,15 +104,6 @@ impl Segmenter for DeepLabV3Plus {
         let classes = g.conv(&y, &self.classifier, None);
         g.resize_bilinear_like(&classes, x) // [b, classes, h, w]
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let (hw4, hw8) = self.backbone.count_macs(hw, m);
-        self.aspp.count_macs(hw8, m);
-        m.conv(&self.c1_block.conv, hw4);
-        m.conv(&self.decoder1.conv, hw4);
-        m.conv(&self.decoder2.conv, hw4);
-        m.conv(&self.classifier, hw4);
-    }
 }
 
 /// Convolution (no bias), batch norm, ReLU.
@@ -183,13 +173,6 @@ impl Aspp {
         let cat = g.concat(&branches);
         self.project.lower(g, &cat)
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        m.conv(&self.b0.conv, hw);
-        self.atrous.iter().for_each(|b| _ = m.conv(&b.conv, hw));
-        m.conv(&self.pooling.conv, [1, 1]);
-        m.conv(&self.project.conv, hw);
-    }
 }
 
 /// Depthwise 3×3 (dilated, "same" padding), batch norm, pointwise 1×1; no biases.
@@ -220,11 +203,6 @@ impl SeparableConv2d {
     fn lower(&self, g: &mut dyn Graph, x: &Value, after: Option<&BatchNorm>) -> Value {
         let depthwise = g.conv(x, &self.depthwise, Some(&self.bn));
         g.conv(&depthwise, &self.pointwise, after)
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        let out = m.conv(&self.depthwise, hw);
-        m.conv(&self.pointwise, out)
     }
 }
 
@@ -333,14 +311,6 @@ impl XceptionBlock {
         };
         g.add(&h, &shortcut)
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        let out = self.units.iter().fold(hw, |hw, u| u.conv.count_macs(hw, m));
-        if let Some(skip) = &self.skip {
-            m.conv(&skip.conv, hw);
-        }
-        out
-    }
 }
 
 /// The modified aligned Xception-65 of DeepLabV3+, at output stride 8 (block3 and the exit
@@ -433,19 +403,5 @@ impl Xception65 {
             x = g.relu(&y);
         }
         (c1, x)
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> ([usize; 2], [usize; 2]) {
-        let hw2 = m.conv(&self.conv1, hw);
-        m.conv(&self.conv2, hw2);
-        let hw4 = self.block1.count_macs(hw2, m);
-        let hw8 = self.block2.count_macs(hw4, m);
-        self.block3.count_macs(hw8, m);
-        self.midflow.iter().for_each(|b| _ = b.count_macs(hw8, m));
-        self.block20.count_macs(hw8, m);
-        for conv in [&self.conv3, &self.conv4, &self.conv5] {
-            conv.count_macs(hw8, m);
-        }
-        (hw4, hw8)
     }
 }

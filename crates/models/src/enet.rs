@@ -14,7 +14,6 @@ use burn::nn::{BatchNorm, PRelu, PReluConfig};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::flops::MacCounter;
 use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose,
     max_pool2x2_with_indices, max_unpool2d, scaled,
@@ -149,19 +148,6 @@ impl Segmenter for Enet {
         let x = self.bottleneck5_0.lower(g, &x, &indices1, &hw2); // [b, 16, h/2, w/2]
         let x = self.bottleneck5_1.lower(g, &x);
         g.conv_transpose(&x, &self.fullconv, None) // [b, classes, h, w]
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let hw2 = m.conv(&self.initial.conv, hw);
-        let hw4 = self.bottleneck1_0.count_macs(hw2, m);
-        self.stage1.iter().for_each(|b| _ = b.count_macs(hw4, m));
-        let hw8 = self.bottleneck2_0.count_macs(hw4, m);
-        self.stage2.iter().chain(&self.stage3).for_each(|b| _ = b.count_macs(hw8, m));
-        self.bottleneck4_0.count_macs(hw8, m);
-        self.stage4.iter().for_each(|b| _ = b.count_macs(hw4, m));
-        self.bottleneck5_0.count_macs(hw4, m);
-        self.bottleneck5_1.count_macs(hw2, m);
-        m.conv_transpose(&self.fullconv, hw2);
     }
 }
 
@@ -310,19 +296,6 @@ impl Bottleneck {
         let sum = g.add(&branch, &shortcut);
         (g.prelu(&sum, &self.act), indices)
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        let inner = m.conv(&self.conv1, hw);
-        let mut out = m.conv(&self.conv2, inner);
-        if let Some(conv) = &self.conv2b {
-            out = m.conv(conv, out);
-        }
-        let out = m.conv(&self.conv3, out);
-        if let Some(p) = &self.shortcut {
-            m.conv(&p.conv, out);
-        }
-        out
-    }
 }
 
 #[derive(Config, Debug)]
@@ -392,12 +365,5 @@ impl UpsamplingBottleneck {
         let ext = g.conv(&ext, &self.conv3, Some(&self.bn3));
         let sum = g.add(&up, &ext);
         g.prelu(&sum, &self.act)
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        m.conv(&self.unpool_projection.conv, hw);
-        let inner = m.conv(&self.conv1, hw);
-        let up = m.conv_transpose(&self.deconv, inner);
-        m.conv(&self.conv3, up)
     }
 }

@@ -13,7 +13,6 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, Relu};
 use burn::tensor::{Device, Tensor};
 
-use crate::flops::MacCounter;
 use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_transpose, scaled,
 };
@@ -115,19 +114,6 @@ impl Segmenter for Erfnet {
         let x = self.decoder2.iter().fold(x, |x, b| b.lower(g, &x));
         g.conv_transpose(&x, &self.output_conv, None) // [b, classes, h, w]
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let hw2 = m.conv(&self.initial_block.conv, hw);
-        let hw4 = m.conv(&self.down1.conv, hw2);
-        self.stage1.iter().for_each(|b| b.count_macs(hw4, m));
-        let hw8 = m.conv(&self.down2.conv, hw4);
-        self.stage2.iter().for_each(|b| b.count_macs(hw8, m));
-        let up4 = m.conv_transpose(&self.up1.conv, hw8);
-        self.decoder1.iter().for_each(|b| b.count_macs(up4, m));
-        let up2 = m.conv_transpose(&self.up2.conv, up4);
-        self.decoder2.iter().for_each(|b| b.count_macs(up2, m));
-        m.conv_transpose(&self.output_conv, up2);
-    }
 }
 
 #[derive(Config, Debug)]
@@ -187,12 +173,6 @@ impl NonBottleneck1d {
         let x = g.conv(&x, &self.conv1x3_2, Some(&self.bn2));
         let sum = g.add(&x, input);
         g.relu(&sum)
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        for conv in [&self.conv3x1_1, &self.conv1x3_1, &self.conv3x1_2, &self.conv1x3_2] {
-            m.conv(conv, hw);
-        }
     }
 }
 

@@ -14,7 +14,6 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, conv_transpose, scaled};
 use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
@@ -175,21 +174,6 @@ impl Segmenter for Espnet {
         let concat = self.conv.lower(g, &cat); // [b, k, h/2, w/2]
         g.conv_transpose(&concat, &self.final_up, None) // [b, k, h, w]
     }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) {
-        let hw2 = m.conv(&self.level1.conv, hw);
-        let hw4 = self.level2_0.count_macs(hw2, m);
-        self.level2.iter().for_each(|b| _ = b.count_macs(hw4, m));
-        let hw8 = self.level3_0.count_macs(hw4, m);
-        self.level3.iter().for_each(|b| _ = b.count_macs(hw8, m));
-        m.conv(&self.classifier, hw8);
-        m.conv_transpose(&self.up_l3, hw8);
-        m.conv(&self.level3_c, hw4);
-        self.combine_esp.count_macs(hw4, m);
-        m.conv_transpose(&self.up_l2, hw4);
-        m.conv(&self.conv.conv, hw2);
-        m.conv_transpose(&self.final_up, hw2);
-    }
 }
 
 /// Batch norm then a per-channel PReLU.
@@ -315,13 +299,5 @@ impl EspBlock {
         let merged = g.concat(&[d1, add1, add2, add3, add4]);
         let merged = if self.residual { g.add(&merged, input) } else { merged };
         self.br.lower(g, &merged)
-    }
-
-    fn count_macs(&self, hw: [usize; 2], m: &mut MacCounter) -> [usize; 2] {
-        let out = m.conv(&self.reduce, hw);
-        for conv in [&self.d1, &self.d2, &self.d4, &self.d8, &self.d16] {
-            m.conv(conv, out);
-        }
-        out
     }
 }

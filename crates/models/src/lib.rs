@@ -17,7 +17,7 @@ pub mod unetpp;
 
 use burn::tensor::Tensor;
 
-use crate::flops::MacCounter;
+use crate::flops::MacGraph;
 use crate::layers::{crop, pad_to_multiple};
 use crate::lower::{Graph, Value};
 
@@ -51,9 +51,6 @@ pub trait Segmenter {
     /// The distillation tap.
     fn tap(&self) -> Tap;
 
-    /// Adds the multiply-accumulates of one forward pass at an aligned size `hw`.
-    fn count_macs(&self, hw: [usize; 2], counter: &mut MacCounter);
-
     /// [`Segmenter::forward_aligned`]'s logits as operations on `g` (inference semantics: see
     /// [`lower`]).
     fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value;
@@ -71,12 +68,14 @@ pub trait Segmenter {
         self.forward_features(x).logits
     }
 
-    /// GFLOPs (2 × MACs, see [`flops`]) of one image of `h × w`.
+    /// GFLOPs (2 × MACs, see [`flops`]) of one image of `h × w`, counted on the network's own
+    /// lowering at the padded size it runs at.
     fn gflops(&self, h: usize, w: usize) -> f64 {
         let s = self.total_stride();
-        let mut counter = MacCounter::default();
-        self.count_macs([h.next_multiple_of(s), w.next_multiple_of(s)], &mut counter);
-        counter.gflops()
+        let mut graph = MacGraph::default();
+        let input = graph.input([h.next_multiple_of(s), w.next_multiple_of(s)]);
+        self.lower_aligned(&mut graph, &input);
+        graph.counter.gflops()
     }
 }
 
@@ -254,10 +253,6 @@ impl Segmenter for Network {
 
     fn tap(&self) -> Tap {
         self.inner().tap()
-    }
-
-    fn count_macs(&self, hw: [usize; 2], counter: &mut MacCounter) {
-        self.inner().count_macs(hw, counter)
     }
 
     fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {

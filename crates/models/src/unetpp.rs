@@ -14,7 +14,6 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Relu};
 use burn::tensor::{Device, Tensor};
 
-use crate::flops::MacCounter;
 use crate::layers::{batch_norm, conv_same, max_pool2x2_with_indices, resize_bilinear};
 use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
@@ -126,17 +125,6 @@ impl Segmenter for Unetpp {
             }
         }
         g.conv(&x[0][LEVELS - 1], &self.head, None)
-    }
-
-    fn count_macs(&self, [h, w]: [usize; 2], m: &mut MacCounter) {
-        for (i, row) in self.nodes.iter().enumerate() {
-            let hw = [h >> i, w >> i];
-            row.iter().for_each(|node| {
-                m.conv(&node.conv1, hw);
-                m.conv(&node.conv2, hw);
-            });
-        }
-        m.conv(&self.head, [h, w]);
     }
 }
 

@@ -1,12 +1,9 @@
-//! Pictures without an imaging dependency: an RGB canvas with the few drawing operations the
-//! reports need (lines, rectangles, small text), segmentation overlays, and a PNG encoder
-//! (stored as 8-bit RGB, zlib through `flate2`, which the crate already uses for `.nii.gz`).
+//! Pictures: an RGB canvas with the few drawing operations overlays and previews need (lines,
+//! rectangles, labels in a small pixel font), segmentation overlays, and PNG files written
+//! through the `png` crate. Charts with axes and legends are drawn by plotters in `train` and
+//! arrive here as RGB buffers.
 
-use std::io::Write;
 use std::path::Path;
-
-use flate2::Compression;
-use flate2::write::ZlibEncoder;
 
 pub type Rgb = [u8; 3];
 
@@ -29,6 +26,12 @@ pub struct Canvas {
 impl Canvas {
     pub fn new(width: usize, height: usize, background: Rgb) -> Self {
         Self { width, height, pixels: vec![background; width * height] }
+    }
+
+    /// A canvas from packed RGB bytes, row-major (`width × height × 3` of them).
+    pub fn from_rgb(width: usize, height: usize, rgb: &[u8]) -> Self {
+        assert_eq!(rgb.len(), width * height * 3, "RGB buffer of {width}×{height}");
+        Self { width, height, pixels: rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect() }
     }
 
     /// Sets a pixel; coordinates outside the canvas are ignored, so shapes may be clipped.
@@ -97,31 +100,17 @@ impl Canvas {
         }
     }
 
-    /// Encodes the canvas as a PNG (8-bit RGB, no interlace).
+    /// Encodes the canvas as a PNG (8-bit RGB).
     pub fn to_png(&self) -> Vec<u8> {
-        let mut raw = Vec::with_capacity(self.height * (1 + 3 * self.width));
-        for row in self.pixels.chunks(self.width.max(1)) {
-            raw.push(0); // filter type: none
-            raw.extend(row.iter().flatten());
-        }
-        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
-        z.write_all(&raw).expect("writing to memory");
-        let idat = z.finish().expect("writing to memory");
-
-        let mut ihdr = Vec::with_capacity(13);
-        ihdr.extend((self.width as u32).to_be_bytes());
-        ihdr.extend((self.height as u32).to_be_bytes());
-        ihdr.extend([8, 2, 0, 0, 0]); // bit depth 8, colour type RGB, deflate, adaptive, no interlace
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        for (kind, data) in [(b"IHDR", &ihdr), (b"IDAT", &idat), (b"IEND", &Vec::new())] {
-            png.extend((data.len() as u32).to_be_bytes());
-            let start = png.len();
-            png.extend(kind);
-            png.extend(data);
-            let crc = crc32(&png[start..]);
-            png.extend(crc.to_be_bytes());
-        }
-        png
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("writing to memory");
+        let rgb: Vec<u8> = self.pixels.iter().flatten().copied().collect();
+        writer.write_image_data(&rgb).expect("a canvas holds width × height pixels");
+        writer.finish().expect("writing to memory");
+        out
     }
 
     /// Writes the PNG atomically.
@@ -163,6 +152,22 @@ pub fn overlay(image: &[f32], truth: Option<&[u8]>, prediction: &[u8], h: usize,
     canvas
 }
 
+/// Panels side by side, `gap` pixels apart on `background`, each with its label (in the pixel
+/// font, black) above it when any panel has one.
+pub fn row(panels: &[(&str, Canvas)], gap: usize, background: Rgb) -> Canvas {
+    let label_h = if panels.iter().any(|(label, _)| !label.is_empty()) { 18 } else { 0 };
+    let width = panels.iter().map(|(_, c)| c.width).sum::<usize>() + gap * panels.len().saturating_sub(1);
+    let height = label_h + panels.iter().map(|(_, c)| c.height).max().unwrap_or(0);
+    let mut canvas = Canvas::new(width, height, background);
+    let mut x = 0;
+    for (label, panel) in panels {
+        canvas.paste(panel, x as i64, label_h as i64);
+        canvas.text(x as i64 + 2, 2, label, 2, BLACK);
+        x += panel.width + gap;
+    }
+    canvas
+}
+
 /// A foreground pixel with a 4-neighbour outside the mask (or on the image border).
 fn is_boundary(mask: &[u8], h: usize, w: usize, y: usize, x: usize) -> bool {
     y == 0
@@ -173,18 +178,6 @@ fn is_boundary(mask: &[u8], h: usize, w: usize, y: usize, x: usize) -> bool {
         || mask[(y + 1) * w + x] == 0
         || mask[y * w + x - 1] == 0
         || mask[y * w + x + 1] == 0
-}
-
-/// CRC-32 (ISO 3309, as PNG chunks use), bitwise: the pictures are small.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 /// 3×5 glyphs, bit `row * 3 + column` set where the pixel is on.
@@ -244,29 +237,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32_of_known_strings() {
-        // Reference values of the standard CRC-32 check.
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
-    }
-
-    #[test]
-    fn png_structure_and_pixels_round_trip_through_zlib() {
+    fn png_round_trips_through_a_decoder() {
         let mut c = Canvas::new(3, 2, WHITE);
         c.set(1, 0, RED);
         c.set(2, 1, [1, 2, 3]);
         let png = c.to_png();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        assert_eq!(&png[12..16], b"IHDR");
-        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 3);
-        assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 2);
-        assert_eq!(&png[png.len() - 12..], b"\0\0\0\0IEND\xaeB`\x82");
-        let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
-        assert_eq!(&png[37..41], b"IDAT");
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&png[41..41 + idat_len]), &mut raw).unwrap();
-        let row = |px: &[[u8; 3]]| [vec![0u8], px.iter().flatten().copied().collect()].concat();
-        assert_eq!(raw, [row(&[WHITE, RED, WHITE]), row(&[WHITE, WHITE, [1, 2, 3]])].concat());
+        let mut reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut rgb).unwrap();
+        assert_eq!((info.width, info.height, info.color_type), (3, 2, png::ColorType::Rgb));
+        assert_eq!(Canvas::from_rgb(3, 2, &rgb[..info.buffer_size()]), c);
+    }
+
+    #[test]
+    fn a_row_places_panels_side_by_side_under_their_labels() {
+        let (a, b) = (Canvas::new(4, 3, RED), Canvas::new(2, 5, GREEN));
+        let r = row(&[("A", a), ("", b)], 1, BLACK);
+        assert_eq!((r.width, r.height), (4 + 1 + 2, 18 + 5));
+        assert_eq!(r.pixels[18 * 7], RED); // first panel's top-left, under the label band
+        assert_eq!(r.pixels[18 * 7 + 5], GREEN); // second panel after the 1-pixel gap
+        assert_eq!(r.pixels[(18 + 4) * 7], BLACK); // below the shorter first panel
+        assert_eq!(r.pixels[18 * 7 + 4], BLACK); // the gap
+        let unlabelled = row(&[("", Canvas::new(2, 2, RED))], 0, BLACK);
+        assert_eq!(unlabelled.height, 2);
     }
 
     #[test]

@@ -1,17 +1,16 @@
 //! The `train` binary's library: command-line interface, dataset summaries and (with the
 //! models) training. `main.rs` only parses arguments and reports errors.
 
+pub mod charts;
 pub mod checkpoint;
 pub mod cli;
-pub mod config;
 pub mod data_parallel;
-pub mod evaluate;
 pub mod experiment;
-pub mod losses;
 pub mod models;
-pub mod protocol;
 pub mod report;
 pub mod run;
-pub mod schedule;
 pub mod summary;
 pub mod trainer;
+
+// What a run is made of lives below the trainer, in `relkd-runs` (shared with `export`).
+pub use relkd_runs::{config, evaluate, losses, protocol, schedule};

@@ -4,9 +4,10 @@
 use std::fmt::Write;
 
 use relkd_core::dataset::paper_site;
-use relkd_core::png::{BLACK, Canvas, GREY, Rgb, WHITE};
+use relkd_core::png::Canvas;
 use relkd_models::Architecture;
 
+use crate::charts::{LinePanel, Series, line_panels};
 use crate::checkpoint::ModelCard;
 use crate::evaluate::CaseScore;
 use crate::losses::Term;
@@ -217,76 +218,32 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
     md
 }
 
-pub(crate) const PALETTE: [Rgb; 3] = [[31, 119, 180], [255, 127, 14], [44, 160, 44]];
-
 /// Two panels, training loss and validation Dice per epoch, one colour per model.
-pub fn loss_curves(models: &[(&str, &[EpochLog])]) -> Canvas {
-    let (panel_w, panel_h, margin) = (360i64, 240i64, 48i64);
-    let mut canvas = Canvas::new((2 * (panel_w + margin) + margin) as usize, (panel_h + 3 * margin) as usize, WHITE);
-    type Series = fn(&EpochLog) -> f64;
-    let panels: [(&str, Series); 2] = [("TRAINING LOSS", |e| e.total), ("VALIDATION DICE", |e| e.val_dice)];
-    for (p, (title, value)) in panels.iter().enumerate() {
-        let (x0, y0) = (margin + p as i64 * (panel_w + margin), margin);
-        let values: Vec<f64> = models.iter().flat_map(|(_, h)| h.iter().map(value)).filter(|v| v.is_finite()).collect();
-        let (mut lo, mut hi) =
-            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        if !(lo.is_finite() && hi.is_finite()) {
-            (lo, hi) = (0.0, 1.0);
-        }
-        if hi - lo < 1e-9 {
-            hi = lo + 1.0;
-        }
-        let max_epoch = models.iter().map(|(_, h)| h.len()).max().unwrap_or(1).max(2) as f64;
-        canvas.text(x0, y0 - 20, title, 2, BLACK);
-        for i in 0..=4 {
-            let y = y0 + panel_h * i / 4;
-            canvas.line((x0, y), (x0 + panel_w, y), 1, GREY);
-        }
-        canvas.line((x0, y0), (x0, y0 + panel_h), 1, BLACK);
-        canvas.line((x0, y0 + panel_h), (x0 + panel_w, y0 + panel_h), 1, BLACK);
-        canvas.text(x0 - Canvas::text_width(&format!("{hi:.2}"), 1) - 4, y0 - 2, &format!("{hi:.2}"), 1, BLACK);
-        canvas.text(
-            x0 - Canvas::text_width(&format!("{lo:.2}"), 1) - 4,
-            y0 + panel_h - 3,
-            &format!("{lo:.2}"),
-            1,
-            BLACK,
-        );
-        canvas.text(x0, y0 + panel_h + 6, "1", 1, BLACK);
-        let last = format!("{max_epoch:.0}");
-        canvas.text(x0 + panel_w - Canvas::text_width(&last, 1), y0 + panel_h + 6, &last, 1, BLACK);
-        canvas.text(x0 + panel_w / 2 - 10, y0 + panel_h + 6, "EPOCH", 1, BLACK);
-        let point = |epoch: usize, v: f64| {
-            let x = x0 + ((epoch as f64 - 1.0) / (max_epoch - 1.0) * panel_w as f64) as i64;
-            let y = y0 + ((hi - v) / (hi - lo) * panel_h as f64) as i64;
-            (x, y)
-        };
-        for (m, (_, history)) in models.iter().enumerate() {
-            let color = PALETTE[m % PALETTE.len()];
-            let pts: Vec<(i64, i64)> =
-                history.iter().filter(|e| value(e).is_finite()).map(|e| point(e.epoch, value(e))).collect();
-            for pair in pts.windows(2) {
-                canvas.line(pair[0], pair[1], 2, color);
-            }
-            for &(x, y) in &pts {
-                canvas.fill_rect(x - 2, y - 2, 5, 5, color);
-            }
-        }
-    }
-    // Legend under the panels.
-    let mut x = margin;
-    let y = panel_h + 2 * margin + 8;
-    for (m, (name, _)) in models.iter().enumerate() {
-        canvas.fill_rect(x, y, 16, 10, PALETTE[m % PALETTE.len()]);
-        canvas.text(x + 22, y, name, 2, BLACK);
-        x += 22 + Canvas::text_width(name, 2) + 30;
-    }
-    canvas
+pub fn loss_curves(models: &[(&str, &[EpochLog])]) -> anyhow::Result<Canvas> {
+    let panel = |title, y_label, value: fn(&EpochLog) -> f64| LinePanel {
+        title,
+        y_label,
+        series: models
+            .iter()
+            .map(|(name, history)| Series {
+                name,
+                points: history.iter().map(|e| (e.epoch as f64, value(e))).collect(),
+            })
+            .collect(),
+    };
+    line_panels(
+        &[
+            panel("Training loss (eq. 8 total)", "loss", |e| e.total),
+            panel("Validation Dice, own sites", "Dice", |e| e.val_dice),
+        ],
+        "epoch",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::charts::PALETTE;
 
     fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
         let terms = [(Term::Segmentation, total), (Term::Kmm, 0.5)].into_iter().collect();
@@ -304,8 +261,8 @@ mod tests {
     fn curves_draw_each_model_in_its_colour() {
         let a = [log(1, 1.0, 0.1), log(2, 0.5, 0.6)];
         let b = [log(1, 0.8, 0.2), log(2, 0.4, 0.7)];
-        let c = loss_curves(&[("teacher", &a), ("baseline", &b)]);
-        let count = |color: Rgb| c.pixels.iter().filter(|p| **p == color).count();
+        let c = loss_curves(&[("teacher", &a), ("baseline", &b)]).unwrap();
+        let count = |c2: plotters::style::RGBColor| c.pixels.iter().filter(|p| **p == [c2.0, c2.1, c2.2]).count();
         assert!(count(PALETTE[0]) > 100 && count(PALETTE[1]) > 100);
         assert_eq!(count(PALETTE[2]), 0);
     }

@@ -23,6 +23,8 @@ use crate::losses::hinton::hinton_kd;
 use crate::losses::kernel_matrix::{KernelMatrix, KernelMatrixConfig};
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
+pub use relkd_runs::card::EpochLog;
+
 use crate::losses::{DistillationWeights, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
 
@@ -96,20 +98,6 @@ impl Distillation {
             kd_temperature: losses.hinton.temperature,
         }
     }
-}
-
-/// Mean loss terms and validation Dice of one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    /// Learning rate at the epoch's last step.
-    pub lr: f64,
-    /// Mean of each term that was on (unweighted).
-    #[serde(flatten)]
-    pub terms: Terms<f64>,
-    pub total: f64,
-    /// Mean 3D Dice over the validation cases (NaN without validation cases).
-    pub val_dice: f64,
 }
 
 /// One slice batch as tensors: images `[n, c, s, s]` and labels `[n, s, s]`.

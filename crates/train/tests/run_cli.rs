@@ -150,8 +150,12 @@ fn a_killed_run_resumes_where_it_stopped_and_writes_every_output() {
     assert!(same, "the reused teacher is not the cached one");
     assert_close(&rows(&s.path("again/metrics.csv"), "baseline"), &after);
 
-    // Bad input: a clear error, a non-zero exit, and the earlier run untouched.
-    let untouched = snapshot(&run);
+    bad_input_leaves_the_run_untouched(&s, &run);
+}
+
+/// Bad input: a clear error, a non-zero exit, and the earlier run in `run` untouched.
+fn bad_input_leaves_the_run_untouched(s: &Sandbox, run: &Path) {
+    let untouched = snapshot(run);
     std::fs::write(s.path("typo.yaml"), TINY.replace("epochs: 3", "epoch: 3")).unwrap();
     std::fs::create_dir(s.path("empty")).unwrap();
     let cases: [(&[&str], &str); 6] = [
@@ -181,7 +185,7 @@ fn a_killed_run_resumes_where_it_stopped_and_writes_every_output() {
         assert!(log.contains(expected), "{args:?}: expected '{expected}' in\n{log}");
         assert!(!log.contains("panicked"), "{args:?}:\n{log}");
     }
-    assert!(snapshot(&run) == untouched, "a failed command changed the earlier run");
+    assert!(snapshot(run) == untouched, "a failed command changed the earlier run");
     assert!(!s.path("x").exists(), "a rejected teacher checkpoint still created a run folder");
 }
 

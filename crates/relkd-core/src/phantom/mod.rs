@@ -11,6 +11,8 @@
 //! Deterministic: the same [`PhantomConfig`] writes byte-identical files.
 
 mod anatomy;
+mod gland;
+mod organs;
 mod preview;
 mod render;
 mod shapes;

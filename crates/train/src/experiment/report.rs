@@ -8,12 +8,13 @@ use std::path::Path;
 use anyhow::Context;
 use relkd_core::dataset::paper_site;
 use relkd_core::files::write_atomic;
-use relkd_core::png::{BLACK, Canvas, GREY, WHITE};
+use relkd_core::png::Canvas;
 use relkd_models::Architecture;
 
 use super::{GridSpec, Variant};
+use crate::charts::grouped_bars;
 use crate::evaluate::CaseScore;
-use crate::report::{PALETTE, mean, paper_table2};
+use crate::report::{mean, paper_table2};
 
 /// What a trained model of the grid is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,9 +142,30 @@ pub fn write(
              real data).\n\n",
         );
     }
-    let mut summary = String::new();
+    let summary = [table2(&tables, spec), ablations(&tables, spec), comparisons(&tables, spec)].concat();
+    md.push_str(&summary);
 
-    // Table 2.
+    md.push_str("\n## Per-site Dice\n\n");
+    let mut files = vec!["experiment.yaml".to_string(), "scores.csv".to_string()];
+    for chart in bar_charts(out, &tables, spec)? {
+        let _ = writeln!(md, "![{chart}]({chart})\n");
+        files.push(chart);
+    }
+    write_atomic(&out.join("scores.csv"), scores_csv(cells).as_bytes())
+        .with_context(|| format!("{}", out.display()))?;
+    md.push_str("## Files\n\n");
+    for f in files.iter().chain(&["report.md".to_string()]) {
+        let _ = writeln!(md, "- `{f}`");
+    }
+    for t in targets {
+        let _ = writeln!(md, "- `{t}/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv");
+    }
+    write_atomic(&out.join("report.md"), md.as_bytes()).with_context(|| format!("{}", out.display()))?;
+    Ok(summary)
+}
+
+/// Table 2: teacher rows, then w/o and w/ (the full relational distiller) per student.
+fn table2(tables: &Tables, spec: &GridSpec) -> String {
     let mut t2 = String::from("## Dice per target site (Table 2)\n\n");
     t2.push_str(&tables.header("model"));
     for &teacher in &spec.teachers {
@@ -166,10 +188,15 @@ pub fn write(
             ));
         }
     }
-    md.push_str(&t2);
-    summary.push_str(&t2);
+    t2
+}
 
-    // Table 3: the ablation, for each pair whose grid has more than the full distiller.
+/// Table 3: the ablation, for each pair, when the grid has more than the full distiller.
+fn ablations(tables: &Tables, spec: &GridSpec) -> String {
+    let partial = spec.distillers.iter().any(|v| matches!(v, Variant::Relational { .. }) && *v != Variant::ALL_THREE);
+    if !partial {
+        return String::new();
+    }
     let ablation: Vec<&AblationRow> = TABLE3
         .iter()
         .filter(|((lm, kmm, aam), _, _)| {
@@ -177,85 +204,93 @@ pub fn write(
             !(*lm || *kmm || *aam) || spec.distillers.contains(&variant)
         })
         .collect();
-    let partial = spec.distillers.iter().any(|v| matches!(v, Variant::Relational { .. }) && *v != Variant::ALL_THREE);
-    if partial {
-        for &teacher in &spec.teachers {
-            for &student in &spec.students {
-                let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
-                let mut t3 = format!(
-                    "\n## Ablation (Table 3): {} student, {} teacher\n\n",
-                    student.display_name(),
-                    teacher.display_name()
+    let mut out = String::new();
+    for &teacher in &spec.teachers {
+        for &student in &spec.students {
+            let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
+            let _ = write!(
+                out,
+                "\n## Ablation (Table 3): {} student, {} teacher\n\n",
+                student.display_name(),
+                teacher.display_name()
+            );
+            out.push_str(&tables.header("distillation"));
+            for ((lm, kmm, aam), label, paper) in ablation.iter().map(|r| **r) {
+                let kind = if lm || kmm || aam {
+                    CellKind::Distilled { student, teacher, variant: Variant::Relational { lm, kmm, aam } }
+                } else {
+                    CellKind::Baseline { student }
+                };
+                out.push_str(
+                    &tables.row(label, kind, |site| paper_column(site).filter(|_| paper_pair).map(|c| paper[c])),
                 );
-                t3.push_str(&tables.header("distillation"));
-                for ((lm, kmm, aam), label, paper) in ablation.iter().map(|r| **r) {
-                    let kind = if lm || kmm || aam {
-                        CellKind::Distilled { student, teacher, variant: Variant::Relational { lm, kmm, aam } }
-                    } else {
-                        CellKind::Baseline { student }
-                    };
-                    t3.push_str(
-                        &tables.row(label, kind, |site| paper_column(site).filter(|_| paper_pair).map(|c| paper[c])),
-                    );
-                }
-                md.push_str(&t3);
-                summary.push_str(&t3);
             }
         }
     }
+    out
+}
 
-    // Table 4's comparison distillers.
+/// Table 4: the comparison distillers beside the baseline (and the full relational one).
+fn comparisons(tables: &Tables, spec: &GridSpec) -> String {
     let others: Vec<Variant> =
         spec.distillers.iter().copied().filter(|v| matches!(v, Variant::Hinton | Variant::Attention)).collect();
-    if !others.is_empty() {
-        for &teacher in &spec.teachers {
-            for &student in &spec.students {
-                let mut t4 = format!(
-                    "\n## Distillers compared (Table 4): {} student, {} teacher\n\n",
-                    student.display_name(),
-                    teacher.display_name()
-                );
-                t4.push_str(&tables.header("distiller"));
-                t4.push_str(&tables.row("none (w/o)", CellKind::Baseline { student }, |_| None));
-                let mut rows = others.clone();
-                if full {
-                    rows.insert(0, Variant::ALL_THREE);
-                }
-                for variant in rows {
-                    let label = match variant {
-                        Variant::Hinton => "logit KD (Hinton)",
-                        Variant::Attention => "attention transfer (AT)",
-                        _ => "relational (LM + KMM + AAM)",
-                    };
-                    t4.push_str(&tables.row(label, CellKind::Distilled { student, teacher, variant }, |_| None));
-                }
-                md.push_str(&t4);
-                summary.push_str(&t4);
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut rows = others;
+    if spec.distillers.contains(&Variant::ALL_THREE) {
+        rows.insert(0, Variant::ALL_THREE);
+    }
+    let mut out = String::new();
+    for &teacher in &spec.teachers {
+        for &student in &spec.students {
+            let _ = write!(
+                out,
+                "\n## Distillers compared (Table 4): {} student, {} teacher\n\n",
+                student.display_name(),
+                teacher.display_name()
+            );
+            out.push_str(&tables.header("distiller"));
+            out.push_str(&tables.row("none (w/o)", CellKind::Baseline { student }, |_| None));
+            for &variant in &rows {
+                let label = match variant {
+                    Variant::Hinton => "logit KD (Hinton)",
+                    Variant::Attention => "attention transfer (AT)",
+                    _ => "relational (LM + KMM + AAM)",
+                };
+                out.push_str(&tables.row(label, CellKind::Distilled { student, teacher, variant }, |_| None));
             }
         }
     }
+    out
+}
 
-    // Bar charts: w/ is the paper's full distiller when the grid has it, else its first.
+/// One per-site bar chart per teacher and student; w/ is the paper's full distiller when the
+/// grid has it, else its first. Returns the file names.
+fn bar_charts(out: &Path, tables: &Tables, spec: &GridSpec) -> anyhow::Result<Vec<String>> {
+    let full = spec.distillers.contains(&Variant::ALL_THREE);
     let distilled = if full { Variant::ALL_THREE } else { spec.distillers[0] };
-    let mut files = vec!["experiment.yaml".to_string(), "scores.csv".to_string()];
-    md.push_str("\n## Per-site Dice\n\n");
+    let mut files = Vec::new();
     for &teacher in &spec.teachers {
         for &student in &spec.students {
             let chart = format!("dice_{}_{}.png", teacher.name(), student.name());
             let bars = [
-                ("TEACHER", CellKind::Teacher { teacher }),
-                ("W/O", CellKind::Baseline { student }),
-                ("W/", CellKind::Distilled { student, teacher, variant: distilled }),
+                ("teacher", CellKind::Teacher { teacher }),
+                ("w/o", CellKind::Baseline { student }),
+                ("w/", CellKind::Distilled { student, teacher, variant: distilled }),
             ];
-            let title = format!("{} FROM {} ({})", student.display_name(), teacher.display_name(), distilled.name());
-            let canvas = bar_chart(&tables, &title, &bars);
+            let title = format!("{} from {} ({})", student.display_name(), teacher.display_name(), distilled.name());
+            let canvas = bar_chart(tables, &title, &bars)?;
             let path = out.join(&chart);
             write_atomic(&path, &canvas.to_png()).with_context(|| format!("{}", path.display()))?;
-            let _ = writeln!(md, "![{chart}]({chart})\n");
             files.push(chart);
         }
     }
+    Ok(files)
+}
 
+/// Every case of every cell.
+fn scores_csv(cells: &[Cell]) -> String {
     let mut csv = String::from("target,cell,student,teacher,distiller,site,case,dice,hd95_mm,asd_mm\n");
     for c in cells {
         let (student, teacher, distiller) = match c.kind {
@@ -279,54 +314,16 @@ pub fn write(
             );
         }
     }
-    write_atomic(&out.join("scores.csv"), csv.as_bytes()).with_context(|| format!("{}", out.display()))?;
-    md.push_str("## Files\n\n");
-    for f in files.iter().chain(&["report.md".to_string()]) {
-        let _ = writeln!(md, "- `{f}`");
-    }
-    for t in targets {
-        let _ = writeln!(md, "- `{t}/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv");
-    }
-    write_atomic(&out.join("report.md"), md.as_bytes()).with_context(|| format!("{}", out.display()))?;
-    Ok(summary)
+    csv
 }
 
 /// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1.
-fn bar_chart(tables: &Tables, title: &str, bars: &[(&str, CellKind)]) -> Canvas {
-    let (bar_w, gap, margin, plot_h) = (28i64, 24i64, 56i64, 240i64);
-    let group_w = bars.len() as i64 * bar_w;
-    let plot_w = tables.targets.len() as i64 * (group_w + gap) + gap;
-    let legend_w: i64 = bars.iter().map(|(label, _)| 52 + Canvas::text_width(label, 2)).sum();
-    let width = (plot_w + 2 * margin).max(Canvas::text_width(title, 2) + 24).max(legend_w + margin);
-    let mut canvas = Canvas::new(width as usize, (plot_h + 2 * margin + 24) as usize, WHITE);
-    let (x0, y0) = (margin, margin);
-    canvas.text(12, 12, title, 2, BLACK);
-    for i in 0..=4 {
-        let y = y0 + plot_h * i / 4;
-        canvas.line((x0, y), (x0 + plot_w, y), 1, GREY);
-        let label = format!("{:.2}", 1.0 - i as f64 / 4.0);
-        canvas.text(x0 - Canvas::text_width(&label, 1) - 4, y - 2, &label, 1, BLACK);
-    }
-    canvas.line((x0, y0 + plot_h), (x0 + plot_w, y0 + plot_h), 1, BLACK);
-    for (g, target) in tables.targets.iter().enumerate() {
-        let gx = x0 + gap + g as i64 * (group_w + gap);
-        for (b, (_, kind)) in bars.iter().enumerate() {
-            let Some(dice) = tables.dice(target, *kind) else { continue };
-            let h = (dice.clamp(0.0, 1.0) * plot_h as f64).round() as i64;
-            let x = gx + b as i64 * bar_w;
-            canvas.fill_rect(x + 2, y0 + plot_h - h, bar_w - 4, h, PALETTE[b % PALETTE.len()]);
-            let value = format!("{dice:.2}");
-            canvas.text(x + (bar_w - Canvas::text_width(&value, 1)) / 2, y0 + plot_h - h - 8, &value, 1, BLACK);
-        }
-        let label = paper_site(target).map_or(target.clone(), |(id, _)| format!("{target} {id}"));
-        canvas.text(gx + (group_w - Canvas::text_width(&label, 1)) / 2, y0 + plot_h + 6, &label, 1, BLACK);
-    }
-    let mut x = margin;
-    let y = y0 + plot_h + margin;
-    for (b, (label, _)) in bars.iter().enumerate() {
-        canvas.fill_rect(x, y, 16, 10, PALETTE[b % PALETTE.len()]);
-        canvas.text(x + 22, y, label, 2, BLACK);
-        x += 22 + Canvas::text_width(label, 2) + 30;
-    }
-    canvas
+fn bar_chart(tables: &Tables, title: &str, bars: &[(&str, CellKind)]) -> anyhow::Result<Canvas> {
+    let groups: Vec<String> =
+        tables.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect();
+    let values: Vec<(&str, Vec<Option<f64>>)> = bars
+        .iter()
+        .map(|(label, kind)| (*label, tables.targets.iter().map(|t| tables.dice(t, *kind)).collect()))
+        .collect();
+    grouped_bars(title, "mean 3D Dice on the target site", &groups, &values)
 }

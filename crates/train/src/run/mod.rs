@@ -8,11 +8,11 @@
 //! settings), the baseline student (segmentation loss only) and the distilled student. Last,
 //! every model is scored on the held-out cases of the target site and the report is written.
 //!
-//! Where to look: `data` finds the dataset and splits its cases, `teacher_cache` decides when
-//! a trained teacher is reused, `stage` trains one model into the run folder (with its
-//! checkpoints and progress), `outputs` scores the models and writes the report and overlays.
+//! Where to look: `relkd_runs::data` finds the dataset and splits its cases, `teacher_cache`
+//! decides when a trained teacher is reused, `stage` trains one model into the run folder
+//! (with its checkpoints and progress), `outputs` scores the models and writes the report and
+//! overlays.
 
-mod data;
 mod outputs;
 mod stage;
 mod teacher_cache;
@@ -27,10 +27,10 @@ use relkd_core::files::{LATEST_RUN, write_atomic};
 use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
 
-pub use data::{Cases, cache_dir, prepare};
-pub(crate) use data::{data_root, set_data_root};
 pub use outputs::score_cases;
-pub(crate) use stage::progress_bar;
+pub use relkd_runs::data::{Cases, cache_dir, prepare};
+pub(crate) use relkd_runs::data::{data_root, set_data_root};
+pub(crate) use relkd_runs::progress::progress_bar;
 pub use stage::{Devices, RunModel, Stage, student_trainee};
 
 use crate::checkpoint::{fingerprint, load_model};

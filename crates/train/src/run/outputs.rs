@@ -9,12 +9,13 @@ use burn::module::Module;
 use burn::tensor::Device;
 use relkd_core::dataset::Case;
 use relkd_core::files::write_atomic;
-use relkd_core::png::Canvas;
-use relkd_core::transforms::{NormalizedVolume, resize_bilinear};
+use relkd_core::png::{Canvas, WHITE, overlay, row};
 use relkd_models::{Network, Segmenter};
 
-use super::data::Cases;
-use super::stage::{Stage, progress_bar};
+use relkd_runs::data::Cases;
+use relkd_runs::progress::progress_bar;
+
+use super::stage::Stage;
 use crate::checkpoint::{ModelCard, load_model};
 use crate::config::ExperimentConfig;
 use crate::evaluate::{CaseScore, predict_volume, score};
@@ -82,7 +83,7 @@ pub(super) fn evaluate_and_report(
     files.extend(["teacher", "baseline", "student"].iter().flat_map(|m| [format!("{m}.bpk"), format!("{m}.yaml")]));
     files.push(write("metrics.csv", metrics_csv(&histories).as_bytes())?);
     files.push(write("scores.csv", scores_csv(&models).as_bytes())?);
-    files.push(write("loss_curves.png", &loss_curves(&histories).to_png())?);
+    files.push(write("loss_curves.png", &loss_curves(&histories)?.to_png())?);
     files.extend(write_overlays(run_dir, &cases.test, &predictions)?);
     files.push("report.md".to_string());
     let real_data = config.data.root.is_some();
@@ -119,24 +120,18 @@ fn write_overlays(run_dir: &Path, test: &[Case], predictions: &[Vec<Vec<u8>>]) -
         let plane = nx * ny;
         let gland: Vec<usize> = (0..nz).filter(|&z| case.mask[z * plane..][..plane].iter().any(|&v| v != 0)).collect();
         let (Some(&first), Some(&last)) = (gland.first(), gland.last()) else { continue };
-        let norm = NormalizedVolume::new(&case.image);
         let zoom = (256 / nx.max(ny)).max(1);
         for z in [first + (last - first) / 4, (first + last) / 2, last - (last - first) / 4] {
-            let image = norm.input(z, &relkd_core::transforms::Preprocessing { size: nx, context: 0 });
-            // `input` resizes to a square; keep the source aspect by resizing back.
-            let image = resize_bilinear(&image, nx, nx, ny, nx);
+            let image = case.image.slice(z);
             let truth = &case.mask[z * plane..][..plane];
-            let (label_h, gap) = (18, 6);
-            let panel_w = (nx * zoom) as i64;
-            let mut canvas =
-                Canvas::new((3 * panel_w + 2 * gap) as usize, ny * zoom + label_h as usize, relkd_core::png::WHITE);
-            for (m, label) in ["TEACHER", "W/O", "W/"].iter().enumerate() {
-                let pred = &predictions[m][c][z * plane..][..plane];
-                let panel = relkd_core::png::overlay(&image, Some(truth), pred, ny, nx, zoom);
-                let x = m as i64 * (panel_w + gap);
-                canvas.paste(&panel, x, label_h);
-                canvas.text(x + 2, 2, label, 2, relkd_core::png::BLACK);
-            }
+            let panels: Vec<(&str, Canvas)> = ["TEACHER", "W/O", "W/"]
+                .iter()
+                .enumerate()
+                .map(|(m, label)| {
+                    (*label, overlay(image, Some(truth), &predictions[m][c][z * plane..][..plane], ny, nx, zoom))
+                })
+                .collect();
+            let canvas = row(&panels, 6, WHITE);
             let name = format!("overlays/{}_{}_z{z:02}.png", case.site, case.id);
             canvas.save(&run_dir.join(&name)).with_context(|| name.clone())?;
             written.push(name);

@@ -8,14 +8,13 @@ use std::time::Instant;
 use anyhow::ensure;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use relkd_core::dataset::Case;
 use relkd_core::files::write_atomic;
 use relkd_core::transforms::{Slice2d, case_slices};
 use relkd_models::device::DeviceChoice;
 use relkd_models::{Network, Segmenter, trainable_params};
 
-use super::data::Cases;
 use crate::checkpoint::{ModelCard, StageCheckpoints, save_model};
 use crate::config::{ExperimentConfig, ModelSpec};
 use crate::losses::affinity::AffinityConfig;
@@ -23,6 +22,8 @@ use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::losses::{DistillationWeights, Term};
 use crate::report::metrics_csv;
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, TraineeConfig, train};
+use relkd_runs::data::Cases;
+use relkd_runs::progress::progress_bar;
 
 /// What a trained model is for: it decides the sites, the epochs and the card's `model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,15 +294,4 @@ impl TrainHooks for Hooks<'_> {
             .collect();
         write_atomic(&path, rows.as_bytes())
     }
-}
-
-/// The progress bar every long step of `train` shows.
-pub(crate) fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len).with_message(what.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<36} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
 }

@@ -9,11 +9,11 @@ use anyhow::{Context, ensure};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::data::{Cases, cache_dir};
 use super::stage::{RunModel, Stage};
 use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model};
 use crate::config::ExperimentConfig;
 use crate::trainer::TraineeConfig;
+use relkd_runs::data::{Cases, cache_dir};
 
 impl Stage<'_> {
     /// Puts a trained teacher at `STEM.bpk` in the run folder: kept when already there, else

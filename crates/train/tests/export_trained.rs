@@ -1,7 +1,9 @@
-//! A student trained by `train` (tiny phantom run), exported with the `export` command, then
-//! run by ONNX Runtime on a whole phantom volume of the unseen site.
+//! A student trained by `train` (tiny phantom run), exported by `export`'s command (through its
+//! library, as the binary calls it), then run by ONNX Runtime on a whole phantom volume of the
+//! unseen site. It lives with `train` because only `train` can make the run it needs: `export`
+//! itself never depends on the training crate.
 
-use std::process::Command;
+use clap::Parser;
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -31,24 +33,20 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     let run_dir = run(&request).unwrap();
 
     let onnx = dir.path().join("student.onnx");
-    let output = Command::new(env!("CARGO_BIN_EXE_export"))
-        .args(["--run".as_ref(), run_dir.as_os_str(), "--out".as_ref(), onnx.as_os_str()])
-        .env("RELKD_CACHE", dir.path().join("cache"))
-        .output()
-        .unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{log}");
-    assert_eq!(log.matches("verified on").count(), 3, "random, odd-sized and real slices:\n{log}");
-    assert!(log.contains("slices of HCRUDB/"), "{log}");
+    let export = || {
+        let args = ["export".as_ref(), "--run".as_ref(), run_dir.as_os_str(), "--out".as_ref(), onnx.as_os_str()];
+        relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap())
+    };
+    let checks = export().unwrap();
+    let probes: Vec<&str> = checks.iter().map(|c| c.what.as_str()).collect();
+    assert_eq!(checks.len(), 3, "random, odd-sized and real slices: {probes:?}");
+    assert!(probes[2].contains("slices of HCRUDB/"), "{probes:?}");
     // The export is recorded for `infer`.
     let latest = std::fs::read_to_string(dir.path().join("latest-export")).unwrap();
     assert_eq!(std::path::Path::new(&latest), std::path::absolute(&onnx).unwrap());
     // A second export to the same file needs --force.
-    let again = Command::new(env!("CARGO_BIN_EXE_export"))
-        .args(["--run".as_ref(), run_dir.as_os_str(), "--out".as_ref(), onnx.as_os_str()])
-        .output()
-        .unwrap();
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let again = export().unwrap_err();
+    assert!(format!("{again:#}").contains("--force"), "{again:#}");
 
     // ONNX Runtime segments a whole test volume as Burn does.
     let mut config = ExperimentConfig::load(&run_dir.join("config.yaml")).unwrap();

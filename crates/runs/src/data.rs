@@ -9,8 +9,8 @@ use anyhow::{Context, bail, ensure};
 use relkd_core::dataset::{Case, CaseFiles, Dataset, load_case, split_cases};
 use relkd_core::phantom;
 
-use super::stage::progress_bar;
 use crate::config::{DataConfig, ExperimentConfig};
+use crate::progress::progress_bar;
 
 /// The folder for caches shared by runs (the phantom, trained teachers): `$RELKD_CACHE`, else
 /// `$XDG_CACHE_HOME/relkd`, else `~/.cache/relkd`.
@@ -52,7 +52,7 @@ pub fn prepare(config: &mut ExperimentConfig) -> anyhow::Result<(PathBuf, Cases)
 
 /// Puts `--data` (when given) into the configuration and makes the root absolute, so a run
 /// folder's config.yaml names its data wherever it is resumed from.
-pub(crate) fn set_data_root(data: &mut DataConfig, given: Option<&Path>) -> anyhow::Result<()> {
+pub fn set_data_root(data: &mut DataConfig, given: Option<&Path>) -> anyhow::Result<()> {
     if let Some(dir) = given {
         data.root = Some(dir.to_path_buf());
     }
@@ -63,7 +63,7 @@ pub(crate) fn set_data_root(data: &mut DataConfig, given: Option<&Path>) -> anyh
 }
 
 /// The dataset root: the configured folder, or the phantom, generated once into the cache.
-pub(crate) fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
+pub fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
     if let Some(root) = &data.root {
         return Ok(root.clone());
     }
