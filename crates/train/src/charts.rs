@@ -81,6 +81,7 @@ fn line_panel(area: &DrawingArea<BitMapBackend, Shift>, panel: &LinePanel, x_lab
     chart
         .configure_mesh()
         .x_desc(x_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(panel.y_label)
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
