@@ -23,10 +23,11 @@ use crate::losses::hinton::hinton_kd;
 use crate::losses::kernel_matrix::{KernelMatrix, KernelMatrixConfig};
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
-pub use relkd_runs::card::EpochLog;
-
 use crate::losses::{DistillationWeights, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
+
+/// Cards (in `relkd-runs`) keep each epoch's log; the loop writes it.
+pub use relkd_runs::card::EpochLog;
 
 /// What one training run needs besides the data.
 #[derive(Debug, Clone)]

@@ -283,46 +283,63 @@ fn most_common(hits: &[Structure]) -> Structure {
 }
 
 /// The receive coil's sensitivity at a point.
-struct CoilProfile {
-    coil: Coil,
-    /// Body coil: a gentle linear tilt in x and y; phased array: fall-off length (mm) and
-    /// weight of the surface elements; endorectal: the balloon's gain and fall-off length (mm).
-    params: [f32; 2],
-    /// The surface elements' sensitivity at the gland's centre, which it is normalised to.
+enum CoilProfile {
+    /// Nearly flat: a gentle linear tilt in x and y.
+    Body { tilt: [f32; 2] },
+    /// Surface elements front and back, normalised to 1 at the gland's centre.
+    PhasedArray { surface: Surface },
+    /// A weaker surface array plus the balloon's gain, falling off over `length` mm.
+    Endorectal { surface: Surface, gain: f32, length: f32 },
+}
+
+/// A surface array's sensitivity: 1 + weight · (e^(−front/length) + e^(−back/length)), over
+/// its value at the gland's centre.
+struct Surface {
+    length: f32,
+    weight: f32,
     centre: f32,
+}
+
+impl Surface {
+    fn new(anatomy: &Anatomy, length: f32, weight: f32) -> Self {
+        let mut surface = Self { length, weight, centre: 1.0 };
+        surface.centre = surface.raw(anatomy, [0.0; 3]);
+        surface
+    }
+
+    fn raw(&self, anatomy: &Anatomy, p: V3) -> f32 {
+        let (front, back) = anatomy.skin_distances(p);
+        1.0 + self.weight * ((-front / self.length).exp() + (-back / self.length).exp())
+    }
+
+    fn gain(&self, anatomy: &Anatomy, p: V3) -> f32 {
+        self.raw(anatomy, p) / self.centre
+    }
 }
 
 impl CoilProfile {
     fn new(coil: Coil, anatomy: &Anatomy, rng: &mut ChaCha8Rng) -> Self {
-        let params = match coil {
-            Coil::Body => [rng.random_range(-0.1..0.1), rng.random_range(-0.1..0.1)],
-            Coil::PhasedArray => [rng.random_range(50.0..80.0), rng.random_range(0.5..0.9)],
-            Coil::Endorectal => [rng.random_range(0.4..0.6), rng.random_range(15.0..25.0)],
-        };
-        let mut profile = Self { coil, params, centre: 1.0 };
-        profile.centre = profile.surface(anatomy, [0.0; 3]);
-        profile
-    }
-
-    /// Sensitivity of the surface array (none for the body coil).
-    fn surface(&self, anatomy: &Anatomy, p: V3) -> f32 {
-        let (length, weight) = match self.coil {
-            Coil::Body => return 1.0,
-            Coil::PhasedArray => (self.params[0], self.params[1]),
-            Coil::Endorectal => (70.0, 0.4),
-        };
-        let (front, back) = anatomy.skin_distances(p);
-        1.0 + weight * ((-front / length).exp() + (-back / length).exp())
+        match coil {
+            Coil::Body => Self::Body { tilt: [rng.random_range(-0.1..0.1), rng.random_range(-0.1..0.1)] },
+            Coil::PhasedArray => {
+                let (length, weight) = (rng.random_range(50.0..80.0), rng.random_range(0.5..0.9));
+                Self::PhasedArray { surface: Surface::new(anatomy, length, weight) }
+            }
+            Coil::Endorectal => Self::Endorectal {
+                surface: Surface::new(anatomy, 70.0, 0.4),
+                gain: rng.random_range(0.4..0.6),
+                length: rng.random_range(15.0..25.0),
+            },
+        }
     }
 
     fn gain(&self, anatomy: &Anatomy, p: V3) -> f32 {
-        let surface = self.surface(anatomy, p) / self.centre;
-        match self.coil {
-            Coil::Body => 1.0 + self.params[0] * p[0] / 150.0 + self.params[1] * p[1] / 150.0,
-            Coil::PhasedArray => surface,
-            Coil::Endorectal => {
+        match self {
+            Self::Body { tilt } => 1.0 + tilt[0] * p[0] / 150.0 + tilt[1] * p[1] / 150.0,
+            Self::PhasedArray { surface } => surface.gain(anatomy, p),
+            Self::Endorectal { surface, gain, length } => {
                 let d = anatomy.coil_distance(p).unwrap_or(f32::INFINITY);
-                surface + self.params[0] * (-d / self.params[1]).exp()
+                surface.gain(anatomy, p) + gain * (-d / length).exp()
             }
         }
     }

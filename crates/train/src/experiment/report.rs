@@ -204,30 +204,19 @@ fn ablations(tables: &Tables, spec: &GridSpec) -> String {
             !(*lm || *kmm || *aam) || spec.distillers.contains(&variant)
         })
         .collect();
-    let mut out = String::new();
-    for &teacher in &spec.teachers {
-        for &student in &spec.students {
-            let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
-            let _ = write!(
-                out,
-                "\n## Ablation (Table 3): {} student, {} teacher\n\n",
-                student.display_name(),
-                teacher.display_name()
-            );
-            out.push_str(&tables.header("distillation"));
-            for ((lm, kmm, aam), label, paper) in ablation.iter().map(|r| **r) {
-                let kind = if lm || kmm || aam {
-                    CellKind::Distilled { student, teacher, variant: Variant::Relational { lm, kmm, aam } }
-                } else {
-                    CellKind::Baseline { student }
-                };
-                out.push_str(
-                    &tables.row(label, kind, |site| paper_column(site).filter(|_| paper_pair).map(|c| paper[c])),
-                );
-            }
+    per_pair(tables, spec, "Ablation (Table 3)", "distillation", |student, teacher| {
+        let paper_pair = teacher == Architecture::Deeplabv3plus && student == Architecture::Enet;
+        let mut rows = String::new();
+        for ((lm, kmm, aam), label, paper) in ablation.iter().map(|r| **r) {
+            let kind = if lm || kmm || aam {
+                CellKind::Distilled { student, teacher, variant: Variant::Relational { lm, kmm, aam } }
+            } else {
+                CellKind::Baseline { student }
+            };
+            rows.push_str(&tables.row(label, kind, |site| paper_column(site).filter(|_| paper_pair).map(|c| paper[c])));
         }
-    }
-    out
+        rows
+    })
 }
 
 /// Table 4: the comparison distillers beside the baseline (and the full relational one).
@@ -241,25 +230,36 @@ fn comparisons(tables: &Tables, spec: &GridSpec) -> String {
     if spec.distillers.contains(&Variant::ALL_THREE) {
         rows.insert(0, Variant::ALL_THREE);
     }
+    per_pair(tables, spec, "Distillers compared (Table 4)", "distiller", |student, teacher| {
+        let mut out = tables.row("none (w/o)", CellKind::Baseline { student }, |_| None);
+        for &variant in &rows {
+            let label = match variant {
+                Variant::Hinton => "logit KD (Hinton)",
+                Variant::Attention => "attention transfer (AT)",
+                _ => "relational (LM + KMM + AAM)",
+            };
+            out.push_str(&tables.row(label, CellKind::Distilled { student, teacher, variant }, |_| None));
+        }
+        out
+    })
+}
+
+/// One table per teacher and student of the grid: a `title` heading, a header whose first
+/// column is `first`, and the rows `rows(student, teacher)` gives.
+fn per_pair(
+    tables: &Tables,
+    spec: &GridSpec,
+    title: &str,
+    first: &str,
+    rows: impl Fn(Architecture, Architecture) -> String,
+) -> String {
     let mut out = String::new();
     for &teacher in &spec.teachers {
         for &student in &spec.students {
-            let _ = write!(
-                out,
-                "\n## Distillers compared (Table 4): {} student, {} teacher\n\n",
-                student.display_name(),
-                teacher.display_name()
-            );
-            out.push_str(&tables.header("distiller"));
-            out.push_str(&tables.row("none (w/o)", CellKind::Baseline { student }, |_| None));
-            for &variant in &rows {
-                let label = match variant {
-                    Variant::Hinton => "logit KD (Hinton)",
-                    Variant::Attention => "attention transfer (AT)",
-                    _ => "relational (LM + KMM + AAM)",
-                };
-                out.push_str(&tables.row(label, CellKind::Distilled { student, teacher, variant }, |_| None));
-            }
+            let _ =
+                write!(out, "\n## {title}: {} student, {} teacher\n\n", student.display_name(), teacher.display_name());
+            out.push_str(&tables.header(first));
+            out.push_str(&rows(student, teacher));
         }
     }
     out
