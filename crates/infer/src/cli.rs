@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use relkd_core::files::{LATEST_EXPORT, write_atomic};
+use relkd_core::files::{LATEST_EXPORT, check_distinct_outputs, write_atomic};
 use relkd_core::metrics::{dice, surface_distances};
 use relkd_core::nifti_io::{read_volume, write_mask, write_volume};
 use relkd_core::png::overlay;
@@ -235,7 +235,7 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         return segment_folder(args, &mut model, &prep, volume);
     }
     let out = args.out.clone().unwrap_or_else(|| sibling(volume, volume.parent().unwrap_or(Path::new(".")), "_mask"));
-    check_outputs(args, volume, &out)?;
+    check_outputs(args, volume, &model_file, &out)?;
     let start = Instant::now();
     let image = read_volume(volume)?;
     let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
@@ -279,10 +279,14 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
 }
 
 /// Outputs are checked before any work: their folders exist, nothing is overwritten unasked,
-/// and the input is never an output.
-fn check_outputs(args: &SegmentArgs, volume: &Path, out: &Path) -> anyhow::Result<()> {
-    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
-    ensure!(!same(volume, out), "--out {} is the input volume; refusing to overwrite it", out.display());
+/// no input (volume, label, model) is ever an output, even with `--force`, and no two outputs
+/// are the same file.
+fn check_outputs(args: &SegmentArgs, volume: &Path, model: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut inputs = vec![("input volume", volume), ("model", model)];
+    inputs.extend(args.label.as_deref().map(|l| ("--label", l)));
+    let mut outputs = vec![("--out", out)];
+    outputs.extend(args.probabilities.as_deref().map(|p| ("--probabilities", p)));
+    check_distinct_outputs(&inputs, &outputs).map_err(|e| anyhow::anyhow!(e))?;
     for path in std::iter::once(out).chain(args.probabilities.as_deref()) {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", path.display(), parent.display());

@@ -168,6 +168,23 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     std::fs::write(dir.path().join("corrupt.nii.gz"), b"not a nifti file at all").unwrap();
     raw_nifti(&dir.path().join("flat.nii"), &[8, 8]);
     raw_nifti(&dir.path().join("series.nii"), &[8, 8, 4, 3]);
+    // The data loss of issue #15: --probabilities naming the input, even with --force; and the
+    // probabilities over the mask.
+    let (volume_bytes, model_bytes) = (std::fs::read(&volume).unwrap(), std::fs::read(&model).unwrap());
+    for (extra, expected) in [
+        (&["--out", "x_mask.nii.gz", "--probabilities", v, "--force"][..], "--probabilities"),
+        (&["--out", "x_mask.nii.gz", "--probabilities", "x_mask.nii.gz"][..], "are the same file"),
+        (&["--out", m, "--force"][..], "is the model"),
+    ] {
+        let mut args = vec!["--volume", v, "--model", m, "--provider", "cpu", "--size", "32"];
+        args.extend_from_slice(extra);
+        let out = infer(dir.path(), &args);
+        let log = text(&out);
+        assert!(!out.status.success() && log.contains(expected), "{extra:?}:\n{log}");
+    }
+    assert!(std::fs::read(&volume).unwrap() == volume_bytes, "the input volume was replaced");
+    assert!(std::fs::read(&model).unwrap() == model_bytes, "the model was replaced");
+    assert!(!dir.path().join("x_mask.nii.gz").exists());
     let cases: [(&[&str], &str); 8] = [
         (&["--volume", "missing.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "does not exist"),
         (&["--volume", "corrupt.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "corrupt.nii.gz"),

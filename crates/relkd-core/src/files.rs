@@ -1,5 +1,6 @@
 //! Writing files so that a reader (or a crash) never sees half of one: every output goes to a
-//! temporary sibling first and is renamed over its destination once complete.
+//! temporary sibling first and is renamed over its destination once complete. And the check
+//! that an output never replaces an input.
 
 use std::fs;
 use std::io;
@@ -48,9 +49,55 @@ where
     result
 }
 
+/// `path` made absolute with its symbolic links resolved, for comparing paths that may not
+/// exist yet: the path itself when it exists, else its folder's resolved path and its name.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
+    path.file_name().map_or(parent.clone(), |name| parent.join(name))
+}
+
+/// Checks, before anything is written, that no output is one of the inputs (whatever
+/// `--force` says: an input is never replaced) and that no two outputs are the same file.
+/// Entries are (role, path), e.g. ("--probabilities", path); the error names both roles.
+pub fn check_distinct_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Result<(), String> {
+    for (i, (role, out)) in outputs.iter().enumerate() {
+        let out_resolved = resolved(out);
+        if let Some((input_role, _)) = inputs.iter().find(|(_, input)| resolved(input) == out_resolved) {
+            return Err(format!("{role} {} is the {input_role}; refusing to overwrite an input", out.display()));
+        }
+        if let Some((other, _)) = outputs[..i].iter().find(|(_, o)| resolved(o) == out_resolved) {
+            return Err(format!("{role} and {other} are the same file, {}; give each its own path", out.display()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_never_name_an_input_or_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("x.nii.gz");
+        fs::write(&volume, b"input").unwrap();
+        let inputs = [("input volume", volume.as_path())];
+        // The same file by another spelling, and a path that does not exist yet twice.
+        let other_spelling = dir.path().join("sub/../x.nii.gz");
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let err = check_distinct_outputs(&inputs, &[("--probabilities", &other_spelling)]).unwrap_err();
+        assert!(err.contains("--probabilities") && err.contains("input volume"), "{err}");
+        let mask = dir.path().join("x_mask.nii.gz");
+        let twice = dir.path().join("sub/../x_mask.nii.gz");
+        let err = check_distinct_outputs(&inputs, &[("--out", &mask), ("--probabilities", &twice)]).unwrap_err();
+        assert!(err.contains("--probabilities and --out are the same file"), "{err}");
+        let prob = dir.path().join("x_prob.nii.gz");
+        assert_eq!(check_distinct_outputs(&inputs, &[("--out", &mask), ("--probabilities", &prob)]), Ok(()));
+    }
 
     #[test]
     fn a_failed_write_leaves_neither_the_target_nor_a_temporary() {

@@ -55,6 +55,10 @@ pub struct EpochLog {
     pub total: f64,
     /// Mean 3D Dice over the validation cases (NaN without validation cases).
     pub val_dice: f64,
+    /// L2 norm of each weighted term's gradient on the network's weights, on the epoch's first
+    /// batch: which term drives the student (empty in cards that predate it).
+    #[serde(default, skip_serializing_if = "Terms::is_empty")]
+    pub grad_norms: Terms<f64>,
 }
 
 /// Everything known about a trained network besides its weights.

@@ -43,6 +43,11 @@ pub struct ExperimentConfig {
     pub foreground_only: bool,
     #[serde(default)]
     pub augmentation: Augmentation,
+    /// Seeds the split of every site's cases into training, validation and test. Apart from
+    /// `training.seed`, so that runs over several training seeds score the same test cases and
+    /// their differences pair up.
+    #[serde(default)]
+    pub split_seed: u64,
     /// Fraction of each training site's cases held out to choose the checkpoint.
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f32,
@@ -90,6 +95,8 @@ pub struct TrainingConfig {
     /// Adam with a cyclic learning rate (see [`crate::schedule`]).
     #[serde(default)]
     pub lr: CyclicLrConfig,
+    /// Seeds the weights' initialisation, the slice order and the augmentation (not the split:
+    /// see `split_seed`).
     #[serde(default)]
     pub seed: u64,
 }
@@ -102,6 +109,9 @@ pub struct LossConfig {
     pub distiller: Distiller,
     /// λ1 (LM), λ2 (KMM), λ3 (AAM) of the relational distiller; 0 switches a module off.
     pub lambda: Lambda,
+    /// Epochs over which every distillation weight ramps linearly from 0 to its value (step by
+    /// step); 0 starts at full weight, as the paper does.
+    pub ramp_epochs: f64,
     /// Softmax temperature of the logits module.
     pub temperature: f64,
     pub kmm_gram: GramMode,
@@ -116,6 +126,7 @@ impl Default for LossConfig {
             segmentation: SegmentationLoss::default(),
             distiller: Distiller::Relational,
             lambda: Lambda::default(),
+            ramp_epochs: 0.0,
             temperature: 1.0,
             kmm_gram: GramMode::Batch,
             aam: AffinitySpec::default(),
@@ -204,12 +215,14 @@ pub struct AffinitySpec {
     pub dilations: Vec<usize>,
     pub margin: f64,
     pub adaptive: bool,
+    /// `L_P+` averaged per class, so foreground pairs count (not the paper's pooled mean).
+    pub per_class_positive: bool,
 }
 
 impl Default for AffinitySpec {
-    /// SPEC §4: dilations 1, 2, 3, margin 3, equal weights.
+    /// SPEC §4: dilations 1, 2, 3, margin 3, equal weights, P+ pooled.
     fn default() -> Self {
-        Self { dilations: vec![1, 2, 3], margin: 3.0, adaptive: false }
+        Self { dilations: vec![1, 2, 3], margin: 3.0, adaptive: false, per_class_positive: false }
     }
 }
 
@@ -298,6 +311,10 @@ impl ExperimentConfig {
                 format!("losses.temperature must be positive, got {}", self.losses.temperature),
             ),
             (!self.losses.aam.dilations.is_empty(), "losses.aam.dilations must not be empty".to_string()),
+            (
+                self.losses.ramp_epochs >= 0.0,
+                format!("losses.ramp_epochs must not be negative, got {}", self.losses.ramp_epochs),
+            ),
             (
                 self.losses.hinton.temperature > 0.0,
                 format!("losses.hinton.temperature must be positive, got {}", self.losses.hinton.temperature),

@@ -94,7 +94,7 @@ pub fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
 /// training site for choosing checkpoints.
 fn load_cases(dataset: &Dataset, config: &ExperimentConfig) -> anyhow::Result<Cases> {
     let plan = config.sites.as_ref().expect("planned");
-    let seed = config.training.seed;
+    let seed = config.split_seed;
     let mut names: Vec<&String> =
         plan.teacher_sites.iter().chain(&plan.student_sites).chain(&plan.eval_sites).collect();
     names.sort();

@@ -1,9 +1,10 @@
 //! Per-case evaluation (SPEC §2): a volume is segmented slice by slice, the logits are resized
-//! back to the source's in-plane grid, and 3D Dice, HD95 and ASD are computed per case.
+//! back to the source's in-plane grid, and 3D Dice, HD95, ASD and fragmentation are computed per
+//! case.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use relkd_core::dataset::Case;
-use relkd_core::metrics::{dice, surface_distances};
+use relkd_core::metrics::{dice, fragmentation, surface_distances};
 use relkd_core::nifti_io::Volume;
 use relkd_core::segment::segment_volume;
 use relkd_core::transforms::Preprocessing;
@@ -17,6 +18,14 @@ pub struct CaseScore {
     /// Millimetres; infinite when exactly one of prediction and truth is empty.
     pub hd95: f64,
     pub asd: f64,
+    /// Label changes per predicted foreground voxel ([`fragmentation`]); NaN when the
+    /// prediction is empty or the score predates the metric.
+    #[serde(default = "not_measured")]
+    pub fragmentation: f64,
+}
+
+fn not_measured() -> f64 {
+    f64::NAN
 }
 
 /// Segments `image` with a Burn network's logits function (`[n, c, size, size] → [n, k,
@@ -48,6 +57,7 @@ pub fn score(case: &Case, prediction: &[u8]) -> CaseScore {
         dice: dice(prediction, &case.mask),
         hd95: distances.hd95,
         asd: distances.asd,
+        fragmentation: fragmentation(prediction, case.image.dims),
     }
 }
 

@@ -24,6 +24,13 @@ fn register_font() {
     });
 }
 
+/// A bar's height and its whisker: the mean and the standard deviation over seeds (0 for one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+}
+
 fn colour(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
@@ -119,7 +126,7 @@ pub fn grouped_bars(
     title: &str,
     y_label: &str,
     groups: &[String],
-    bars: &[(&str, Vec<Option<f64>>)],
+    bars: &[(&str, Vec<Option<Spread>>)],
 ) -> anyhow::Result<Canvas> {
     register_font();
     let (width, height) = ((160 * groups.len()).max(480) as u32 + 120, 400);
@@ -146,22 +153,36 @@ pub fn grouped_bars(
         let bar_width = 0.8 / bars.len() as f64;
         for (b, (name, values)) in bars.iter().enumerate() {
             let fill = colour(b).filled();
-            let placed: Vec<(f64, f64)> = values
+            let placed: Vec<(f64, Spread)> = values
                 .iter()
                 .enumerate()
-                .filter_map(|(g, v)| v.map(|v| (g as f64 + 0.1 + b as f64 * bar_width, v.clamp(0.0, 1.0))))
+                .filter_map(|(g, v)| v.map(|v| (g as f64 + 0.1 + b as f64 * bar_width, v)))
                 .collect();
+            let top = |v: Spread| v.mean.clamp(0.0, 1.0);
             chart
-                .draw_series(placed.iter().map(|&(x, v)| Rectangle::new([(x, 0.0), (x + bar_width * 0.9, v)], fill)))
+                .draw_series(
+                    placed.iter().map(|&(x, v)| Rectangle::new([(x, 0.0), (x + bar_width * 0.9, top(v))], fill)),
+                )
                 .map_err(drawing)?
                 .label(*name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], fill));
+            // Whiskers: mean ± one standard deviation over seeds.
+            let whiskers = placed.iter().filter(|(_, v)| v.sd > 0.0).flat_map(|&(x, v)| {
+                let (centre, cap) = (x + bar_width * 0.45, bar_width * 0.15);
+                let (low, high) = ((v.mean - v.sd).max(0.0), (v.mean + v.sd).min(1.3));
+                [
+                    (centre, low, centre, high),
+                    (centre - cap, low, centre + cap, low),
+                    (centre - cap, high, centre + cap, high),
+                ]
+                .map(|(x0, y0, x1, y1)| PathElement::new(vec![(x0, y0), (x1, y1)], BLACK.stroke_width(1)))
+            });
+            chart.draw_series(whiskers).map_err(drawing)?;
             chart
-                .draw_series(
-                    placed.iter().map(|&(x, v)| {
-                        Text::new(format!("{v:.2}"), (x, v + 0.03), (FONT, 12).into_font().color(&BLACK))
-                    }),
-                )
+                .draw_series(placed.iter().map(|&(x, v)| {
+                    let above = (v.mean + v.sd).clamp(0.0, 1.3) + 0.03;
+                    Text::new(format!("{:.2}", v.mean), (x, above), (FONT, 12).into_font().color(&BLACK))
+                }))
                 .map_err(drawing)?;
         }
         // Group names under the axis, centred on their groups.
@@ -206,7 +227,8 @@ mod tests {
     #[test]
     fn bars_are_as_tall_as_their_values() {
         let groups = vec!["A".to_string(), "B".to_string()];
-        let bars = [("x", vec![Some(1.0), Some(0.5)]), ("y", vec![None, Some(0.25)])];
+        let at = |mean| Some(Spread { mean, sd: 0.0 });
+        let bars = [("x", vec![at(1.0), at(0.5)]), ("y", vec![None, at(0.25)])];
         let c = grouped_bars("t", "Dice", &groups, &bars).unwrap();
         // The longest vertical run of each colour is its tallest bar: 1.0 against 0.25.
         let tallest = |colour: RGBColor| {

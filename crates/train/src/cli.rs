@@ -33,6 +33,7 @@ use crate::summary;
         train --config configs/paper/cross.yaml --data /data/prostate --target HK --device cuda\n  \
         train --config configs/paper/cross.yaml --data /data/prostate --devices cuda:0,cuda:1\n  \
         train --resume                                           # continue the latest run after an interruption\n  \
+        train --teacher unetpp --student enet --seeds 0,1,2      # three seeds: mean ± sd, paired w/ − w/o\n  \
         train experiment configs/experiments/table3-quick.yaml   # a grid: Table 3 on the phantom\n  \
         train phantom --out data/phantom                         # synthetic 6-site prostate MRI\n  \
         train data --root data/phantom                           # per-site summary and problems\n  \
@@ -80,6 +81,11 @@ pub struct RunArgs {
     /// Use this trained teacher (NAME.bpk with its NAME.yaml card) instead of training one.
     #[arg(long, value_name = "FILE")]
     pub teacher_checkpoint: Option<PathBuf>,
+    /// Train teacher, baseline and distilled student once per seed (e.g. 0,1,2) on one split,
+    /// and report mean ± sd and the paired differences w/ − w/o; written as a grid to
+    /// experiments/TEACHER-STUDENT-TARGET-seeds/ (or --out). Rerun to continue.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub seeds: Vec<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,7 +186,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resume: a.resume,
             teacher_checkpoint: a.teacher_checkpoint,
         };
-        crate::run::run(&request)?;
+        if a.seeds.is_empty() {
+            crate::run::run(&request)?;
+        } else {
+            crate::run::run_seeds(&request, &a.seeds)?;
+        }
         return Ok(ExitCode::SUCCESS);
     };
     match command {

@@ -23,7 +23,7 @@ use burn_train::{InferenceStep, ItemLazy, TrainOutput, TrainStep};
 use relkd_core::transforms::{Preprocessing, Slice2d};
 
 use crate::losses::segmentation::SegmentationLoss;
-use crate::trainer::{Distillation, TermValues, Trainee, batch_loss, to_batch};
+use crate::trainer::{Distillation, Objective, TermValues, Trainee, to_batch};
 
 /// One device's part of a batch.
 pub struct Part {
@@ -31,6 +31,8 @@ pub struct Part {
     pub labels: Tensor<3, Int>,
     /// Its share of the batch's samples; its loss is weighted by it.
     pub share: f64,
+    /// The distillation weights' ramp factor at this step.
+    pub ramp: f64,
 }
 
 /// The trainee as burn-train's multi-device step sees it: the network with its distillation
@@ -62,8 +64,8 @@ impl DistillStep {
                 .map(|(_, d)| d)
                 .unwrap_or_else(|| panic!("no teacher on {device:?}"))
         });
-        let (total, values) =
-            batch_loss(&self.trainee, part.images, part.labels, &self.context.segmentation, distillation);
+        let objective = Objective { segmentation: &self.context.segmentation, distillation, ramp: part.ramp };
+        let (total, values) = objective.batch_loss(&self.trainee, part.images, part.labels);
         (total.mul_scalar(part.share), values.scaled(part.share))
     }
 }
@@ -144,6 +146,7 @@ impl DataParallel {
         trainee: &Trainee,
         batch: &[Slice2d],
         prep: &Preprocessing,
+        ramp: f64,
     ) -> Result<(TermValues, GradientsParams), String> {
         let model = DistillStep { trainee: trainee.clone(), context: self.context.clone() };
         let main = &self.devices[0];
@@ -151,7 +154,7 @@ impl DataParallel {
             // burn-train's step needs a part for every device: an epoch's last, smaller batch
             // runs whole on the main device.
             let (images, labels) = to_batch(batch, prep, main);
-            let (total, values) = model.terms(Part { images, labels, share: 1.0 });
+            let (total, values) = model.terms(Part { images, labels, share: 1.0, ramp });
             return Ok((values, GradientsParams::from_grads(total.backward(), trainee)));
         }
         let mut start = 0;
@@ -163,7 +166,7 @@ impl DataParallel {
                 start += size;
                 let (images, labels) = to_batch(samples, prep, device);
                 let share = samples.len() as f64 / batch.len() as f64;
-                Box::new(OnePart(Some(Part { images, labels, share }))) as Box<dyn DataLoaderIterator<Part>>
+                Box::new(OnePart(Some(Part { images, labels, share, ramp }))) as Box<dyn DataLoaderIterator<Part>>
             })
             .collect();
         let (outputs, _) = self.step.step(&mut parts, &model).map_err(|e| e.to_string())?;

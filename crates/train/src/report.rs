@@ -36,35 +36,48 @@ fn csv_number(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.6}"))
 }
 
-/// Every epoch of every model: loss terms (empty when off), learning rate, validation Dice.
+/// Every epoch of every model: loss terms (empty when off), learning rate, validation Dice and
+/// each weighted term's gradient norm on the first batch (`grad_…`).
 pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
     let columns: Vec<&str> = Term::ALL.iter().map(|t| t.key()).collect();
-    let mut out = format!("model,epoch,lr,{},total,val_dice\n", columns.join(","));
+    let gradients: Vec<String> = columns.iter().map(|c| format!("grad_{c}")).collect();
+    let mut out = format!("model,epoch,lr,{},total,val_dice,{}\n", columns.join(","), gradients.join(","));
     for (model, history) in models {
         for e in *history {
             let terms: Vec<String> = Term::ALL.iter().map(|&t| csv_number(e.terms.get(t).copied())).collect();
-            let _ =
-                writeln!(out, "{model},{},{:.3e},{},{:.6},{:.6}", e.epoch, e.lr, terms.join(","), e.total, e.val_dice);
+            let grads: Vec<String> = Term::ALL.iter().map(|&t| csv_number(e.grad_norms.get(t).copied())).collect();
+            let _ = writeln!(
+                out,
+                "{model},{},{:.3e},{},{:.6},{:.6},{}",
+                e.epoch,
+                e.lr,
+                terms.join(","),
+                e.total,
+                e.val_dice,
+                grads.join(",")
+            );
         }
     }
     out
 }
 
-/// Per case and model: Dice, HD95 and ASD (mm; `inf` when exactly one mask is empty).
+/// Per case and model: Dice, HD95 and ASD (mm; `inf` when exactly one mask is empty) and
+/// fragmentation (`NaN` for an empty prediction).
 pub fn scores_csv(models: &[Evaluated]) -> String {
-    let mut out = String::from("model,architecture,site,case,dice,hd95_mm,asd_mm\n");
+    let mut out = String::from("model,architecture,site,case,dice,hd95_mm,asd_mm,fragmentation\n");
     for m in models {
         for s in &m.scores {
             let _ = writeln!(
                 out,
-                "{},{},{},{},{:.6},{:.4},{:.4}",
+                "{},{},{},{},{:.6},{:.4},{:.4},{:.4}",
                 m.card.model,
                 m.card.architecture.name(),
                 s.site,
                 s.case,
                 s.dice,
                 s.hd95,
-                s.asd
+                s.asd,
+                s.fragmentation
             );
         }
     }
@@ -125,6 +138,9 @@ pub struct RunSummary<'a> {
     pub device: &'a str,
     /// (model, seconds, how it was obtained: trained / reused …).
     pub timings: &'a [(String, f64, String)],
+    /// The teacher's mean Dice on the students' validation cases, per site: the quality of its
+    /// guidance where the students train.
+    pub teacher_guidance: &'a [(String, f64)],
     pub files: &'a [String],
 }
 
@@ -154,8 +170,8 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
         );
     }
     let _ = writeln!(md, "## Dice on the target site (Table 2)\n");
-    let mut header = format!("| model | {site_label} Dice | HD95 mm | ASD mm | live params |");
-    let mut rule = String::from("|---|---|---|---|---|");
+    let mut header = format!("| model | {site_label} Dice | HD95 mm | ASD mm | fragmentation | live params |");
+    let mut rule = String::from("|---|---|---|---|---|---|");
     if run.real_data {
         header.push_str(" paper Dice |");
         rule.push_str("---|");
@@ -166,11 +182,12 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
         let mm = |v: f64| if v.is_finite() { format!("{v:.2}") } else { "–".into() };
         let _ = write!(
             md,
-            "| {} | {:.3} | {} | {} | {} |",
+            "| {} | {:.3} | {} | {} | {:.2} | {} |",
             m.label(run.teacher),
             mean(m.scores.iter().map(|s| s.dice)),
             mm(finite(|s| s.hd95)),
             mm(finite(|s| s.asd)),
+            finite(|s| s.fragmentation),
             m.card.live_params
         );
         if run.real_data {
@@ -187,6 +204,10 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
     if infinite > 0 {
         let _ = writeln!(md, "\nHD95 and ASD average the finite cases; {infinite} case score(s) had an empty mask.");
     }
+    md.push_str(
+        "\nFragmentation: in-plane label changes per predicted foreground voxel (a compact gland \
+         scores low, speckle high), averaged over the cases with a non-empty prediction.\n",
+    );
     let _ = writeln!(md, "\n## Training\n");
     let _ =
         writeln!(md, "| model | sites | width | epochs | best epoch | val Dice (own sites) | distillation | time |");
@@ -209,6 +230,15 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
             c.best_val_dice.map_or("–".into(), |d| format!("{d:.3}")),
             if c.distillation.is_empty() { "–".into() } else { c.distillation.join(" + ") },
             if seconds.is_finite() { format!("{seconds:.0} s {how}").trim_end().to_string() } else { how },
+        );
+    }
+    if !run.teacher_guidance.is_empty() {
+        let per_site: Vec<String> = run.teacher_guidance.iter().map(|(site, d)| format!("{site} {d:.3}")).collect();
+        let _ = writeln!(
+            md,
+            "\nThe teacher's Dice on the students' validation cases (the quality of its guidance on their \
+             sites): {}.",
+            per_site.join(" · ")
         );
     }
     let _ = writeln!(md, "\n![loss curves](loss_curves.png)\n\n## Files\n");
@@ -247,14 +277,19 @@ mod tests {
 
     fn log(epoch: usize, total: f64, val_dice: f64) -> EpochLog {
         let terms = [(Term::Segmentation, total), (Term::Kmm, 0.5)].into_iter().collect();
-        EpochLog { epoch, lr: 1e-3, terms, total, val_dice }
+        let grad_norms = [(Term::Segmentation, 0.25), (Term::Kmm, 2.0)].into_iter().collect();
+        EpochLog { epoch, lr: 1e-3, terms, total, val_dice, grad_norms }
     }
 
     #[test]
     fn metrics_rows_leave_switched_off_terms_empty() {
         let h = [log(1, 0.75, 0.5)];
         let csv = metrics_csv(&[("baseline", &h)]);
-        assert_eq!(csv.lines().nth(1).unwrap(), "baseline,1,1.000e-3,0.750000,,0.500000,,,,0.750000,0.500000");
+        assert!(csv.starts_with("model,epoch,lr,segmentation,lm,kmm,aam,kd,at,total,val_dice,grad_segmentation,"));
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "baseline,1,1.000e-3,0.750000,,0.500000,,,,0.750000,0.500000,0.250000,,2.000000,,,"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! slices, the losses of eq. 8, Adam with the cyclic learning rate, and per-epoch validation
 //! Dice on held-out cases of the training sites (never the target site) to pick the model kept.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -87,6 +87,8 @@ pub struct Distillation {
     pub temperature: f64,
     /// Softmax temperature of Hinton's KD.
     pub kd_temperature: f64,
+    /// Epochs over which the weights ramp up from 0 (0: full weight from the first step).
+    pub ramp_epochs: f64,
 }
 
 impl Distillation {
@@ -97,7 +99,14 @@ impl Distillation {
             weights: losses.weights(),
             temperature: losses.temperature,
             kd_temperature: losses.hinton.temperature,
+            ramp_epochs: losses.ramp_epochs,
         }
+    }
+
+    /// The factor on every distillation weight after `epochs` epochs of training (fractional
+    /// within an epoch): linear from 0 to 1 over `ramp_epochs`, then 1.
+    pub fn ramp(&self, epochs: f64) -> f64 {
+        if self.ramp_epochs > 0.0 { (epochs / self.ramp_epochs).clamp(0.0, 1.0) } else { 1.0 }
     }
 }
 
@@ -217,6 +226,7 @@ pub fn train(
         let mut order: Vec<usize> = (0..samples.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(epoch_seed));
         let mut sums = TermValues::default();
+        let mut grad_norms = Terms::default();
         let mut lr = 0.0;
         for (step, chunk) in order.chunks(options.batch_size).enumerate() {
             let batch: Vec<Slice2d> = chunk
@@ -229,11 +239,19 @@ pub fn train(
                     s
                 })
                 .collect();
+            let ramp = distillation.map_or(1.0, |d| d.ramp(epoch as f64 + step as f64 / steps as f64));
+            let objective = Objective { segmentation: &options.segmentation, distillation, ramp };
+            if step == 0 {
+                let (images, labels) = to_batch(&batch, &options.prep, device);
+                grad_norms = objective.term_gradient_norms(&trainee, images, labels);
+            }
             let (values, grads) = match &parallel {
-                Some(parallel) => parallel.step(&trainee, &batch, &options.prep).map_err(std::io::Error::other)?,
+                Some(parallel) => {
+                    parallel.step(&trainee, &batch, &options.prep, ramp).map_err(std::io::Error::other)?
+                }
                 None => {
                     let (images, labels) = to_batch(&batch, &options.prep, device);
-                    let (total, values) = batch_loss(&trainee, images, labels, &options.segmentation, distillation);
+                    let (total, values) = objective.batch_loss(&trainee, images, labels);
                     (values, GradientsParams::from_grads(total.backward(), &trainee))
                 }
             };
@@ -244,7 +262,7 @@ pub fn train(
             hooks.step(epoch, step + 1, steps, sums.total / (step + 1) as f64);
         }
         let val_dice = validation_dice(&trainee.net, validation, &options.prep, options.batch_size, &plain);
-        state.history.push(sums.scaled(1.0 / steps as f64).log(epoch + 1, lr, val_dice));
+        state.history.push(sums.scaled(1.0 / steps as f64).log(epoch + 1, lr, val_dice, grad_norms));
         state.epoch = epoch + 1;
         let improved = state.best_val_dice.is_none_or(|dice| val_dice.is_nan() || val_dice > dice);
         if improved {
@@ -258,23 +276,74 @@ pub fn train(
     Ok((best, state))
 }
 
-/// One batch's total loss (for the backward pass) and the value of every term: the student's
-/// forward pass and, with `distillation`, the frozen teacher's on the same images (on the
-/// images' device without autodiff).
-pub fn batch_loss(
-    trainee: &Trainee,
-    images: Tensor<4>,
-    labels: Tensor<3, Int>,
-    segmentation: &SegmentationLoss,
-    distillation: Option<&Distillation>,
-) -> (Tensor<1>, TermValues) {
-    let plain = images.device().without_autodiff();
-    let teacher = distillation.map(|d| (teacher_outputs(d, &images, &plain), d));
-    let terms = loss_terms(trainee, images, labels, segmentation, teacher);
-    let baseline = DistillationWeights::default();
-    let total = terms.total(distillation.map_or(&baseline, |d| &d.weights));
-    let values = TermValues::of(&terms, &total);
-    (total, values)
+/// How a batch's loss is formed: `L_seg` and, for a distilled student, the teacher's terms with
+/// their weights times the ramp factor of this step.
+#[derive(Debug, Clone, Copy)]
+pub struct Objective<'a> {
+    pub segmentation: &'a SegmentationLoss,
+    pub distillation: Option<&'a Distillation>,
+    /// The factor on the distillation weights at this step ([`Distillation::ramp`]; 1 without).
+    pub ramp: f64,
+}
+
+impl Objective<'_> {
+    /// The weight of every distillation term at this step.
+    pub fn weights(&self) -> DistillationWeights {
+        self.distillation.map_or_else(DistillationWeights::default, |d| d.weights.scaled(self.ramp))
+    }
+
+    /// The frozen teacher's outputs on `images` (on their device without autodiff).
+    fn teacher(&self, images: &Tensor<4>) -> Option<(SegOutput, &Distillation)> {
+        let plain = images.device().without_autodiff();
+        self.distillation.map(|d| (teacher_outputs(d, images, &plain), d))
+    }
+
+    /// One batch's total loss (for the backward pass) and the value of every term: the
+    /// student's forward pass and, with a distillation, the teacher's on the same images.
+    pub fn batch_loss(&self, trainee: &Trainee, images: Tensor<4>, labels: Tensor<3, Int>) -> (Tensor<1>, TermValues) {
+        let teacher = self.teacher(&images);
+        let terms = loss_terms(trainee, images, labels, self.segmentation, teacher);
+        let total = terms.total(&self.weights());
+        let values = TermValues::of(&terms, &total);
+        (total, values)
+    }
+
+    /// The L2 norm, over the network's weights, of the gradient of each weighted term of one
+    /// batch (each from its own forward and backward pass, so the training step is untouched):
+    /// which term drives the student, and how hard.
+    pub fn term_gradient_norms(&self, trainee: &Trainee, images: Tensor<4>, labels: Tensor<3, Int>) -> Terms<f64> {
+        let weights = self.weights();
+        let weight = |term: Term| if term == Term::Segmentation { 1.0 } else { weights.weight(term) };
+        let teacher = self.teacher(&images);
+        Term::ALL
+            .into_iter()
+            .filter(|&term| weight(term) > 0.0)
+            .filter_map(|term| {
+                let terms = loss_terms(trainee, images.clone(), labels.clone(), self.segmentation, teacher.clone());
+                let value = terms.get(term)?.clone().mul_scalar(weight(term));
+                let grads = GradientsParams::from_grads(value.backward(), &trainee.net);
+                Some((term, gradient_norm(&trainee.net, &grads)))
+            })
+            .collect()
+    }
+}
+
+/// √(Σ g²) over every float parameter of `net` that has a gradient.
+fn gradient_norm(net: &Network, grads: &GradientsParams) -> f64 {
+    struct SquaredSum<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl ModuleVisitor for SquaredSum<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.sum += (g.clone() * g).sum().into_scalar::<f32>() as f64;
+            }
+        }
+    }
+    let mut visitor = SquaredSum { grads, sum: 0.0 };
+    net.visit(&mut visitor);
+    visitor.sum.sqrt()
 }
 
 /// The terms of eq. 8 for one batch: the student's forward pass, its segmentation loss and,
@@ -336,7 +405,7 @@ impl TermValues {
         Self { terms: self.terms.scaled(factor), total: self.total * factor }
     }
 
-    fn log(self, epoch: usize, lr: f64, val_dice: f64) -> EpochLog {
-        EpochLog { epoch, lr, terms: self.terms, total: self.total, val_dice }
+    fn log(self, epoch: usize, lr: f64, val_dice: f64, grad_norms: Terms<f64>) -> EpochLog {
+        EpochLog { epoch, lr, terms: self.terms, total: self.total, val_dice, grad_norms }
     }
 }

@@ -62,13 +62,28 @@ fn shipped_grids_load_with_their_base_configs() {
             assert_eq!(grid.teachers.len() * grid.students.len(), 6, "{name}");
             assert_eq!(grid.distillers, [Variant::ALL_THREE], "{name}");
         }
-        if !name.ends_with("-quick") {
+        if name.starts_with("table") && !name.ends_with("-quick") {
             assert_eq!(grid.targets, ["all"], "{name}: the paper's tables cover every site");
+        }
+        if name.starts_with("selection") {
+            // Defaults are chosen over seeds, on the quick setting's own target.
+            assert_eq!((grid.seeds.len(), grid.targets.as_slice()), (3, &["HK".to_string()][..]), "{name}");
         }
         names.push(name);
     }
     names.sort();
-    assert_eq!(names, ["table2", "table2-quick", "table3", "table3-quick", "table4-quick"]);
+    assert_eq!(
+        names,
+        [
+            "selection-paper-lambda",
+            "selection-tenth-lambda",
+            "table2",
+            "table2-quick",
+            "table3",
+            "table3-quick",
+            "table4-quick"
+        ]
+    );
 }
 
 #[test]

@@ -74,7 +74,14 @@ fn empty_prediction_is_flagged_not_averaged_away() {
 
 #[test]
 fn site_means_by_hand() {
-    let s = |site: &str, dice| CaseScore { site: site.into(), case: String::new(), dice, hd95: 0.0, asd: 0.0 };
+    let s = |site: &str, dice| CaseScore {
+        site: site.into(),
+        case: String::new(),
+        dice,
+        hd95: 0.0,
+        asd: 0.0,
+        fragmentation: 0.0,
+    };
     let means = mean_dice_per_site(&[s("HK", 0.5), s("UCL", 0.9), s("HK", 0.7)]);
     assert_eq!(means.len(), 2);
     assert_eq!(means[0].0, "HK");

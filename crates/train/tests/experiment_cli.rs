@@ -1,6 +1,6 @@
 //! `train experiment` end to end on a tiny phantom: the Table 3 grid's eight rows and Table 4's
 //! comparison distillers, the report's numbers against the per-case scores, resume after a
-//! kill, and a rerun that trains nothing.
+//! kill, a rerun that trains nothing, and a grid over seeds with its paired statistics.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,8 +52,8 @@ fn mean_dice(scores: &str, cell: &str) -> f64 {
         .lines()
         .skip(1)
         .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f[1] == cell)
-        .map(|f| f[7].parse().unwrap())
+        .filter(|f| f[2] == cell)
+        .map(|f| f[8].parse().unwrap())
         .collect();
     assert!(!dice.is_empty(), "no scores for {cell}");
     dice.iter().sum::<f64>() / dice.len() as f64
@@ -66,7 +66,7 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
     std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
     std::fs::write(dir.join("grid.yaml"), GRID).unwrap();
     let out = dir.join("experiments/grid");
-    let target = out.join("HCRUDB"); // S3, by its folder name
+    let target = out.join("HCRUDB/seed-0"); // S3, by its folder name; the base config's seed
 
     // First run: interrupted once the baseline is scored.
     let mut child =
@@ -101,7 +101,8 @@ fn table3_grid_reports_eight_rows_resumes_and_skips_finished_cells() {
     let o = train(dir, &["experiment", "grid.yaml"]).output().unwrap();
     let log = text(&o);
     assert!(o.status.success(), "{log}");
-    assert!(!log.contains(" epoch "), "a finished cell was trained again:\n{log}");
+    let training = log.lines().any(|l| l.contains(" epoch ") && l.contains(" loss "));
+    assert!(!training, "a finished cell was trained again:\n{log}");
     assert_eq!(log.matches("done earlier").count(), 11, "{log}");
     assert_eq!(weights(&target), trained);
     assert_eq!(std::fs::read_to_string(out.join("report.md")).unwrap(), report);
@@ -199,4 +200,82 @@ fn bad_experiments_fail_clearly_and_write_nothing() {
     let o = train(dir, &["experiment", "grid.yaml", "--out", "mine"]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("not an experiment folder"), "{}", text(&o));
     assert_eq!(std::fs::read_dir(dir.join("mine")).unwrap().count(), 1);
+}
+
+/// Per-seed case means of `cell` in scores.csv: seed → mean Dice, and the cases scored.
+fn seed_means(scores: &str, cell: &str) -> BTreeMap<u64, (f64, Vec<String>)> {
+    let mut by_seed: BTreeMap<u64, Vec<(String, f64)>> = BTreeMap::new();
+    for f in scores.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|f| f[2] == cell) {
+        by_seed.entry(f[1].parse().unwrap()).or_default().push((format!("{}/{}", f[6], f[7]), f[8].parse().unwrap()));
+    }
+    by_seed
+        .into_iter()
+        .map(|(seed, rows)| {
+            let mean = rows.iter().map(|r| r.1).sum::<f64>() / rows.len() as f64;
+            (seed, (mean, rows.into_iter().map(|r| r.0).collect()))
+        })
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    (m, (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+}
+
+#[test]
+fn seeds_pair_up_on_the_same_test_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("tiny.yaml"), TINY).unwrap();
+    let grid = "base: tiny.yaml\nteachers: [unetpp]\nstudents: [enet]\ntargets: [S3]\ndistillers: [lm+kmm+aam]\nseeds: [0, 1]\n";
+    std::fs::write(dir.join("grid.yaml"), grid).unwrap();
+    let o = train(dir, &["experiment", "grid.yaml"]).output().unwrap();
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("1 target(s) × 2 seed(s)") && log.contains("= 6 cells"), "{log}");
+    let out = dir.join("experiments/grid");
+    let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+
+    // Every seed is scored on the same cases; the seeds train different networks.
+    let baseline = seed_means(&scores, "baseline-enet");
+    let distilled = seed_means(&scores, "enet-unetpp-lm+kmm+aam");
+    assert_eq!(baseline.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(baseline[&0].1, baseline[&1].1, "the test cases differ between seeds");
+    assert_eq!(baseline[&0].1, distilled[&0].1);
+    let seed_weights = |seed: u64| std::fs::read(out.join(format!("HCRUDB/seed-{seed}/baseline-enet.bpk"))).unwrap();
+    assert_ne!(seed_weights(0), seed_weights(1), "both seeds trained the same network");
+
+    // Table 2: mean ± sd over seeds; the paired row: w/ − w/o seed by seed.
+    let table2 = &report[report.find("## Dice per target site").unwrap()..];
+    let (m, sd) = mean_sd(&[baseline[&0].0, baseline[&1].0]);
+    let cell = row(table2, "ENet w/o")[1].to_string();
+    let (got_m, got_sd) = cell.split_once(" ± ").unwrap_or_else(|| panic!("no spread in {cell}"));
+    assert!(
+        (got_m.parse::<f64>().unwrap() - m).abs() < 6e-4 && (got_sd.parse::<f64>().unwrap() - sd).abs() < 6e-4,
+        "{cell}"
+    );
+    let differences: Vec<f64> = [0, 1].iter().map(|s| distilled[s].0 - baseline[s].0).collect();
+    let (dm, dsd) = mean_sd(&differences);
+    let positive = differences.iter().filter(|d| **d > 0.0).count();
+    let paired = &report[report.find("## Distilled minus baseline").unwrap()..];
+    let want = format!("{dm:+.3} ± {dsd:.3} ({positive}/2)");
+    assert_eq!(row(paired, "ENet ← UNet++ (lm+kmm+aam)")[1], want, "{paired}");
+
+    // Diagnostics: fragmentation in the report and scores, the teacher on the students' sites,
+    // gradient norms of every term in metrics.csv.
+    assert!(report.contains("## Fragmentation") && scores.lines().next().unwrap().ends_with(",fragmentation"));
+    let guidance = &report[report.find("## Teacher guidance").unwrap()..];
+    assert!(guidance.contains("| HCRUDB | UNet++ | "), "{guidance}");
+    let metrics = std::fs::read_to_string(out.join("HCRUDB/seed-1/metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for line in metrics.lines().filter(|l| l.starts_with("enet-unetpp-lm+kmm+aam,")) {
+        let f: Vec<&str> = line.split(',').collect();
+        for term in ["grad_segmentation", "grad_lm", "grad_kmm", "grad_aam"] {
+            let v: f64 = f[column(term)].parse().unwrap_or_else(|_| panic!("no {term} in {line}"));
+            assert!(v.is_finite() && v > 0.0, "{term}: {line}");
+        }
+        assert!(f[column("grad_kd")].is_empty(), "{line}");
+    }
 }

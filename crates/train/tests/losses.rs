@@ -11,7 +11,7 @@ use relkd_train::losses::kernel_matrix::{
     GramMode, KernelMatrix, KernelMatrixConfig, batch_gram, channel_gram, gram_distance,
 };
 use relkd_train::losses::logits::logits_kl;
-use relkd_train::losses::segmentation::{SegmentationLoss, dice_loss, focal_loss};
+use relkd_train::losses::segmentation::{DiceClasses, SegmentationLoss, dice_loss, focal_loss};
 use relkd_train::losses::{DistillationWeights, LossTerms, Term};
 
 const LN2: f64 = std::f64::consts::LN_2;
@@ -49,7 +49,10 @@ fn dice_and_focal_by_hand() {
     // Class 0: no overlap, Σp = ¾; class 1: overlap ½ + ¾, Σp + Σy = 1¼ + 2.
     let s = 1e-5;
     let dice = 1.0 - (s / (0.75 + s) + (2.5 + s) / (3.25 + s)) / 2.0;
-    close(scalar(dice_loss(two_pixel_logits(&device), y.clone())), dice, 1e-6);
+    close(scalar(dice_loss(two_pixel_logits(&device), y.clone(), DiceClasses::All)), dice, 1e-6);
+    // The foreground alone: 1 − (2.5 + s) / (3.25 + s).
+    let foreground = 1.0 - (2.5 + s) / (3.25 + s);
+    close(scalar(dice_loss(two_pixel_logits(&device), y.clone(), DiceClasses::Foreground)), foreground, 1e-6);
     // p_t = ½ and ¾: −mean((1 − p_t)² ln p_t).
     let focal = -(0.25 * 0.5f64.ln() + 0.0625 * 0.75f64.ln()) / 2.0;
     close(scalar(focal_loss(two_pixel_logits(&device), y.clone(), 2.0)), focal, 1e-6);
@@ -196,13 +199,15 @@ fn affinity_by_hand() {
     close(scalar(out.total), ((3.0 - w01) + (3.0 - w10)) / 2.0, 1e-5);
 }
 
-/// An independent f64 loop over pixels, neighbours and dilations.
+/// An independent f64 loop over pixels, neighbours and dilations; with `per_class`, L_P+ is
+/// the mean over the classes of pixel i present of each class's mean.
 fn affinity_reference(
     student: &[f32],
     teacher: &[f32],
     [h, w]: [usize; 2],
     dilations: &[usize],
     margin: f64,
+    per_class: bool,
 ) -> (f64, f64) {
     let prob = |logits: &[f32], y: usize, x: usize| {
         let (a, b) = (logits[y * w + x] as f64, logits[h * w + y * w + x] as f64);
@@ -210,7 +215,7 @@ fn affinity_reference(
         [(1.0 - p1).clamp(1e-4, 1.0), p1.clamp(1e-4, 1.0)]
     };
     let label = |y: usize, x: usize| (teacher[h * w + y * w + x] > teacher[y * w + x]) as usize;
-    let (mut pos, mut npos, mut neg, mut nneg) = (0.0, 0, 0.0, 0);
+    let (mut pos, mut npos, mut neg, mut nneg) = ([0.0; 2], [0usize; 2], 0.0, 0);
     for &d in dilations {
         let d = d as isize;
         for (dy, dx) in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)] {
@@ -222,9 +227,10 @@ fn affinity_reference(
                     }
                     let (pi, pj) = (prob(student, y as usize, x as usize), prob(student, yj as usize, xj as usize));
                     let kl: f64 = (0..2).map(|c| pi[c] * (pi[c].ln() - pj[c].ln())).sum();
-                    if label(y as usize, x as usize) == label(yj as usize, xj as usize) {
-                        pos += kl;
-                        npos += 1;
+                    let class = label(y as usize, x as usize);
+                    if class == label(yj as usize, xj as usize) {
+                        pos[class] += kl;
+                        npos[class] += 1;
                     } else {
                         neg += (margin - kl).max(0.0);
                         nneg += 1;
@@ -233,7 +239,13 @@ fn affinity_reference(
             }
         }
     }
-    (pos / npos.max(1) as f64, neg / nneg.max(1) as f64)
+    let positive = if per_class {
+        let means: Vec<f64> = (0..2).filter(|&c| npos[c] > 0).map(|c| pos[c] / npos[c] as f64).collect();
+        means.iter().sum::<f64>() / means.len().max(1) as f64
+    } else {
+        (pos[0] + pos[1]) / (npos[0] + npos[1]).max(1) as f64
+    };
+    (positive, neg / nneg.max(1) as f64)
 }
 
 #[test]
@@ -244,9 +256,49 @@ fn affinity_matches_an_independent_loop() {
     let teacher = random(2 * h * w, 5);
     let aam = AffinityConfig::new(2).init(&device); // dilations 1, 2, 3; margin 3
     let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device));
-    let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0);
+    let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, false);
     close(scalar(out.positive), pos, 1e-5);
     close(scalar(out.negative), neg, 1e-4);
+}
+
+#[test]
+fn per_class_positive_mean_matches_the_loop_and_weighs_the_gland() {
+    let device = Device::flex();
+    let [h, w] = [4, 5];
+    // The teacher's foreground: 4 of 20 pixels, so background pairs dominate the pooled mean;
+    // the student is ragged inside it (large logits) and smooth outside.
+    let gland = [6, 7, 11, 12];
+    let mut teacher = vec![0f32; 2 * h * w];
+    for i in gland {
+        teacher[h * w + i] = 1.0;
+    }
+    let student: Vec<f32> = random(2 * h * w, 3)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * if gland.contains(&(i % (h * w))) { 3.0 } else { 0.5 })
+        .collect();
+    let aam = AffinityConfig::new(2).with_per_class_positive(true).init(&device);
+    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device));
+    let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, true);
+    let (pooled, _) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, false);
+    assert!((pos - pooled).abs() > 1e-3, "the two means must differ on this case: {pos} vs {pooled}");
+    close(scalar(out.positive), pos, 1e-5);
+    close(scalar(out.negative), neg, 1e-4);
+    // By hand on a row of five pixels, p = (½,½), (¼,¾), then (½,½) three times; the teacher
+    // says foreground, foreground, background × 3. P+: the foreground pair both ways (W01, W10)
+    // and four background pairs, all 0 (equal probabilities). Pooled: (W01 + W10) / 6; per
+    // class: (W01 + W10) / 2 for the gland and 0 for the background, averaged → / 4.
+    let w01 = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
+    let w10 = 0.25 * (0.25f64 / 0.5).ln() + 0.75 * (0.75f64 / 0.5).ln();
+    let ln3 = 3f32.ln();
+    let student = t4(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, ln3, 0.0, 0.0, 0.0], [1, 2, 1, 5], &device);
+    let teacher = t4(&[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [1, 2, 1, 5], &device);
+    let row = |per_class: bool| {
+        let aam = AffinityConfig::new(2).with_dilations(vec![1]).with_per_class_positive(per_class).init(&device);
+        scalar(aam.forward(student.clone(), teacher.clone()).positive)
+    };
+    close(row(false), (w01 + w10) / 6.0, 1e-6);
+    close(row(true), (w01 + w10) / 4.0, 1e-6);
 }
 
 #[test]

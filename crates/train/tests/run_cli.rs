@@ -158,7 +158,9 @@ fn bad_input_leaves_the_run_untouched(s: &Sandbox, run: &Path) {
     let untouched = snapshot(run);
     std::fs::write(s.path("typo.yaml"), TINY.replace("epochs: 3", "epoch: 3")).unwrap();
     std::fs::create_dir(s.path("empty")).unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["--config", "tiny.yaml", "--seeds", "0,1,0", "--out", "x"], "--seeds lists a seed twice"),
+        (&["--config", "tiny.yaml", "--seeds", "0,1", "--resume", "--out", "run"], "drop --resume"),
         (&["--config", "typo.yaml", "--out", "run"], "unknown field `epoch`"),
         (&["--config", "tiny.yaml", "--target", "Elsewhere", "--out", "run"], "unknown site 'Elsewhere'"),
         (&["--config", "tiny.yaml", "--data", "empty", "--out", "run"], "no site folders"),
@@ -190,7 +192,7 @@ fn bad_input_leaves_the_run_untouched(s: &Sandbox, run: &Path) {
 }
 
 #[test]
-fn devices_train_data_parallel_and_unavailable_ones_fail_clearly() {
+fn devices_train_data_parallel_on_two_cpu_workers() {
     let s = Sandbox::new();
     // Two workers on the CPU: the same path as --devices cuda:0,cuda:1, runnable here.
     let o = s.run(&["--config", "tiny.yaml", "--out", "run", "--devices", "cpu,cpu"]);
@@ -200,7 +202,12 @@ fn devices_train_data_parallel_and_unavailable_ones_fail_clearly() {
     assert_eq!(rows(&s.path("run/metrics.csv"), "student").len(), 3);
     let report = std::fs::read_to_string(s.path("run/report.md")).unwrap();
     assert!(report.contains("2 devices, data parallel"), "{report}");
+}
 
+/// Also run by `.ci/run` against the CUDA build, on a machine without a GPU.
+#[test]
+fn unavailable_devices_fail_clearly_before_anything_is_written() {
+    let s = Sandbox::new();
     // A device that cannot run is an error before anything is trained, never a fallback.
     let o = s.run(&["--config", "tiny.yaml", "--out", "gpu", "--devices", "cuda:0,cuda:1"]);
     let log = text(&o);

@@ -139,7 +139,7 @@ fn data_parallel_step_sums_the_share_weighted_gradients_of_its_parts() {
     let segmentation = SegmentationLoss::default();
 
     let parallel = DataParallel::new(&[device.clone(), device.clone()], segmentation, Some(&distillation));
-    let (values, grads) = parallel.step(&trainee, &batch, &PREP).unwrap();
+    let (values, grads) = parallel.step(&trainee, &batch, &PREP, 1.0).unwrap();
 
     let plain = device.clone().without_autodiff();
     let mut expected = TermValues::default();
@@ -181,4 +181,37 @@ fn first_conv_weight(net: &relkd_models::Network) -> burn::module::ParamId {
     let mut first = First(None);
     net.visit(&mut first);
     first.0.expect("a convolution")
+}
+
+/// `losses.ramp_epochs`: every distillation weight grows linearly from 0 over the ramp, and a
+/// batch's total is L_seg plus the ramped weights times the terms.
+#[test]
+fn distillation_weights_ramp_up_linearly() {
+    use relkd_train::trainer::{Objective, to_batch};
+
+    let device = Device::flex().autodiff();
+    device.seed(5);
+    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
+    let losses = LossConfig { ramp_epochs: 4.0, ..LossConfig::default() };
+    let distillation = Distillation::new(teacher, &losses);
+    for (epochs, factor) in [(0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.5, 1.0)] {
+        assert_eq!(distillation.ramp(epochs), factor, "after {epochs} epochs");
+    }
+    let immediate = Distillation::new(distillation.teacher.clone(), &LossConfig::default());
+    assert_eq!(immediate.ramp(0.0), 1.0, "no ramp: full weight from the first step");
+
+    let net = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device);
+    let kmm = KernelMatrixConfig::new(net.tap().channels, distillation.teacher.tap().channels).init(&device);
+    let trainee = Trainee { net, kmm: Some(kmm), aam: Some(AffinityConfig::new(2).init(&device)) };
+    let batch: Vec<Slice2d> = samples(&tiny_cases()).into_iter().take(2).collect();
+    let (images, labels) = to_batch(&batch, &PREP, &device);
+    let seg = SegmentationLoss::default();
+    let objective = Objective { segmentation: &seg, distillation: Some(&distillation), ramp: 0.25 };
+    let (total, values) = objective.batch_loss(&trainee, images, labels);
+    let term = |t: Term| values.terms.get(t).copied().unwrap();
+    let expected =
+        term(Term::Segmentation) + 0.25 * (0.2 * term(Term::Lm) + 0.9 * term(Term::Kmm) + 0.9 * term(Term::Aam));
+    let got = total.into_scalar::<f32>() as f64;
+    assert!((got - expected).abs() < 1e-5 * expected.abs().max(1.0), "{got} vs {expected}");
+    assert!((values.total - expected).abs() < 1e-5 * expected.abs().max(1.0));
 }

@@ -8,6 +8,10 @@
 //! `L_P+ = mean over P+ of W_ij`, `L_P− = mean over P− of max(0, m − W_ij)` with margin m = 3,
 //! and `L_AA = L_P+ + L_P−`.
 //!
+//! `per_class_positive` (not the paper's) averages `L_P+` per class of pixel i and then over the
+//! classes present: with a small gland nearly every P+ pair is background–background, so the
+//! pooled mean barely notices speckle inside the gland; per class, foreground pairs weigh half.
+//!
 //! "Adaptive" (AAF's learned neighbourhood sizes): with `adaptive`, each pair's terms are
 //! weighted by a per-class softmax over the dilations (the class of pixel i), scaled so that
 //! equal weights give the plain loss. The weights are trained by gradient *ascent* (AAF's
@@ -35,6 +39,9 @@ pub struct AffinityConfig {
     /// Learned per-class weights over the dilations; plain equal weights when false.
     #[config(default = false)]
     pub adaptive: bool,
+    /// `L_P+` as the mean over classes of each class's mean; the paper's pooled mean when false.
+    #[config(default = false)]
+    pub per_class_positive: bool,
 }
 
 impl AffinityConfig {
@@ -46,6 +53,7 @@ impl AffinityConfig {
                 .then(|| Param::from_tensor(Tensor::zeros([self.classes, self.dilations.len()], device))),
             dilations: self.dilations.clone(),
             margin: self.margin,
+            per_class_positive: self.per_class_positive,
         }
     }
 }
@@ -58,6 +66,8 @@ pub struct Affinity {
     pub dilations: Vec<usize>,
     #[module(skip)]
     pub margin: f64,
+    #[module(skip)]
+    pub per_class_positive: bool,
 }
 
 /// `L_AA` and its two parts.
@@ -87,8 +97,9 @@ impl Affinity {
             reverse_gradient(softmax(w.val(), 1).mul_scalar(n)) // [k, dilations], mean 1 per class
         });
 
-        let zero = || Tensor::<1>::zeros([1], &device);
-        let (mut pos_sum, mut pos_count, mut neg_sum, mut neg_count) = (zero(), zero(), zero(), zero());
+        let zeros = |n: usize| Tensor::<1>::zeros([n], &device);
+        // P+ sums and counts per class of pixel i ([k]); P− pooled ([1]).
+        let (mut pos_sum, mut pos_count, mut neg_sum, mut neg_count) = (zeros(k), zeros(k), zeros(1), zeros(1));
         for (di, &d) in self.dilations.iter().enumerate() {
             let d = d as isize;
             for (dy, dx) in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)] {
@@ -107,23 +118,31 @@ impl Affinity {
                 let labels_j: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, rj, cj]);
                 let same = labels_i.clone().equal(labels_j).float(); // 1 on P+, 0 on P−
                 let different = same.clone().neg().add_scalar(1.0);
+                let [_, _, hh, ww] = same.dims();
+                let class_i = one_hot(labels_i.reshape([b, hh, ww]), k); // [b, k, h', w']
                 let weight = match &class_weights {
                     Some(cw) => {
-                        let [_, _, hh, ww] = same.dims();
                         let column = cw.clone().slice([0..k, di..di + 1]).reshape([1, k, 1, 1]);
-                        (one_hot(labels_i.reshape([b, hh, ww]), k) * column).sum_dim(1) // [b, 1, h', w']
+                        (class_i.clone() * column).sum_dim(1) // [b, 1, h', w']
                     }
                     None => same.ones_like(),
                 };
                 let hinge = w_ij.clone().neg().add_scalar(self.margin).clamp_min(0.0);
-                pos_sum = pos_sum + (w_ij * same.clone() * weight.clone()).sum();
+                let per_class = |t: Tensor<4>| (t * class_i.clone()).sum_dims_squeeze::<1, _>(&[0, 2, 3]); // [k]
+                pos_sum = pos_sum + per_class(w_ij * same.clone() * weight.clone());
+                pos_count = pos_count + per_class(same);
                 neg_sum = neg_sum + (hinge * different.clone() * weight).sum();
-                pos_count = pos_count + same.sum();
                 neg_count = neg_count + different.sum();
             }
         }
         // An empty set (no P− pairs in a slice without foreground) contributes 0.
-        let positive = pos_sum / pos_count.clamp_min(1.0);
+        let positive = if self.per_class_positive {
+            let present = pos_count.clone().greater_elem(0.0).float(); // [k]
+            let class_means = pos_sum / pos_count.clamp_min(1.0);
+            (class_means * present.clone()).sum() / present.sum().clamp_min(1.0)
+        } else {
+            pos_sum.sum() / pos_count.sum().clamp_min(1.0)
+        };
         let negative = neg_sum / neg_count.clamp_min(1.0);
         AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
     }

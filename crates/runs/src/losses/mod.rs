@@ -94,6 +94,10 @@ impl<T> Terms<T> {
         self.0.insert(term, value);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn remove(&mut self, term: Term) -> Option<T> {
         self.0.remove(&term)
     }

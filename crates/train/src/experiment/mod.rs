@@ -1,16 +1,18 @@
 //! `train experiment FILE.yaml`: the paper's tables as one grid of runs.
 //!
-//! A grid is teachers × students × target sites × distillers, all from one base run
-//! configuration. Per target site the grid trains each teacher once (reusing the teacher cache
-//! that `train` fills), each student's baseline once (it does not depend on the teacher), and
-//! one distilled student per (teacher, distiller). Every trained model is a cell: it is written
-//! with its card and its scores on the target's held-out cases, and a rerun of the same command
-//! skips every finished cell and continues an interrupted one from its last epoch.
+//! A grid is teachers × students × target sites × distillers × training seeds, all from one
+//! base run configuration. Per target site and seed the grid trains each teacher once, each
+//! student's baseline once (it does not depend on the teacher), and one distilled student per
+//! (teacher, distiller). The split of the cases follows the base configuration's `split_seed`,
+//! never the training seed, so every seed is scored on the same test cases and w/ and w/o pair
+//! up seed by seed. Every trained model is a cell: it is written with its card and its scores on
+//! the target's held-out cases, and a rerun of the same command skips every finished cell and
+//! continues an interrupted one from its last epoch.
 //!
-//! Layout of the output folder (default `experiments/FILE-STEM/`):
-//! `TARGET/config.yaml` (the base configuration resolved for that target), `TARGET/NAME.bpk`
-//! with `TARGET/NAME.yaml` per cell, `TARGET/scores/NAME.yaml`, `TARGET/metrics.csv`; then
-//! `report.md`, `scores.csv` and `dice_TEACHER_STUDENT.png` for the whole grid.
+//! Layout of the output folder (default `experiments/FILE-STEM/`): per target and seed,
+//! `TARGET/seed-N/config.yaml` (the base configuration resolved for them), `NAME.bpk` with
+//! `NAME.yaml` per cell, `scores/NAME.yaml` and `metrics.csv`; then `report.md`, `scores.csv` and
+//! `dice_TEACHER_STUDENT.png` for the whole grid.
 
 mod report;
 
@@ -25,7 +27,7 @@ use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{fingerprint, load_model};
+use crate::checkpoint::{ModelCard, fingerprint, load_model};
 use crate::config::{Distiller, ExperimentConfig, LossConfig};
 use crate::evaluate::CaseScore;
 use crate::run::{
@@ -49,6 +51,10 @@ pub struct GridSpec {
     /// The distilled students of each (teacher, student, target): `lm+kmm+aam` (the paper's),
     /// any subset of it, `hinton` or `attention`. The baseline (w/o) is always trained.
     pub distillers: Vec<Variant>,
+    /// Training seeds (initialisation, slice order, augmentation); every cell is trained once per
+    /// seed. Default: the base configuration's `training.seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
 }
 
 /// How one distilled student learns from its teacher.
@@ -154,6 +160,10 @@ impl GridSpec {
             "experiment file {}: `targets: [all]` stands alone; list sites or write all",
             path.display()
         );
+        let mut seeds = spec.seeds.clone();
+        seeds.sort_unstable();
+        seeds.dedup();
+        ensure!(seeds.len() == spec.seeds.len(), "experiment file {}: `seeds` lists a seed twice", path.display());
         Ok(spec)
     }
 }
@@ -176,6 +186,22 @@ pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
     let mut base = ExperimentConfig::load(&base_path)
         .with_context(|| format!("the base configuration of {}", request.file.display()))?;
     set_data_root(&mut base.data, request.data.as_deref())?;
+    let stem = request.file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
+    let devices = Devices::resolve(request.device, &request.devices)?;
+    run_spec(&spec, &base, &base_path.display().to_string(), &stem, &out, &devices)
+}
+
+/// Runs (or continues) `spec` from the configuration `base` (described as `base_name` in
+/// errors) into `out`; `stem` names the grid in run ids and the report.
+pub fn run_spec(
+    spec: &GridSpec,
+    base: &ExperimentConfig,
+    base_name: &str,
+    stem: &str,
+    out: &Path,
+    devices: &Devices,
+) -> anyhow::Result<PathBuf> {
     // Every target is resolved before anything is written.
     let root = data_root(&base.data)?;
     let dataset = Dataset::discover(&root)?;
@@ -184,74 +210,80 @@ pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
     } else {
         spec.targets.iter().map(|t| Ok(dataset.site(t)?.name.clone())).collect::<anyhow::Result<_>>()?
     };
-    let stem = request.file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-    let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
-    let spec_yaml = serde_yaml::to_string(&spec).expect("serialises");
-    if out.exists() && !out.join("experiment.yaml").exists() && fs::read_dir(&out)?.next().is_some() {
+    let spec_yaml = serde_yaml::to_string(spec).expect("serialises");
+    if out.exists() && !out.join("experiment.yaml").exists() && fs::read_dir(out)?.next().is_some() {
         bail!("{} exists and is not an experiment folder (no experiment.yaml); choose another --out", out.display());
     }
-    let devices = Devices::resolve(request.device, &request.devices)?;
-    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_atomic(&out.join("experiment.yaml"), spec_yaml.as_bytes()).with_context(|| format!("{}", out.display()))?;
 
-    let per_target = spec.teachers.len() + spec.students.len() * (1 + spec.teachers.len() * spec.distillers.len());
+    let seeds = if spec.seeds.is_empty() { vec![base.training.seed] } else { spec.seeds.clone() };
+    let per_seed = spec.teachers.len() + spec.students.len() * (1 + spec.teachers.len() * spec.distillers.len());
+    let total = targets.len() * seeds.len() * per_seed;
     println!(
-        "experiment {stem}: {} target(s) × ({} teacher(s), {} baseline(s), {} distilled student(s)) = {} cells on {}",
+        "experiment {stem}: {} target(s) × {} seed(s) × ({} teacher(s), {} baseline(s), {} distilled student(s)) \
+         = {total} cells on {}",
         targets.len(),
+        seeds.len(),
         spec.teachers.len(),
         spec.students.len(),
         spec.students.len() * spec.teachers.len() * spec.distillers.len(),
-        targets.len() * per_target,
         devices.description
     );
     let mut cells = Vec::new();
     let mut done = 0;
     for target in &targets {
-        let mut config = base.clone();
-        config.target = target.clone();
-        let (root, cases) = prepare(&mut config)?;
-        let dir = out.join(&config.target);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let config_yaml = config.to_yaml();
-        let saved = dir.join("config.yaml");
-        match fs::read_to_string(&saved) {
-            Ok(text) => ensure!(
-                text == config_yaml,
-                "{} was run with another base configuration; use a new --out or restore {}",
-                dir.display(),
-                base_path.display()
-            ),
-            Err(_) => write_atomic(&saved, config_yaml.as_bytes()).with_context(|| format!("{}", saved.display()))?,
-        }
-        let grid = TargetGrid { config: &config, cases: &cases, dir: &dir, devices: &devices, stem: &stem };
-        let mut next = |what: &str| {
-            done += 1;
-            println!("--- cell {done}/{}: {what} on {target}", targets.len() * per_target);
-        };
-        let mut teachers = Vec::new();
-        for &teacher in &spec.teachers {
-            next(&format!("teacher {}", teacher.display_name()));
-            cells.push(grid.teacher(teacher, &root)?);
-            let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
-            teachers.push((teacher, load_model(&weights, &devices.main)?.0.valid()));
-        }
-        for &student in &spec.students {
-            next(&format!("{} w/o", student.display_name()));
-            cells.push(grid.baseline(student)?);
-            for (teacher, net) in &teachers {
-                for &variant in &spec.distillers {
-                    next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
-                    cells.push(grid.distilled(student, *teacher, variant, net)?);
+        let mut target_config = base.clone();
+        target_config.target = target.clone();
+        // One split for every seed: it depends on `split_seed` only.
+        let (root, cases) = prepare(&mut target_config)?;
+        for &seed in &seeds {
+            let mut config = target_config.clone();
+            config.training.seed = seed;
+            let dir = out.join(&config.target).join(format!("seed-{seed}"));
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config_yaml = config.to_yaml();
+            let saved = dir.join("config.yaml");
+            match fs::read_to_string(&saved) {
+                Ok(text) => ensure!(
+                    text == config_yaml,
+                    "{} was run with another base configuration; use a new --out or restore {base_name}",
+                    dir.display(),
+                ),
+                Err(_) => {
+                    write_atomic(&saved, config_yaml.as_bytes()).with_context(|| format!("{}", saved.display()))?
+                }
+            }
+            let grid = TargetGrid { config: &config, cases: &cases, dir: &dir, devices, stem };
+            let mut next = |what: &str| {
+                done += 1;
+                println!("--- cell {done}/{total}: {what} on {target}, seed {seed}");
+            };
+            let mut teachers = Vec::new();
+            for &teacher in &spec.teachers {
+                next(&format!("teacher {}", teacher.display_name()));
+                cells.push(grid.teacher(teacher, &root)?);
+                let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
+                teachers.push((teacher, load_model(&weights, &devices.main)?.0.valid()));
+            }
+            for &student in &spec.students {
+                next(&format!("{} w/o", student.display_name()));
+                cells.push(grid.baseline(student)?);
+                for (teacher, net) in &teachers {
+                    for &variant in &spec.distillers {
+                        next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
+                        cells.push(grid.distilled(student, *teacher, variant, net)?);
+                    }
                 }
             }
         }
     }
     let real_data = base.data.root.is_some();
     let data = if real_data { root.display().to_string() } else { format!("phantom ({})", root.display()) };
-    let summary = report::write(&out, &stem, &spec, &targets, &cells, &data, real_data)?;
+    let summary = report::write(out, stem, spec, &targets, &seeds, &cells, &data, real_data)?;
     println!("\n{}", summary.trim_end());
     println!("\nwrote {}", out.join("report.md").display());
-    Ok(out)
+    Ok(out.to_path_buf())
 }
 
 /// The cells of one target site.
@@ -311,30 +343,49 @@ impl TargetGrid<'_> {
         work: impl FnOnce(&Stage) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let hash = fingerprint(&config.to_yaml());
-        let run_id = format!("{}/{}", self.stem, config.target);
+        let run_id = format!("{}/{}/seed-{}", self.stem, config.target, config.training.seed);
         let stage = Stage { config, run_dir: self.dir, run_id: &run_id, config_hash: &hash, devices: self.devices };
         work(&stage).with_context(|| format!("cell {stem} of {}", self.dir.display()))?;
         let _ = fs::remove_dir(self.dir.join("checkpoints")); // only when empty
         Ok(())
     }
 
-    /// The cell's scores on the target's held-out cases, computed once and kept beside it.
+    /// The cell's scores on the target's held-out cases; a teacher's also on the students'
+    /// validation cases (the quality of its guidance on their sites).
     fn score(&self, config: &ExperimentConfig, kind: CellKind) -> anyhow::Result<Cell> {
         let stem = kind.stem();
-        let path = self.dir.join("scores").join(format!("{stem}.yaml"));
-        let target = config.target.clone();
+        let scores = self.scores(config, &stem, &stem, &self.cases.test)?;
+        let guidance = match kind {
+            CellKind::Teacher { .. } => {
+                self.scores(config, &stem, &format!("{stem}-on-student-sites"), &self.cases.student_val)?
+            }
+            _ => vec![],
+        };
+        let card = ModelCard::load(&ModelCard::path_for(&self.dir.join(format!("{stem}.bpk"))))?;
+        let val_dice = card.best_val_dice.unwrap_or(f64::NAN);
+        Ok(Cell { target: config.target.clone(), seed: config.training.seed, kind, scores, guidance, val_dice })
+    }
+
+    /// Scores of model `stem` on `cases`, computed once and kept as `scores/NAME.yaml`.
+    fn scores(
+        &self,
+        config: &ExperimentConfig,
+        stem: &str,
+        name: &str,
+        cases: &[relkd_core::dataset::Case],
+    ) -> anyhow::Result<Vec<CaseScore>> {
+        let path = self.dir.join("scores").join(format!("{name}.yaml"));
         if let Ok(text) = fs::read_to_string(&path) {
-            let scores: Vec<CaseScore> = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-            return Ok(Cell { target, kind, scores });
+            return serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()));
         }
         let (net, _) = load_model(&self.dir.join(format!("{stem}.bpk")), &self.devices.main)?;
-        let bar = progress_bar(self.cases.test.len() as u64, &format!("scoring {stem}"));
+        let bar = progress_bar(cases.len() as u64, &format!("scoring {name}"));
         let plain = self.devices.main.clone().without_autodiff();
-        let (scores, _) = score_cases(&net.valid(), &self.cases.test, config, &plain, &|| bar.inc(1));
+        let (scores, _) = score_cases(&net.valid(), cases, config, &plain, &|| bar.inc(1));
         bar.finish_and_clear();
         fs::create_dir_all(path.parent().expect("scores folder"))?;
         write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes())
             .with_context(|| format!("{}", path.display()))?;
-        Ok(Cell { target, kind, scores })
+        Ok(scores)
     }
 }

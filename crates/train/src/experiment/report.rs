@@ -1,6 +1,7 @@
 //! The grid's report: Table 2 (teachers, w/o and w/ per student, one column per target site),
-//! Table 3 (the ablation of LM, AAM and KMM), the comparison distillers of Table 4, a per-site
-//! bar chart per teacher–student pair, and every case's scores.
+//! the paired differences w/ − w/o seed by seed, fragmentation, each teacher's Dice on the
+//! students' sites, Table 3 (the ablation of LM, AAM and KMM), the comparison distillers of
+//! Table 4, a per-site bar chart per teacher–student pair, and every case's scores.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -12,7 +13,7 @@ use relkd_core::png::Canvas;
 use relkd_models::Architecture;
 
 use super::{GridSpec, Variant};
-use crate::charts::grouped_bars;
+use crate::charts::{Spread, grouped_bars};
 use crate::evaluate::CaseScore;
 use crate::report::{mean, paper_table2};
 
@@ -41,8 +42,14 @@ impl CellKind {
 #[derive(Debug, Clone)]
 pub struct Cell {
     pub target: String,
+    pub seed: u64,
     pub kind: CellKind,
     pub scores: Vec<CaseScore>,
+    /// A teacher's scores on the students' validation cases (empty for students).
+    pub guidance: Vec<CaseScore>,
+    /// The best validation Dice on the model's own training sites (its card), what chose its
+    /// epoch and what may choose settings; NaN without validation cases.
+    pub val_dice: f64,
 }
 
 /// A row of Table 3: (LM, KMM, AAM) switched on, label, the paper's Dice S1…S6.
@@ -64,17 +71,54 @@ fn paper_column(site: &str) -> Option<usize> {
     Some(paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1)
 }
 
-/// The tables with one column per target (and their mean when there are several).
+/// The tables with one column per target (and their mean when there are several). A value is
+/// the mean over seeds of the mean over the target's held-out cases, ± the standard deviation
+/// over seeds when there are several.
 struct Tables<'a> {
     targets: &'a [String],
+    seeds: &'a [u64],
     cells: &'a [Cell],
     real_data: bool,
 }
 
+/// What a table shows of one cell.
+type Metric = fn(&Cell) -> f64;
+
+/// Mean Dice over the target's held-out cases.
+fn dice_of(c: &Cell) -> f64 {
+    mean(c.scores.iter().map(|s| s.dice))
+}
+
+/// Mean fragmentation over the cases with a non-empty prediction.
+fn fragmentation_of(c: &Cell) -> f64 {
+    mean(c.scores.iter().map(|s| s.fragmentation).filter(|v| v.is_finite()))
+}
+
+fn val_dice_of(c: &Cell) -> f64 {
+    c.val_dice
+}
+
 impl Tables<'_> {
-    fn dice(&self, target: &str, kind: CellKind) -> Option<f64> {
-        let cell = self.cells.iter().find(|c| c.target == target && c.kind == kind)?;
-        Some(mean(cell.scores.iter().map(|s| s.dice)))
+    /// `metric` of the cell, seed by seed, in the order of `seeds`; `None` for a seed without
+    /// the cell.
+    fn per_seed(&self, target: &str, kind: CellKind, metric: Metric) -> Vec<Option<f64>> {
+        self.seeds
+            .iter()
+            .map(|&seed| {
+                let cell = self.cells.iter().find(|c| c.target == target && c.seed == seed && c.kind == kind)?;
+                Some(metric(cell))
+            })
+            .collect()
+    }
+
+    /// Mean and spread over the seeds, when every seed has the cell.
+    fn spread(&self, target: &str, kind: CellKind, metric: Metric) -> Option<Spread> {
+        let values: Option<Vec<f64>> = self.per_seed(target, kind, metric).into_iter().collect();
+        values.map(|v| spread(&v))
+    }
+
+    fn dice(&self, target: &str, kind: CellKind) -> Option<Spread> {
+        self.spread(target, kind, dice_of)
     }
 
     fn header(&self, first: &str) -> String {
@@ -88,13 +132,17 @@ impl Tables<'_> {
 
     /// A row: our Dice per target (the paper's in brackets on the real data), and the mean.
     fn row(&self, label: &str, kind: CellKind, paper: impl Fn(&str) -> Option<f64>) -> String {
-        let ours: Vec<Option<f64>> = self.targets.iter().map(|t| self.dice(t, kind)).collect();
+        self.metric_row(label, kind, dice_of, paper)
+    }
+
+    fn metric_row(&self, label: &str, kind: CellKind, metric: Metric, paper: impl Fn(&str) -> Option<f64>) -> String {
+        let ours: Vec<Option<Spread>> = self.targets.iter().map(|t| self.spread(t, kind, metric)).collect();
         let mut fields: Vec<String> = self
             .targets
             .iter()
             .zip(&ours)
             .map(|(t, d)| {
-                let mut f = d.map_or("–".into(), |d| format!("{d:.3}"));
+                let mut f = d.map_or("–".into(), |d| self.format(d));
                 if let Some(p) = paper(t).filter(|_| self.real_data) {
                     let _ = write!(f, " ({p:.3})");
                 }
@@ -102,36 +150,74 @@ impl Tables<'_> {
             })
             .collect();
         if self.targets.len() > 1 {
-            let all: Vec<f64> = ours.iter().flatten().copied().collect();
+            let all: Vec<f64> = ours.iter().flatten().map(|s| s.mean).collect();
             fields.push(if all.len() == ours.len() { format!("{:.3}", mean(all.into_iter())) } else { "–".into() });
         }
         format!("| {label} | {} |\n", fields.join(" | "))
     }
+
+    /// `0.712`, or `0.712 ± 0.030` over several seeds.
+    fn format(&self, s: Spread) -> String {
+        if self.seeds.len() > 1 { format!("{:.3} ± {:.3}", s.mean, s.sd) } else { format!("{:.3}", s.mean) }
+    }
+
+    /// The paired difference `kind − baseline` of one target: per seed, then its mean ± sd and
+    /// on how many seeds it is positive, e.g. `+0.034 ± 0.020 (3/3)`.
+    fn paired(&self, target: &str, kind: CellKind, baseline: CellKind) -> String {
+        let differences: Option<Vec<f64>> = self
+            .per_seed(target, kind, dice_of)
+            .into_iter()
+            .zip(self.per_seed(target, baseline, dice_of))
+            .map(|(w, wo)| Some(w? - wo?))
+            .collect();
+        let Some(differences) = differences else { return "–".into() };
+        let s = spread(&differences);
+        let positive = differences.iter().filter(|d| **d > 0.0).count();
+        let sd = if differences.len() > 1 { format!(" ± {:.3}", s.sd) } else { String::new() };
+        format!("{:+.3}{sd} ({positive}/{})", s.mean, differences.len())
+    }
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for a single value).
+fn spread(values: &[f64]) -> Spread {
+    let m = mean(values.iter().copied());
+    let n = values.len();
+    let sd = if n > 1 { (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    Spread { mean: m, sd }
 }
 
 /// Writes `report.md`, `scores.csv` and the bar charts into `out`; returns the tables, for the
 /// terminal.
+#[allow(clippy::too_many_arguments)]
 pub fn write(
     out: &Path,
     name: &str,
     spec: &GridSpec,
     targets: &[String],
+    seeds: &[u64],
     cells: &[Cell],
     data: &str,
     real_data: bool,
 ) -> anyhow::Result<String> {
-    let tables = Tables { targets, cells, real_data };
+    let tables = Tables { targets, seeds, cells, real_data };
     let mut md = String::new();
     let _ = writeln!(md, "# relkd experiment {name}\n");
     let names = |a: &[Architecture]| a.iter().map(|a| a.display_name()).collect::<Vec<_>>().join(", ");
     let _ = writeln!(
         md,
-        "Data: {data}. Teachers: {}. Students: {}. Target sites: {}. Distillers: {}. Each Dice is the mean \
-         over the target site's held-out cases, which no student saw.\n",
+        "Data: {data}. Teachers: {}. Students: {}. Target sites: {}. Distillers: {}. Training seeds: {}. \
+         Each Dice is the mean over the target site's held-out cases, which no student saw{}.\n",
         names(&spec.teachers),
         names(&spec.students),
         targets.join(", "),
-        spec.distillers.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+        spec.distillers.iter().map(|v| v.name()).collect::<Vec<_>>().join(", "),
+        seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+        if seeds.len() > 1 {
+            "; with several seeds, the mean over seeds ± their standard deviation (every seed scores the \
+             same cases)"
+        } else {
+            ""
+        }
     );
     if real_data {
         md.push_str("The paper's Dice is in brackets.\n\n");
@@ -142,7 +228,16 @@ pub fn write(
              real data).\n\n",
         );
     }
-    let summary = [table2(&tables, spec), ablations(&tables, spec), comparisons(&tables, spec)].concat();
+    let summary = [
+        table2(&tables, spec),
+        paired_differences(&tables, spec),
+        fragmentation(&tables, spec),
+        validation(&tables, spec),
+        guidance(&tables, spec),
+        ablations(&tables, spec),
+        comparisons(&tables, spec),
+    ]
+    .concat();
     md.push_str(&summary);
 
     md.push_str("\n## Per-site Dice\n\n");
@@ -158,7 +253,11 @@ pub fn write(
         let _ = writeln!(md, "- `{f}`");
     }
     for t in targets {
-        let _ = writeln!(md, "- `{t}/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv");
+        let _ = writeln!(
+            md,
+            "- `{t}/seed-N/`: config.yaml, one NAME.bpk + NAME.yaml per cell, scores/, metrics.csv (per-term \
+             gradient norms in its grad_ columns)"
+        );
     }
     write_atomic(&out.join("report.md"), md.as_bytes()).with_context(|| format!("{}", out.display()))?;
     Ok(summary)
@@ -189,6 +288,119 @@ fn table2(tables: &Tables, spec: &GridSpec) -> String {
         }
     }
     t2
+}
+
+/// Every distilled cell against its student's baseline, paired seed by seed.
+fn paired_differences(tables: &Tables, spec: &GridSpec) -> String {
+    let mut out = String::from(
+        "\n## Distilled minus baseline, paired by seed\n\nDice of w/ minus w/o on the same seed and test \
+         cases: mean ± sd over seeds, and (seeds where w/ is ahead / seeds).\n\n",
+    );
+    out.push_str(&tables.header("student ← teacher (distiller)"));
+    for &student in &spec.students {
+        for &teacher in &spec.teachers {
+            for &variant in &spec.distillers {
+                let kind = CellKind::Distilled { student, teacher, variant };
+                let fields: Vec<String> =
+                    tables.targets.iter().map(|t| tables.paired(t, kind, CellKind::Baseline { student })).collect();
+                let mut fields = fields;
+                if tables.targets.len() > 1 {
+                    fields.push(String::new());
+                }
+                let _ = writeln!(
+                    out,
+                    "| {} ← {} ({}) | {} |",
+                    student.display_name(),
+                    teacher.display_name(),
+                    variant.name(),
+                    fields.join(" | ")
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Each teacher's Dice on the students' validation cases, per site: the quality of the guidance
+/// it gives where the students train.
+fn guidance(tables: &Tables, spec: &GridSpec) -> String {
+    let mut out = String::from(
+        "\n## Teacher guidance on the students' sites\n\nEach teacher's Dice on the validation cases of the \
+         students' training sites (mean over seeds), a site at a time: where the guidance is poor, \
+         distillation passes the teacher's errors on.\n\n| target | teacher | Dice per student site |\n|---|---|---|\n",
+    );
+    for target in tables.targets {
+        for &teacher in &spec.teachers {
+            let kind = CellKind::Teacher { teacher };
+            let scores: Vec<&CaseScore> = tables
+                .cells
+                .iter()
+                .filter(|c| c.target == *target && c.kind == kind)
+                .flat_map(|c| &c.guidance)
+                .collect();
+            let mut sites: Vec<&str> = scores.iter().map(|s| s.site.as_str()).collect();
+            sites.sort_unstable();
+            sites.dedup();
+            let per_site: Vec<String> = sites
+                .iter()
+                .map(|site| {
+                    let dice = mean(scores.iter().filter(|s| s.site == *site).map(|s| s.dice));
+                    format!("{site} {dice:.3}")
+                })
+                .collect();
+            let per_site =
+                if per_site.is_empty() { "– (no validation cases)".to_string() } else { per_site.join(" · ") };
+            let _ = writeln!(out, "| {target} | {} | {per_site} |", teacher.display_name());
+        }
+    }
+    out
+}
+
+/// Fragmentation (label changes per predicted foreground voxel) of every model: distilled
+/// students should be no more ragged than their baselines.
+fn fragmentation(tables: &Tables, spec: &GridSpec) -> String {
+    every_model(
+        tables,
+        spec,
+        "Fragmentation",
+        "In-plane label changes per predicted foreground voxel, mean over cases (lower is more compact; \
+         speckle raises it).",
+        fragmentation_of,
+    )
+}
+
+/// Validation Dice on each model's own training sites: the only numbers settings may be chosen
+/// on (the target site's are for reporting).
+fn validation(tables: &Tables, spec: &GridSpec) -> String {
+    every_model(
+        tables,
+        spec,
+        "Validation Dice on the models' own sites",
+        "The best epoch's Dice on held-out cases of the sites each model trained on (never the target \
+         site): what chose the epoch kept, and the only numbers on which settings are chosen.",
+        val_dice_of,
+    )
+}
+
+/// A `title` section with `intro` and one row of `metric` per model of the grid: teachers, then
+/// each student's baseline and distilled variants.
+fn every_model(tables: &Tables, spec: &GridSpec, title: &str, intro: &str, metric: Metric) -> String {
+    let mut out = format!("\n## {title}\n\n{intro}\n\n");
+    out.push_str(&tables.header("model"));
+    let mut row = |label: String, kind: CellKind| out.push_str(&tables.metric_row(&label, kind, metric, |_| None));
+    for &teacher in &spec.teachers {
+        row(format!("teacher {}", teacher.display_name()), CellKind::Teacher { teacher });
+    }
+    for &student in &spec.students {
+        row(format!("{} w/o", student.display_name()), CellKind::Baseline { student });
+        for &teacher in &spec.teachers {
+            for &variant in &spec.distillers {
+                let label = format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name());
+                row(label, CellKind::Distilled { student, teacher, variant });
+            }
+        }
+    }
+    out
 }
 
 /// Table 3: the ablation, for each pair, when the grid has more than the full distiller.
@@ -291,7 +503,8 @@ fn bar_charts(out: &Path, tables: &Tables, spec: &GridSpec) -> anyhow::Result<Ve
 
 /// Every case of every cell.
 fn scores_csv(cells: &[Cell]) -> String {
-    let mut csv = String::from("target,cell,student,teacher,distiller,site,case,dice,hd95_mm,asd_mm\n");
+    let mut csv =
+        String::from("target,seed,cell,student,teacher,distiller,site,case,dice,hd95_mm,asd_mm,fragmentation\n");
     for c in cells {
         let (student, teacher, distiller) = match c.kind {
             CellKind::Teacher { teacher } => (String::new(), teacher.name().to_string(), String::new()),
@@ -303,25 +516,28 @@ fn scores_csv(cells: &[Cell]) -> String {
         for s in &c.scores {
             let _ = writeln!(
                 csv,
-                "{},{},{student},{teacher},{distiller},{},{},{:.6},{:.4},{:.4}",
+                "{},{},{},{student},{teacher},{distiller},{},{},{:.6},{:.4},{:.4},{:.4}",
                 c.target,
+                c.seed,
                 c.kind.stem(),
                 s.site,
                 s.case,
                 s.dice,
                 s.hd95,
-                s.asd
+                s.asd,
+                s.fragmentation
             );
         }
     }
     csv
 }
 
-/// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1.
+/// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1 (whiskers: ± sd
+/// over seeds).
 fn bar_chart(tables: &Tables, title: &str, bars: &[(&str, CellKind)]) -> anyhow::Result<Canvas> {
     let groups: Vec<String> =
         tables.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect();
-    let values: Vec<(&str, Vec<Option<f64>>)> = bars
+    let values: Vec<(&str, Vec<Option<Spread>>)> = bars
         .iter()
         .map(|(label, kind)| (*label, tables.targets.iter().map(|t| tables.dice(t, *kind)).collect()))
         .collect();

@@ -35,6 +35,7 @@ pub use stage::{Devices, RunModel, Stage, student_trainee};
 
 use crate::checkpoint::{fingerprint, load_model};
 use crate::config::ExperimentConfig;
+use crate::experiment::{GridSpec, Variant, run_spec};
 use crate::trainer::Distillation;
 use outputs::evaluate_and_report;
 use teacher_cache::check_teacher;
@@ -135,6 +136,39 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
 
     evaluate_and_report(&stage, &root, &cases, &teacher, &teacher_card, timings)?;
     Ok(run_dir)
+}
+
+/// `train --seeds 0,1,2`: the run's teacher, baseline and distilled student once per training
+/// seed, as a grid (one split for every seed, so w/ and w/o pair up seed by seed) in `--out` or
+/// `experiments/TEACHER-STUDENT-TARGET-seeds/`, with its report of means, spreads and paired
+/// differences. Rerunning the command continues it.
+pub fn run_seeds(request: &RunRequest, seeds: &[u64]) -> anyhow::Result<PathBuf> {
+    ensure!(!request.resume, "--seeds continues by itself when rerun; drop --resume");
+    ensure!(request.teacher_checkpoint.is_none(), "--seeds trains a teacher per seed; drop --teacher-checkpoint");
+    let mut unique = seeds.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    ensure!(unique.len() == seeds.len(), "--seeds lists a seed twice");
+    let (config, _) = resolve(request)?;
+    let base_name =
+        request.config.as_ref().map_or("the built-in configs/quick.yaml".to_string(), |p| p.display().to_string());
+    let spec = GridSpec {
+        base: PathBuf::from(&base_name),
+        teachers: vec![config.teacher.architecture],
+        students: vec![config.student.architecture],
+        targets: vec![config.target.clone()],
+        distillers: vec![Variant::ALL_THREE],
+        seeds: seeds.to_vec(),
+    };
+    let stem = format!(
+        "{}-{}-{}-seeds",
+        config.teacher.architecture.name(),
+        config.student.architecture.name(),
+        config.target
+    );
+    let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
+    let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
+    run_spec(&spec, &config, &base_name, &stem, &out, &devices)
 }
 
 /// The configuration and, when resuming, the run folder to continue.

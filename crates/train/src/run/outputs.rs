@@ -18,7 +18,7 @@ use relkd_runs::progress::progress_bar;
 use super::stage::Stage;
 use crate::checkpoint::{ModelCard, load_model};
 use crate::config::ExperimentConfig;
-use crate::evaluate::{CaseScore, predict_volume, score};
+use crate::evaluate::{CaseScore, mean_dice_per_site, predict_volume, score};
 use crate::report::{Evaluated, RunSummary, loss_curves, metrics_csv, report_md, scores_csv};
 
 /// Segments every case with `net` and scores it; `tick` after each case.
@@ -70,7 +70,9 @@ pub(super) fn evaluate_and_report(
         predictions.push(masks);
         models.push(Evaluated { history: card.history.clone(), card, scores });
     }
+    let (guidance, _) = score_cases(teacher, &cases.student_val, config, &plain, &|| ());
     bar.finish_and_clear();
+    let teacher_guidance = mean_dice_per_site(&guidance);
 
     let histories: Vec<(&str, &[crate::trainer::EpochLog])> =
         models.iter().map(|m| (m.card.model.as_str(), m.history.as_slice())).collect();
@@ -98,6 +100,7 @@ pub(super) fn evaluate_and_report(
         test_cases: cases.test.len(),
         device: &devices.description,
         timings: &timings,
+        teacher_guidance: &teacher_guidance,
         files: &files,
     };
     let report = report_md(&summary, &models);

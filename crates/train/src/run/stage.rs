@@ -60,6 +60,7 @@ pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Network>) -> 
             .with_dilations(losses.aam.dilations.clone())
             .with_margin(losses.aam.margin)
             .with_adaptive(losses.aam.adaptive)
+            .with_per_class_positive(losses.aam.per_class_positive)
     });
     TraineeConfig { net: student, kmm, aam }
 }
@@ -148,12 +149,15 @@ impl Stage<'_> {
             devices: self.devices.parallel.clone(),
         };
         let checkpoints = StageCheckpoints::new(self.run_dir.join("checkpoints").join(stem));
-        let (trainee, resume) = match checkpoints.load(trainee.init(&self.devices.main))? {
+        // The initial weights follow the training seed (a resumed run overwrites them).
+        self.devices.main.seed(c.training.seed);
+        let initial = trainee.init(&self.devices.main);
+        let (trainee, resume) = match checkpoints.load(initial.clone())? {
             Some((trainee, resume)) => {
                 println!("{stem}: continuing after epoch {} of {}", resume.state.epoch, options.epochs);
                 (trainee, Some(resume))
             }
-            None => (trainee.init(&self.devices.main), None),
+            None => (initial, None),
         };
         let steps = samples.len().div_ceil(options.batch_size);
         let bar = progress_bar((steps * options.epochs) as u64, stem);

@@ -51,6 +51,7 @@ fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
     struct Key<'a> {
         data: String,
         sites: &'a [String],
+        split_seed: u64,
         test_fraction: f32,
         val_fraction: f32,
         preprocessing: &'a relkd_core::transforms::Preprocessing,
@@ -68,6 +69,7 @@ fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
             None => config.data.phantom.manifest(),
         },
         sites: &plan.teacher_sites,
+        split_seed: config.split_seed,
         test_fraction: config.test_fraction,
         val_fraction: config.val_fraction,
         preprocessing: &config.preprocessing,
