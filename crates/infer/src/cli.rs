@@ -75,7 +75,7 @@ pub struct SegmentArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Slices per run.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch: usize,
     /// Also write the foreground probability as a float32 NIfTI.
     #[arg(long, value_name = "FILE")]
@@ -167,6 +167,7 @@ fn plan(args: &BenchArgs) -> BenchPlan<'_> {
 /// The model to use: `--model`, or the path recorded by the latest `export`.
 fn model_path(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
+        ensure!(!path.is_dir(), "model {} is a folder; give the .onnx file", path.display());
         ensure!(path.is_file(), "model {} does not exist", path.display());
         return Ok(path.clone());
     }
@@ -201,6 +202,16 @@ fn sibling(input: &Path, dir: &Path, suffix: &str) -> PathBuf {
         None => (name.strip_suffix(".nii").unwrap_or(&name).to_string(), ".nii.gz"),
     };
     dir.join(format!("{stem}{suffix}{ext}"))
+}
+
+/// A constant volume z-scores to zeros: whatever mask comes out says nothing about the image.
+fn warn_if_constant(path: &Path, image: &relkd_core::nifti_io::Volume) {
+    if let Some(&first) = image.data.first().filter(|&&v| image.data.iter().all(|&x| x == v)) {
+        eprintln!(
+            "warning: {} is constant ({first}): there is no image to segment; its mask means nothing",
+            path.display()
+        );
+    }
 }
 
 fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
@@ -238,6 +249,7 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     check_outputs(args, volume, &model_file, &out)?;
     let start = Instant::now();
     let image = read_volume(volume)?;
+    warn_if_constant(volume, &image);
     let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
     write_mask(&out, &seg.mask, &image)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -350,6 +362,18 @@ fn segment_folder(
     }
     let table = out.join("cases.csv");
     refuse_overwrite(&table, args.force)?;
+    // Every mask is checked before the first is written, so a rerun is refused whole rather than
+    // case by case.
+    let existing: Vec<PathBuf> =
+        volumes.iter().map(|v| sibling(v, &out, "_mask")).filter(|m| m.exists() && !args.force).collect();
+    if let Some(first) = existing.first() {
+        bail!(
+            "{} already holds {} of these masks ({}…); choose another --out or add --force to replace them",
+            out.display(),
+            existing.len(),
+            first.display()
+        );
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let bar = ProgressBar::new(volumes.len() as u64);
     bar.set_style(
@@ -364,6 +388,7 @@ fn segment_folder(
         bar.set_message(case.clone());
         let result = (|| -> anyhow::Result<String> {
             let image = read_volume(path)?;
+            bar.suspend(|| warn_if_constant(path, &image));
             let mask_path = sibling(path, &out, "_mask");
             refuse_overwrite(&mask_path, args.force)?;
             let start = Instant::now();

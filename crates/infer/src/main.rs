@@ -5,7 +5,7 @@ fn main() -> std::process::ExitCode {
     match relkd_infer::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", relkd_core::errors::one_line(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

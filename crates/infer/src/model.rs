@@ -30,6 +30,11 @@ pub enum ModelError {
     Channels { path: PathBuf, expected: usize, context: usize, given: usize },
     #[error("{path}: ONNX Runtime failed: {message}")]
     Run { path: PathBuf, message: String },
+    #[error(
+        "{path} is not a segmentation model infer can run: {problem}; infer needs an input \
+         [N, C, H, W] and logits [N, K, H, W] with K ≥ 2 classes at the input's height and width"
+    )]
+    Contract { path: PathBuf, problem: String },
 }
 
 /// What a relkd ONNX file says about itself (metadata keys `relkd.*`, written by `export`).
@@ -87,7 +92,31 @@ impl Model {
             target_site: get("relkd.target_site").unwrap_or_default(),
         };
         drop(meta);
-        Ok(Self { path: path.into(), session, provider, info, session_time: Duration::ZERO })
+        let model = Self { path: path.into(), session, provider, info, session_time: Duration::ZERO };
+        model.check_declared_shapes()?;
+        Ok(model)
+    }
+
+    /// What the graph declares about its input and output: rank 4 each, and at least two
+    /// classes when the class count is fixed. Symbolic sizes are checked on every run.
+    fn check_declared_shapes(&self) -> Result<(), ModelError> {
+        let contract = |problem: String| ModelError::Contract { path: self.path.clone(), problem };
+        let declared = |value: Option<&ort::value::Outlet>| match value.map(|v| v.dtype()) {
+            Some(ort::value::ValueType::Tensor { shape, .. }) => Some(shape.to_vec()),
+            _ => None,
+        };
+        let (input, output) = (declared(self.session.inputs().first()), declared(self.session.outputs().first()));
+        if let Some(shape) = input.filter(|s| s.len() != 4) {
+            return Err(contract(format!("its input has shape {shape:?}")));
+        }
+        match output {
+            None => Err(contract("it declares no tensor output".into())),
+            Some(shape) if shape.len() != 4 => Err(contract(format!("its output has shape {shape:?}"))),
+            Some(shape) if (0..2).contains(&shape[1]) => {
+                Err(contract(format!("its output has {} class(es)", shape[1])))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// The preprocessing to use: the model's own, or the user's `--size`/`--context` for a
@@ -129,7 +158,14 @@ impl Model {
         let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
         let name = self.session.inputs()[0].name().to_string();
         let outputs = self.session.run(ort::inputs![name => tensor]).map_err(run)?;
-        let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(run)?;
+        let (out_shape, logits) = outputs[0].try_extract_tensor::<f32>().map_err(run)?;
+        let [n, _, h, w] = shape.map(|d| d as i64);
+        if !matches!(**out_shape, [on, k, oh, ow] if on == n && k >= 2 && oh == h && ow == w) {
+            return Err(ModelError::Contract {
+                path: path.clone(),
+                problem: format!("for an input of {shape:?} its logits are {:?}", &**out_shape),
+            });
+        }
         let logits = logits.to_vec();
         self.session_time += start.elapsed();
         Ok(logits)

@@ -134,6 +134,52 @@ fn a_folder_is_segmented_case_by_case_with_a_csv() {
         assert!((0.0..=1.0).contains(&dice), "{line}");
         assert!(masks.join(format!("{case}_mask.nii.gz")).is_file());
     }
+
+    // Rerun after deleting cases.csv: refused whole, before anything is written, and the masks
+    // are kept.
+    std::fs::remove_file(masks.join("cases.csv")).unwrap();
+    let before = std::fs::read(masks.join("Case00_mask.nii.gz")).unwrap();
+    let again = infer(
+        dir.path(),
+        &["--volume", site.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu", "--size", "32"],
+    );
+    assert!(!again.status.success() && text(&again).contains("already holds 2 of these masks"), "{}", text(&again));
+    assert!(!masks.join("cases.csv").exists());
+    assert_eq!(std::fs::read(masks.join("Case00_mask.nii.gz")).unwrap(), before);
+}
+
+/// A constant volume is segmented with a warning; `--model` naming a folder, `--batch 0` and a
+/// missing label are clear errors, an OS error printed once.
+#[test]
+fn odd_inputs_are_named_plainly() {
+    use relkd_core::nifti_io::write_volume;
+
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let volume = read_volume(&site.join("Case00.nii.gz")).unwrap();
+    let flat = dir.path().join("flat.nii.gz");
+    write_volume(&flat, &vec![7f32; volume.data.len()], volume.dims, &volume.header).unwrap();
+    let model = tiny_model();
+    let (f, m) = (flat.to_str().unwrap(), model.to_str().unwrap());
+    let out = infer(dir.path(), &["--volume", f, "--model", m, "--provider", "cpu", "--size", "32"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("is constant (7)"), "{}", text(&out));
+
+    let folder = dir.path().to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--volume", f, "--model", folder, "--provider", "cpu", "--force"], "is a folder; give the .onnx file"),
+        (vec!["--volume", f, "--model", m, "--provider", "cpu", "--size", "32", "--batch", "0"], "--batch"),
+    ] {
+        let out = infer(dir.path(), &args);
+        assert!(!out.status.success() && text(&out).contains(expected), "{args:?}: {}", text(&out));
+    }
+    let out = infer(
+        dir.path(),
+        &["--volume", f, "--model", m, "--provider", "cpu", "--size", "32", "--force", "--label", "nosuch.nii.gz"],
+    );
+    let log = text(&out);
+    assert!(!out.status.success() && log.contains("nosuch.nii.gz"), "{log}");
+    assert_eq!(log.matches("(os error 2)").count(), 1, "{log}");
 }
 
 /// A NIfTI-1 file with the given dims (float32), written by hand.
@@ -185,7 +231,16 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     assert!(std::fs::read(&volume).unwrap() == volume_bytes, "the input volume was replaced");
     assert!(std::fs::read(&model).unwrap() == model_bytes, "the model was replaced");
     assert!(!dir.path().join("x_mask.nii.gz").exists());
-    let cases: [(&[&str], &str); 8] = [
+    // A model whose logits are not at the input's size (stride 2, relkd metadata): an error,
+    // never an empty mask or a panic, with or without the probabilities.
+    let strided = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny_strided.onnx");
+    let s = strided.to_str().unwrap();
+    let cases: [(&[&str], &str); 10] = [
+        (&["--volume", v, "--model", s, "--provider", "cpu"], "logits are [8, 2, 16, 16]"),
+        (
+            &["--volume", v, "--model", s, "--provider", "cpu", "--probabilities", "p.nii.gz"],
+            "not a segmentation model",
+        ),
         (&["--volume", "missing.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "does not exist"),
         (&["--volume", "corrupt.nii.gz", "--model", m, "--provider", "cpu", "--size", "32"], "corrupt.nii.gz"),
         (&["--volume", "flat.nii", "--model", m, "--provider", "cpu", "--size", "32"], "flat.nii"),

@@ -51,6 +51,9 @@ pub struct Site {
     pub cases: Vec<CaseFiles>,
     /// Files that could not be paired (image without mask, mask without image).
     pub problems: Vec<Problem>,
+    /// NIfTI files that are not SAML case names (`CaseNN`, `CaseNN_segmentation`), left out:
+    /// e.g. `infer`'s masks written beside the images. Reported, never a failure.
+    pub ignored: Vec<PathBuf>,
 }
 
 impl Site {
@@ -83,6 +86,11 @@ pub enum DatasetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: no site folders with CaseNN.nii[.gz] images found (expected a folder per site, SPEC §2)")]
     Empty { path: PathBuf },
+    #[error(
+        "{path} holds CaseNN images itself: it looks like one site's folder; give the folder above it, \
+         which holds one folder per site ({parent})"
+    )]
+    SiteFolder { path: PathBuf, parent: PathBuf },
     #[error("unknown site '{name}'; the data at {root} has: {}", available.join(", "))]
     UnknownSite { name: String, root: PathBuf, available: Vec<String> },
 }
@@ -113,6 +121,11 @@ impl Dataset {
             }
         }
         if sites.is_empty() {
+            let as_site = discover_site(root)?;
+            if !as_site.cases.is_empty() || !as_site.problems.is_empty() {
+                let parent = root.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
+                return Err(DatasetError::SiteFolder { path: root.into(), parent: parent.unwrap_or_default() });
+            }
             return Err(DatasetError::Empty { path: root.into() });
         }
         let order = |s: &Site| match paper_site(&s.name) {
@@ -140,10 +153,16 @@ impl Dataset {
     }
 }
 
+/// A SAML case name, any letter case: `Case` and digits (`Case07`).
+fn is_case_name(stem: &str) -> bool {
+    stem.len() > 4 && stem[..4].eq_ignore_ascii_case("case") && stem[4..].bytes().all(|b| b.is_ascii_digit())
+}
+
 fn discover_site(dir: &Path) -> Result<Site, DatasetError> {
     let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let mut images = BTreeMap::new();
     let mut masks = BTreeMap::new();
+    let mut ignored = Vec::new();
     let io = |source| DatasetError::Io { path: dir.into(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
@@ -152,13 +171,18 @@ fn discover_site(dir: &Path) -> Result<Site, DatasetError> {
             continue;
         };
         let lower = stem.to_ascii_lowercase();
-        if let Some(case) = lower.strip_suffix("_segmentation") {
-            masks.insert(case.to_string(), (stem[..case.len()].to_string(), path));
-        } else if lower.starts_with("case") {
-            images.insert(lower, (stem.to_string(), path));
+        match lower.strip_suffix("_segmentation") {
+            Some(case) if is_case_name(case) => {
+                masks.insert(case.to_string(), (stem[..case.len()].to_string(), path));
+            }
+            None if is_case_name(&lower) => {
+                images.insert(lower, (stem.to_string(), path));
+            }
+            _ => ignored.push(path),
         }
     }
-    let mut site = Site { name: name.clone(), dir: dir.into(), cases: Vec::new(), problems: Vec::new() };
+    ignored.sort();
+    let mut site = Site { name: name.clone(), dir: dir.into(), cases: Vec::new(), problems: Vec::new(), ignored };
     for (key, (id, image)) in &images {
         match masks.get(key) {
             Some((_, mask)) => site.cases.push(CaseFiles { id: id.clone(), image: image.clone(), mask: mask.clone() }),
@@ -260,6 +284,34 @@ mod tests {
         assert_eq!(split_cases(&cases, 0.2, 1), (train, val));
         assert_eq!(split_cases(&files(2), 0.01, 0).1.len(), 1);
         assert_eq!(split_cases(&files(1), 0.5, 0).1.len(), 0);
+    }
+
+    #[test]
+    fn only_saml_case_names_are_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("HK");
+        std::fs::create_dir(&site).unwrap();
+        for f in ["Case00.nii.gz", "Case00_segmentation.nii.gz", "case01.nii", "Case01_Segmentation.nii"] {
+            std::fs::write(site.join(f), b"").unwrap();
+        }
+        // infer's outputs beside the images, and a folder of its masks: not cases, not problems.
+        for f in ["Case00_mask.nii.gz", "Case00_prob.nii.gz", "notes.txt"] {
+            std::fs::write(site.join(f), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("HK_masks")).unwrap();
+        std::fs::write(dir.path().join("HK_masks/Case00_mask.nii.gz"), b"").unwrap();
+        let data = Dataset::discover(dir.path()).unwrap();
+        assert_eq!(data.sites.len(), 1);
+        let hk = &data.sites[0];
+        assert_eq!(hk.cases.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["Case00", "case01"]);
+        assert!(hk.problems.is_empty(), "{:?}", hk.problems);
+        let ignored: Vec<_> = hk.ignored.iter().map(|p| p.file_name().unwrap().to_string_lossy()).collect();
+        assert_eq!(ignored, ["Case00_mask.nii.gz", "Case00_prob.nii.gz"]);
+        assert!((is_case_name("Case12") && is_case_name("CASE3")) && !(is_case_name("Case") || is_case_name("Case1a")));
+
+        // A site folder given as the root: the error says to pass its parent.
+        let err = Dataset::discover(&site).unwrap_err().to_string();
+        assert!(err.contains("looks like one site's folder") && err.contains("folder above it"), "{err}");
     }
 
     #[test]

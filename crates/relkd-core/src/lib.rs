@@ -6,6 +6,7 @@
 //! [`files`] writes every output atomically.
 
 pub mod dataset;
+pub mod errors;
 pub mod files;
 pub mod metrics;
 pub mod nifti_io;

@@ -47,7 +47,8 @@ mod tests {
     use relkd_core::dataset::Site;
 
     fn dataset(names: &[&str]) -> Dataset {
-        let site = |n: &&str| Site { name: n.to_string(), dir: n.into(), cases: vec![], problems: vec![] };
+        let site =
+            |n: &&str| Site { name: n.to_string(), dir: n.into(), cases: vec![], problems: vec![], ignored: vec![] };
         Dataset { root: "/data".into(), sites: names.iter().map(site).collect() }
     }
 

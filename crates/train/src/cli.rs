@@ -243,6 +243,15 @@ fn data_summary(root: &Path) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     println!("{}", dataset.root.display());
     print!("{}", report.table());
+    if !report.ignored.is_empty() {
+        println!(
+            "\nleft out: {} file(s) that are not SAML case names (CaseNN, CaseNN_segmentation):",
+            report.ignored.len()
+        );
+        for path in &report.ignored {
+            println!("  {}", path.display());
+        }
+    }
     if report.problems.is_empty() {
         println!("no problems found");
         Ok(ExitCode::SUCCESS)

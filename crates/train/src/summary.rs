@@ -31,14 +31,18 @@ pub struct SiteSummary {
 pub struct Report {
     pub sites: Vec<SiteSummary>,
     pub problems: Vec<Problem>,
+    /// Files that are not SAML case names, left out of the dataset (not a failure).
+    pub ignored: Vec<std::path::PathBuf>,
 }
 
 /// Reads every case once; `tick` is called after each.
 pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
     let mut problems = Vec::new();
     let mut sites = Vec::new();
+    let mut ignored = Vec::new();
     for site in &dataset.sites {
         problems.extend(site.problems.iter().cloned());
+        ignored.extend(site.ignored.iter().cloned());
         let mut s = SiteSummary {
             label: site.label(),
             cases: site.cases.len(),
@@ -61,6 +65,18 @@ pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
             }
             match load_case(&site.name, files) {
                 Ok(case) => {
+                    let (low, high) = case
+                        .image
+                        .data
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                    if low == high {
+                        problems.push(Problem {
+                            site: site.name.clone(),
+                            case: files.id.clone(),
+                            message: format!("the image is constant ({low}): there is nothing to segment"),
+                        });
+                    }
                     let [nx, ny, nz] = case.image.dims;
                     s.slices += nz;
                     s.shapes.insert((nx, ny));
@@ -68,9 +84,7 @@ pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
                     for (axis, v) in spacings.iter_mut().zip(case.image.spacing) {
                         axis.push(v);
                     }
-                    for &v in &case.image.data {
-                        s.intensity = (s.intensity.0.min(v), s.intensity.1.max(v));
-                    }
+                    s.intensity = (s.intensity.0.min(low), s.intensity.1.max(high));
                     let fg = case.mask.iter().filter(|&&m| m != 0).count();
                     fractions.push(fg as f64 / case.mask.len() as f64);
                     s.labels.extend(case.label_values);
@@ -91,7 +105,7 @@ pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
         }
         sites.push(s);
     }
-    Report { sites, problems }
+    Report { sites, problems, ignored }
 }
 
 fn median(v: &mut [f32]) -> f32 {
@@ -125,8 +139,13 @@ impl Report {
                     s.slices.to_string(),
                     shape,
                     format!("{}–{}", s.depth.0, s.depth.1),
-                    format!("{:.2}×{:.2}×{:.2}", s.spacing[0], s.spacing[1], s.spacing[2]),
-                    format!("{:.0}..{:.0}", s.intensity.0, s.intensity.1),
+                    // A site without one readable case has no spacing or intensity to show.
+                    if s.slices == 0 {
+                        "-".into()
+                    } else {
+                        format!("{:.2}×{:.2}×{:.2}", s.spacing[0], s.spacing[1], s.spacing[2])
+                    },
+                    if s.slices == 0 { "-".into() } else { format!("{:.0}..{:.0}", s.intensity.0, s.intensity.1) },
                     format!("{:.2}", 100.0 * s.foreground),
                     s.labels.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(","),
                     join(&s.mask_spellings),

@@ -79,3 +79,43 @@ fn data_on_an_empty_folder_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no site folders"));
 }
+
+/// `infer`'s outputs beside the data (a mask next to its image, a SITE_masks folder) are left
+/// out and listed, never a failure; a constant image is a problem; a site folder given as the
+/// root says to pass its parent; a site with no readable case shows no spacing or intensity.
+#[test]
+fn infer_outputs_are_left_out_and_constant_images_are_problems() {
+    use relkd_core::nifti_io::{read_volume, write_mask, write_volume};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("phantom");
+    make_phantom(&root);
+    let image = read_volume(&root.join("HK/Case00.nii.gz")).unwrap();
+    let mask = vec![0u8; image.data.len()];
+    write_mask(&root.join("HK/Case00_mask.nii.gz"), &mask, &image).unwrap();
+    std::fs::create_dir(root.join("HK_masks")).unwrap();
+    write_mask(&root.join("HK_masks/Case00_mask.nii.gz"), &mask, &image).unwrap();
+    let out = train(&["data", "--root", root.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("left out: 1 file(s)") && text.contains("Case00_mask.nii.gz"), "{text}");
+    assert!(!text.contains("HK_masks") && text.contains("no problems found"), "{text}");
+
+    let constant = root.join("UCL/Case01.nii.gz");
+    let volume = read_volume(&constant).unwrap();
+    write_volume(&constant, &vec![0f32; volume.data.len()], volume.dims, &volume.header).unwrap();
+    for case in ["Case00", "Case01"] {
+        let path = root.join(format!("BIDMC/{case}.nii.gz"));
+        std::fs::write(&path, b"truncated").unwrap();
+    }
+    let out = train(&["data", "--root", root.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(!out.status.success());
+    assert!(text.contains("UCL/Case01: the image is constant"), "{text}");
+    let bidmc = row(&text, "S5 BIDMC");
+    assert!(!bidmc.contains("inf") && !bidmc.contains("0.00×0.00"), "{bidmc}");
+
+    let out = train(&["data", "--root", root.join("HK").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("looks like one site's folder"), "{err}");
+}

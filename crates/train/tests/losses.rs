@@ -405,6 +405,17 @@ fn hinton_kd_gradient_matches_finite_differences_and_spares_the_teacher() {
     assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
 }
 
+/// LM detaches the teacher itself, as every distillation loss does (not only its callers).
+#[test]
+fn logits_module_spares_the_teacher() {
+    let device = Device::flex().autodiff();
+    let teacher = t4(&random(36, 11), [2, 2, 3, 3], &device).require_grad();
+    let student = t4(&random(36, 5), [2, 2, 3, 3], &device).require_grad();
+    let grads = logits_kl(student.clone(), teacher.clone(), 1.0).backward();
+    assert!(student.grad(&grads).is_some());
+    assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
+}
+
 #[test]
 fn attention_transfer_by_hand() {
     let device = Device::flex();
