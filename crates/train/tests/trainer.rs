@@ -80,6 +80,9 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     trainee.aam = Some(AffinityConfig::new(2).with_adaptive(true).init(&device));
     let adapter_before = trainee.kmm.as_ref().unwrap().adapter.weight.val().into_data();
     let distillation = Distillation::new(teacher, &LossConfig::default());
+    // Every weight and batch-norm statistic of the teacher, as saved.
+    let teacher_bytes = || distillation.teacher.clone().into_record().into_bytes().unwrap().to_vec();
+    let teacher_before = teacher_bytes();
 
     let train_samples = samples(&cases[..2]);
     struct CountSteps(usize);
@@ -115,6 +118,7 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     assert!((0.0..=1.0).contains(&log.val_dice), "validation Dice on the held-out case: {log:?}");
     let adapter_after = trained.kmm.as_ref().unwrap().adapter.weight.val().into_data();
     assert_ne!(adapter_before, adapter_after, "the KMM adapter trains with the student");
+    assert!(teacher_bytes() == teacher_before, "the frozen teacher's weights or statistics changed");
 }
 
 /// `--devices` with two workers on the CPU: burn-train's multi-device step must return the
