@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
 use relkd_core::dataset::Case;
-use relkd_core::files::LATEST_RUN;
+use relkd_core::files::{LATEST_RUN, check_distinct_outputs};
 use relkd_core::metrics::dice;
 use relkd_core::transforms::NormalizedVolume;
 use relkd_models::{Network, Segmenter};
@@ -83,6 +83,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
     let weights = weights_path(&cli)?;
     let run_dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = cli.out.clone().unwrap_or_else(|| run_dir.join(format!("{}.onnx", cli.model.name())));
+    let card_path = ModelCard::path_for(&weights);
+    let inputs = [("checkpoint", weights.as_path()), ("model card", card_path.as_path())];
+    check_distinct_outputs(&inputs, &[("--out", out.as_path())]).map_err(|e| anyhow::anyhow!(e))?;
     if out.exists() && !cli.force {
         bail!("{} already exists; choose another --out or add --force to replace it", out.display());
     }

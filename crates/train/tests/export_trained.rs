@@ -47,6 +47,20 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     // A second export to the same file needs --force.
     let again = export().unwrap_err();
     assert!(format!("{again:#}").contains("--force"), "{again:#}");
+    // Not even --force writes over the checkpoint it reads.
+    let checkpoint = run_dir.join("student.bpk");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    let args = [
+        "export".as_ref(),
+        "--run".as_ref(),
+        run_dir.as_os_str(),
+        "--out".as_ref(),
+        checkpoint.as_os_str(),
+        "--force".as_ref(),
+    ];
+    let over = relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap()).unwrap_err();
+    assert!(format!("{over:#}").contains("is the checkpoint"), "{over:#}");
+    assert!(std::fs::read(&checkpoint).unwrap() == bytes);
 
     // ONNX Runtime segments a whole test volume as Burn does.
     let mut config = ExperimentConfig::load(&run_dir.join("config.yaml")).unwrap();
