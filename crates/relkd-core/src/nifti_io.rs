@@ -80,13 +80,35 @@ impl Volume {
 pub fn read_volume(path: &Path) -> Result<Volume, NiftiError> {
     let bytes = read_decompressed(path)?;
     check_nifti1_magic(path, &bytes)?;
-    let object = nifti::InMemNiftiObject::from_reader(Cursor::new(&bytes[..])).map_err(|e| nifti_error(path, e))?;
-    let header = object.header().clone();
-
-    if datatype_name(header.datatype) == "other" {
+    // The header alone first: the voxel buffer is only allocated once the file is known to hold
+    // every voxel the header claims, so a corrupt header cannot ask for gigabytes.
+    let header = NiftiHeader::from_reader(Cursor::new(&bytes[..])).map_err(|e| nifti_error(path, e))?;
+    let Some(voxel_size) = voxel_bytes(header.datatype) else {
         return Err(NiftiError::UnsupportedDatatype { path: path.into(), code: header.datatype });
+    };
+    if header.bitpix as usize != 8 * voxel_size {
+        return Err(NiftiError::Other {
+            path: path.into(),
+            detail: format!(
+                "bitpix {} does not match datatype {} ({} bits)",
+                header.bitpix,
+                datatype_name(header.datatype),
+                8 * voxel_size
+            ),
+        });
     }
     let dims = spatial_dims(path, &header)?;
+    let offset = (header.vox_offset.is_finite() && header.vox_offset >= 352.0).then_some(header.vox_offset as usize);
+    let available = bytes.len().saturating_sub(offset.unwrap_or(352));
+    let expected = dims.iter().try_fold(voxel_size, |n, &d| n.checked_mul(d)).unwrap_or(usize::MAX);
+    if expected > available {
+        return Err(NiftiError::Truncated {
+            path: path.into(),
+            detail: format!("{available} bytes of voxel data, {expected} expected"),
+        });
+    }
+    let object = nifti::InMemNiftiObject::from_reader(Cursor::new(&bytes[..])).map_err(|e| nifti_error(path, e))?;
+    let header = object.header().clone();
 
     let array = object.into_volume().into_ndarray::<f32>().map_err(|e| nifti_error(path, e))?;
     // The crate returns a column-major (Fortran) array, so memory order is already x fastest.
@@ -315,6 +337,17 @@ pub fn write_volume<T: VoxelType>(
 /// Writes a binary mask as uint8 on the grid of `source` (same shape, pixdim, qform and sform).
 pub fn write_mask(path: &Path, mask: &[u8], source: &Volume) -> Result<(), NiftiError> {
     write_volume(path, mask, source.dims, &source.header)
+}
+
+/// Bytes per voxel of the datatypes read (those [`datatype_name`] names).
+fn voxel_bytes(code: i16) -> Option<usize> {
+    match code {
+        2 => Some(1),
+        4 | 512 => Some(2),
+        8 | 16 => Some(4),
+        64 => Some(8),
+        _ => None,
+    }
 }
 
 /// The datatype code name, for summaries.
