@@ -295,3 +295,52 @@ fn strict_cuda_fails_clearly_here_and_names_the_fix() {
     assert!(log.contains("CUDA") && log.contains("--provider cpu") && log.contains("setup-ort.sh"), "{log}");
     assert!(!site.join("Case00_mask.nii.gz").exists());
 }
+
+/// `infer` killed at any moment leaves either no mask or a whole one under the target name,
+/// and the next run removes what a killed write leaves (its temporary sibling). `export` writes
+/// through the same `relkd_core::files` functions.
+#[test]
+fn a_killed_infer_leaves_no_half_mask_and_the_next_run_no_temporary() {
+    use relkd_core::nifti_io::write_volume;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let small = read_volume(&site.join("Case00.nii.gz")).unwrap();
+    // A volume large enough to be caught mid-way (256×256×48).
+    let dims = [256, 256, 48];
+    let data: Vec<f32> = (0..dims.iter().product::<usize>()).map(|i| ((i * 37) % 1000) as f32).collect();
+    let big = dir.path().join("big.nii");
+    write_volume(&big, &data, dims, &small.header).unwrap();
+    let model = tiny_model();
+    let args = ["--volume", big.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu"];
+    let args = [&args[..], &["--size", "256", "--force"]].concat();
+    let mask = dir.path().join("big_mask.nii.gz");
+    for delay_ms in [30, 120, 250, 400, 700] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        if mask.exists() {
+            assert_eq!(read_volume(&mask).unwrap().dims, dims, "a half-written mask after a kill at {delay_ms} ms");
+        }
+    }
+    // The write itself takes milliseconds, so a kill rarely lands inside it: leave what such a
+    // kill leaves, a temporary of a process that no longer runs (ids above 2^22 never do).
+    std::fs::write(dir.path().join(".relkd-partial-4194305-0-big_mask.nii.gz"), b"half").unwrap();
+    let out = infer(dir.path(), &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".relkd-partial"))
+        .collect();
+    assert!(stray.is_empty(), "temporaries left: {stray:?}");
+    assert_eq!(read_volume(&mask).unwrap().dims, dims);
+}

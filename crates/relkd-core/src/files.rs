@@ -25,8 +25,30 @@ pub fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{}-{name}", partial_stem()))
 }
 
+/// Removes temporary siblings of `path` left by processes that no longer run (a write killed
+/// half-way), so a rerun leaves nothing stray. Temporaries of live processes are kept; where
+/// process ids cannot be checked (no `/proc`), nothing is removed.
+pub fn remove_stale_partials(path: &Path) {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let suffix = format!("-{}", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(".relkd-partial-").and_then(|r| r.strip_suffix(&suffix)) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes `contents` to `path` atomically (temporary sibling, then rename).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
+    remove_stale_partials(path);
     let tmp = partial_path(path);
     let result = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
@@ -41,6 +63,7 @@ pub fn write_atomic_with<E>(path: &Path, write: impl FnOnce(&Path) -> Result<(),
 where
     E: From<io::Error>,
 {
+    remove_stale_partials(path);
     let tmp = partial_path(path);
     let result = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(E::from));
     if result.is_err() {
@@ -79,6 +102,23 @@ pub fn check_distinct_outputs(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_writers_temporary_is_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("mask.nii.gz");
+        // A process id above the kernel's limit (2^22) never runs; our own does.
+        let dead = dir.path().join(".relkd-partial-4194305-0-mask.nii.gz");
+        let alive = dir.path().join(format!(".relkd-partial-{}-99-mask.nii.gz", std::process::id()));
+        let other = dir.path().join(".relkd-partial-4194305-0-other.nii.gz");
+        for f in [&dead, &alive, &other] {
+            fs::write(f, b"half").unwrap();
+        }
+        write_atomic(&target, b"whole").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"whole");
+        assert!(!dead.exists(), "the dead writer's temporary is left");
+        assert!(alive.exists() && other.exists(), "a live writer's or another file's temporary was removed");
+    }
 
     #[test]
     fn outputs_never_name_an_input_or_each_other() {
