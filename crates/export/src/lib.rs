@@ -16,7 +16,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
 use ort::session::Session;
 use ort::value::TensorRef;
-use relkd_core::files::{LATEST_EXPORT, partial_path, write_atomic};
+use relkd_core::files::{LATEST_EXPORT, partial_path, remove_stale_partials, write_atomic};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Network, Segmenter};
 use relkd_runs::card::ModelCard;
@@ -250,6 +250,7 @@ pub fn export(
     let bytes = to_onnx(&net, card, options.precision, options.opset)
         .write_to_bytes()
         .map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
+    remove_stale_partials(out);
     let staging = partial_path(out);
     let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
     std::fs::write(&staging, &bytes).map_err(io)?;

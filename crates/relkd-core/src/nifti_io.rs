@@ -314,9 +314,15 @@ pub fn write_volume<T: VoxelType>(
     let array = ndarray::ArrayView3::from_shape(ndarray::ShapeBuilder::f(dims), data).expect("length checked above");
 
     // The nifti writer rewrites everything after the first dot of a name, so the temporary
-    // file gets a dot-free stem with the target's extension.
+    // file gets a dot-free stem (the marker and the target's stem) with the target's extension:
+    // `.relkd-partial-PID-N-case_mask.nii.gz`, which a later write recognises if left behind.
     let gz = path.to_string_lossy().ends_with(".gz");
-    let tmp = path.with_file_name(format!("{}.{}", crate::files::partial_stem(), if gz { "nii.gz" } else { "nii" }));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = name.strip_suffix(".gz").unwrap_or(&name);
+    let stem = stem.strip_suffix(".nii").unwrap_or(stem).replace('.', "_");
+    let extension = if gz { "nii.gz" } else { "nii" };
+    crate::files::remove_stale_partials(&path.with_file_name(format!("{stem}.{extension}")));
+    let tmp = path.with_file_name(format!("{}-{stem}.{extension}", crate::files::partial_stem()));
     // Fast deflate: masks are mostly zeros and compress well at any level, and writing stays
     // a small part of `infer`'s time.
     let options = nifti::writer::WriterOptions::new(&tmp).reference_header(&header);
