@@ -32,7 +32,7 @@ fn test_cases_are_held_out_under_every_protocol_and_seed() {
             let plan = config.sites.clone().unwrap();
             let target = config.target.clone();
             assert!(!plan.student_sites.contains(&target), "{protocol:?}: a student trains on {target}");
-            assert_eq!(plan.eval_sites, [target.clone()], "{protocol:?}");
+            assert_eq!(plan.eval_sites, std::slice::from_ref(&target), "{protocol:?}");
             let test = ids(&cases.test);
             assert!(!test.is_empty() && cases.test.iter().all(|c| c.site == target), "{protocol:?}: {test:?}");
             for (role, seen) in [

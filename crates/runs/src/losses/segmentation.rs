@@ -36,7 +36,7 @@ pub fn dice_loss(logits: Tensor<4>, labels: Tensor<3, Int>, classes: DiceClasses
     let dice = (intersection.mul_scalar(2.0).add_scalar(DICE_SMOOTH)) / total.add_scalar(DICE_SMOOTH); // [k]
     let dice = match classes {
         DiceClasses::All => dice,
-        DiceClasses::Foreground => dice.slice([1..k]),
+        DiceClasses::Foreground => dice.slice(1..k),
     };
     dice.mean().neg().add_scalar(1.0)
 }
