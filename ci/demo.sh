@@ -44,7 +44,7 @@ step "done in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )
 echo
 sed -n '/## Dice/,/## Training/p' "$run/report.md" | sed '$d'
 echo "(One run, one seed: an anecdote. The comparison of w/ against w/o over three seeds, paired on the"
-echo " same test cases, is the grid 'train experiment configs/experiments/selection-tenth-lambda.yaml';"
+echo " same test cases, is the grid 'train experiment configs/experiments/quick-seeds.yaml';"
 echo " its figures are in the README.)"
 echo
 echo "## Efficiency (demo/bench.md)"
