@@ -132,11 +132,13 @@ pub enum Command {
         #[arg(long)]
         root: PathBuf,
     },
-    /// Run a grid of experiments (teachers × students × target sites × distillers) and write
-    /// one report with the paper's Table 2 and Table 3 shapes.
+    /// Run a grid of experiments (teachers × students × target sites × distillers × seeds) and
+    /// write one report with the paper's Table 2 and Table 3 shapes, mean ± sd over seeds and
+    /// the paired differences w/ − w/o.
     ///
     /// Rerunning the same command skips every finished cell and continues an interrupted one.
     #[command(after_help = "Examples:\n  \
+        train experiment configs/experiments/quick-seeds.yaml       # three seeds, paired (CPU)\n  \
         train experiment configs/experiments/table3-quick.yaml      # the ablation on the phantom (CPU)\n  \
         train experiment configs/experiments/table2.yaml --data /data/prostate --device cuda\n\n\
         An experiment file names a base run configuration and the grid:\n  \
@@ -144,7 +146,8 @@ pub enum Command {
         teachers: [deeplabv3plus]\n  \
         students: [enet]\n  \
         targets: [HK]                 # or [all]\n  \
-        distillers: [lm, aam, kmm, lm+kmm, lm+aam, kmm+aam, lm+kmm+aam, hinton, attention]")]
+        distillers: [lm, aam, kmm, lm+kmm, lm+aam, kmm+aam, lm+kmm+aam, hinton, attention]\n  \
+        seeds: [0, 1, 2]              # optional; the split stays the same for every seed")]
     Experiment {
         /// The experiment YAML (see configs/experiments/).
         file: PathBuf,

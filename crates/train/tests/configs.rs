@@ -74,15 +74,7 @@ fn shipped_grids_load_with_their_base_configs() {
     names.sort();
     assert_eq!(
         names,
-        [
-            "quick-loso-seeds",
-            "quick-seeds",
-            "table2",
-            "table2-quick",
-            "table3",
-            "table3-quick",
-            "table4-quick"
-        ]
+        ["quick-loso-seeds", "quick-seeds", "table2", "table2-quick", "table3", "table3-quick", "table4-quick"]
     );
 }
 
