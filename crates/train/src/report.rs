@@ -169,6 +169,18 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
              pipeline working and the direction of effects, not the paper's results.\n\n",
         );
     }
+    md.push_str(&dice_table(run, models, &site_label));
+    md.push_str(&training_table(run, models));
+    let _ = writeln!(md, "\n![loss curves](loss_curves.png)\n\n## Files\n");
+    for f in run.files {
+        let _ = writeln!(md, "- `{f}`");
+    }
+    md
+}
+
+/// Table 2's row per model on the target site, with the surface distances and fragmentation.
+fn dice_table(run: &RunSummary, models: &[Evaluated], site_label: &str) -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "## Dice on the target site (Table 2)\n");
     let mut header = format!("| model | {site_label} Dice | HD95 mm | ASD mm | fragmentation | live params |");
     let mut rule = String::from("|---|---|---|---|---|---|");
@@ -208,6 +220,12 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
         "\nFragmentation: in-plane label changes per predicted foreground voxel (a compact gland \
          scores low, speckle high), averaged over the cases with a non-empty prediction.\n",
     );
+    md
+}
+
+/// How each model was trained, and the teacher's guidance on the students' sites.
+fn training_table(run: &RunSummary, models: &[Evaluated]) -> String {
+    let mut md = String::new();
     let _ = writeln!(md, "\n## Training\n");
     let _ =
         writeln!(md, "| model | sites | width | epochs | best epoch | val Dice (own sites) | distillation | time |");
@@ -240,10 +258,6 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
              sites): {}.",
             per_site.join(" · ")
         );
-    }
-    let _ = writeln!(md, "\n![loss curves](loss_curves.png)\n\n## Files\n");
-    for f in run.files {
-        let _ = writeln!(md, "- `{f}`");
     }
     md
 }

@@ -15,6 +15,7 @@
 //! `dice_TEACHER_STUDENT.png` for the whole grid.
 
 mod report;
+mod tables;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use crate::run::{
 };
 use crate::trainer::Distillation;
 
-pub use report::{Cell, CellKind};
+pub use tables::{Cell, CellKind};
 
 /// An experiment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,45 +12,11 @@ use relkd_core::files::write_atomic;
 use relkd_core::png::Canvas;
 use relkd_models::Architecture;
 
+use super::tables::{Cell, CellKind, Metric, Tables, fragmentation_of, val_dice_of};
 use super::{GridSpec, Variant};
 use crate::charts::{Spread, grouped_bars};
 use crate::evaluate::CaseScore;
 use crate::report::{mean, paper_table2};
-
-/// What a trained model of the grid is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CellKind {
-    Teacher { teacher: Architecture },
-    Baseline { student: Architecture },
-    Distilled { student: Architecture, teacher: Architecture, variant: Variant },
-}
-
-impl CellKind {
-    /// File stem of the cell's weights, card and scores in the target's folder.
-    pub fn stem(&self) -> String {
-        match self {
-            CellKind::Teacher { teacher } => format!("teacher-{}", teacher.name()),
-            CellKind::Baseline { student } => format!("baseline-{}", student.name()),
-            CellKind::Distilled { student, teacher, variant } => {
-                format!("{}-{}-{}", student.name(), teacher.name(), variant.name())
-            }
-        }
-    }
-}
-
-/// One trained model of the grid, scored on its target site's held-out cases.
-#[derive(Debug, Clone)]
-pub struct Cell {
-    pub target: String,
-    pub seed: u64,
-    pub kind: CellKind,
-    pub scores: Vec<CaseScore>,
-    /// A teacher's scores on the students' validation cases (empty for students).
-    pub guidance: Vec<CaseScore>,
-    /// The best validation Dice on the model's own training sites (its card), what chose its
-    /// epoch and what may choose settings; NaN without validation cases.
-    pub val_dice: f64,
-}
 
 /// A row of Table 3: (LM, KMM, AAM) switched on, label, the paper's Dice S1…S6.
 type AblationRow = ((bool, bool, bool), &'static str, [f64; 6]);
@@ -69,121 +35,6 @@ const TABLE3: [AblationRow; 8] = [
 
 fn paper_column(site: &str) -> Option<usize> {
     Some(paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1)
-}
-
-/// The tables with one column per target (and their mean when there are several). A value is
-/// the mean over seeds of the mean over the target's held-out cases, ± the standard deviation
-/// over seeds when there are several.
-struct Tables<'a> {
-    targets: &'a [String],
-    seeds: &'a [u64],
-    cells: &'a [Cell],
-    real_data: bool,
-}
-
-/// What a table shows of one cell.
-type Metric = fn(&Cell) -> f64;
-
-/// Mean Dice over the target's held-out cases.
-fn dice_of(c: &Cell) -> f64 {
-    mean(c.scores.iter().map(|s| s.dice))
-}
-
-/// Mean fragmentation over the cases with a non-empty prediction.
-fn fragmentation_of(c: &Cell) -> f64 {
-    mean(c.scores.iter().map(|s| s.fragmentation).filter(|v| v.is_finite()))
-}
-
-fn val_dice_of(c: &Cell) -> f64 {
-    c.val_dice
-}
-
-impl Tables<'_> {
-    /// `metric` of the cell, seed by seed, in the order of `seeds`; `None` for a seed without
-    /// the cell.
-    fn per_seed(&self, target: &str, kind: CellKind, metric: Metric) -> Vec<Option<f64>> {
-        self.seeds
-            .iter()
-            .map(|&seed| {
-                let cell = self.cells.iter().find(|c| c.target == target && c.seed == seed && c.kind == kind)?;
-                Some(metric(cell))
-            })
-            .collect()
-    }
-
-    /// Mean and spread over the seeds, when every seed has the cell.
-    fn spread(&self, target: &str, kind: CellKind, metric: Metric) -> Option<Spread> {
-        let values: Option<Vec<f64>> = self.per_seed(target, kind, metric).into_iter().collect();
-        values.map(|v| spread(&v))
-    }
-
-    fn dice(&self, target: &str, kind: CellKind) -> Option<Spread> {
-        self.spread(target, kind, dice_of)
-    }
-
-    fn header(&self, first: &str) -> String {
-        let mut columns: Vec<String> =
-            self.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect();
-        if self.targets.len() > 1 {
-            columns.push("mean".into());
-        }
-        format!("| {first} | {} |\n|---|{}\n", columns.join(" | "), "---|".repeat(columns.len()))
-    }
-
-    /// A row: our Dice per target (the paper's in brackets on the real data), and the mean.
-    fn row(&self, label: &str, kind: CellKind, paper: impl Fn(&str) -> Option<f64>) -> String {
-        self.metric_row(label, kind, dice_of, paper)
-    }
-
-    fn metric_row(&self, label: &str, kind: CellKind, metric: Metric, paper: impl Fn(&str) -> Option<f64>) -> String {
-        let ours: Vec<Option<Spread>> = self.targets.iter().map(|t| self.spread(t, kind, metric)).collect();
-        let mut fields: Vec<String> = self
-            .targets
-            .iter()
-            .zip(&ours)
-            .map(|(t, d)| {
-                let mut f = d.map_or("–".into(), |d| self.format(d));
-                if let Some(p) = paper(t).filter(|_| self.real_data) {
-                    let _ = write!(f, " ({p:.3})");
-                }
-                f
-            })
-            .collect();
-        if self.targets.len() > 1 {
-            let all: Vec<f64> = ours.iter().flatten().map(|s| s.mean).collect();
-            fields.push(if all.len() == ours.len() { format!("{:.3}", mean(all.into_iter())) } else { "–".into() });
-        }
-        format!("| {label} | {} |\n", fields.join(" | "))
-    }
-
-    /// `0.712`, or `0.712 ± 0.030` over several seeds.
-    fn format(&self, s: Spread) -> String {
-        if self.seeds.len() > 1 { format!("{:.3} ± {:.3}", s.mean, s.sd) } else { format!("{:.3}", s.mean) }
-    }
-
-    /// The paired difference `kind − baseline` of one target: per seed, then its mean ± sd and
-    /// on how many seeds it is positive, e.g. `+0.034 ± 0.020 (3/3)`.
-    fn paired(&self, target: &str, kind: CellKind, baseline: CellKind) -> String {
-        let differences: Option<Vec<f64>> = self
-            .per_seed(target, kind, dice_of)
-            .into_iter()
-            .zip(self.per_seed(target, baseline, dice_of))
-            .map(|(w, wo)| Some(w? - wo?))
-            .collect();
-        let Some(differences) = differences else { return "–".into() };
-        let s = spread(&differences);
-        let positive = differences.iter().filter(|d| **d > 0.0).count();
-        let sd = if differences.len() > 1 { format!(" ± {:.3}", s.sd) } else { String::new() };
-        format!("{:+.3}{sd} ({positive}/{})", s.mean, differences.len())
-    }
-}
-
-/// Mean and sample standard deviation (n − 1; 0 for a single value).
-fn spread(values: &[f64]) -> Spread {
-    let m = mean(values.iter().copied());
-    let n = values.len();
-    let sd = if n > 1 { (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
-    Spread { mean: m, sd }
 }
 
 /// Writes `report.md`, `scores.csv` and the bar charts into `out`; returns the tables, for the
@@ -535,8 +386,7 @@ fn scores_csv(cells: &[Cell]) -> String {
 /// Grouped bars: one group per target site, one bar per model, Dice from 0 to 1 (whiskers: ± sd
 /// over seeds).
 fn bar_chart(tables: &Tables, title: &str, bars: &[(&str, CellKind)]) -> anyhow::Result<Canvas> {
-    let groups: Vec<String> =
-        tables.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect();
+    let groups = tables.site_names();
     let values: Vec<(&str, Vec<Option<Spread>>)> = bars
         .iter()
         .map(|(label, kind)| (*label, tables.targets.iter().map(|t| tables.dice(t, *kind)).collect()))

@@ -1,0 +1,167 @@
+//! The grid's trained models (cells) and their aggregation into table values: a metric per
+//! target, mean ± sd over seeds, and paired differences seed by seed.
+
+use std::fmt::Write;
+
+use relkd_core::dataset::paper_site;
+use relkd_models::Architecture;
+
+use super::Variant;
+use crate::charts::Spread;
+use crate::evaluate::CaseScore;
+use crate::report::mean;
+
+/// What a trained model of the grid is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellKind {
+    Teacher { teacher: Architecture },
+    Baseline { student: Architecture },
+    Distilled { student: Architecture, teacher: Architecture, variant: Variant },
+}
+
+impl CellKind {
+    /// File stem of the cell's weights, card and scores in the target's folder.
+    pub fn stem(&self) -> String {
+        match self {
+            CellKind::Teacher { teacher } => format!("teacher-{}", teacher.name()),
+            CellKind::Baseline { student } => format!("baseline-{}", student.name()),
+            CellKind::Distilled { student, teacher, variant } => {
+                format!("{}-{}-{}", student.name(), teacher.name(), variant.name())
+            }
+        }
+    }
+}
+
+/// One trained model of the grid, scored on its target site's held-out cases.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub target: String,
+    pub seed: u64,
+    pub kind: CellKind,
+    pub scores: Vec<CaseScore>,
+    /// A teacher's scores on the students' validation cases (empty for students).
+    pub guidance: Vec<CaseScore>,
+    /// The best validation Dice on the model's own training sites (its card), what chose its
+    /// epoch and what may choose settings; NaN without validation cases.
+    pub val_dice: f64,
+}
+
+
+/// The tables with one column per target (and their mean when there are several). A value is
+/// the mean over seeds of the mean over the target's held-out cases, ± the standard deviation
+/// over seeds when there are several.
+pub(super) struct Tables<'a> {
+    pub targets: &'a [String],
+    pub seeds: &'a [u64],
+    pub cells: &'a [Cell],
+    pub real_data: bool,
+}
+
+/// What a table shows of one cell.
+pub(super) type Metric = fn(&Cell) -> f64;
+
+/// Mean Dice over the target's held-out cases.
+pub(super) fn dice_of(c: &Cell) -> f64 {
+    mean(c.scores.iter().map(|s| s.dice))
+}
+
+/// Mean fragmentation over the cases with a non-empty prediction.
+pub(super) fn fragmentation_of(c: &Cell) -> f64 {
+    mean(c.scores.iter().map(|s| s.fragmentation).filter(|v| v.is_finite()))
+}
+
+pub(super) fn val_dice_of(c: &Cell) -> f64 {
+    c.val_dice
+}
+
+impl Tables<'_> {
+    /// `metric` of the cell, seed by seed, in the order of `seeds`; `None` for a seed without
+    /// the cell.
+    pub(super) fn per_seed(&self, target: &str, kind: CellKind, metric: Metric) -> Vec<Option<f64>> {
+        self.seeds
+            .iter()
+            .map(|&seed| {
+                let cell = self.cells.iter().find(|c| c.target == target && c.seed == seed && c.kind == kind)?;
+                Some(metric(cell))
+            })
+            .collect()
+    }
+
+    /// Mean and spread over the seeds, when every seed has the cell.
+    fn spread(&self, target: &str, kind: CellKind, metric: Metric) -> Option<Spread> {
+        let values: Option<Vec<f64>> = self.per_seed(target, kind, metric).into_iter().collect();
+        values.map(|v| spread(&v))
+    }
+
+    pub(super) fn dice(&self, target: &str, kind: CellKind) -> Option<Spread> {
+        self.spread(target, kind, dice_of)
+    }
+
+    /// The target sites as columns: `HK (S6)` where the site is one of the paper's.
+    pub(super) fn site_names(&self) -> Vec<String> {
+        self.targets.iter().map(|t| paper_site(t).map_or(t.clone(), |(id, _)| format!("{t} ({id})"))).collect()
+    }
+
+    pub(super) fn header(&self, first: &str) -> String {
+        let mut columns = self.site_names();
+        if self.targets.len() > 1 {
+            columns.push("mean".into());
+        }
+        format!("| {first} | {} |\n|---|{}\n", columns.join(" | "), "---|".repeat(columns.len()))
+    }
+
+    /// A row: our Dice per target (the paper's in brackets on the real data), and the mean.
+    pub(super) fn row(&self, label: &str, kind: CellKind, paper: impl Fn(&str) -> Option<f64>) -> String {
+        self.metric_row(label, kind, dice_of, paper)
+    }
+
+    pub(super) fn metric_row(&self, label: &str, kind: CellKind, metric: Metric, paper: impl Fn(&str) -> Option<f64>) -> String {
+        let ours: Vec<Option<Spread>> = self.targets.iter().map(|t| self.spread(t, kind, metric)).collect();
+        let mut fields: Vec<String> = self
+            .targets
+            .iter()
+            .zip(&ours)
+            .map(|(t, d)| {
+                let mut f = d.map_or("–".into(), |d| self.format(d));
+                if let Some(p) = paper(t).filter(|_| self.real_data) {
+                    let _ = write!(f, " ({p:.3})");
+                }
+                f
+            })
+            .collect();
+        if self.targets.len() > 1 {
+            let all: Vec<f64> = ours.iter().flatten().map(|s| s.mean).collect();
+            fields.push(if all.len() == ours.len() { format!("{:.3}", mean(all.into_iter())) } else { "–".into() });
+        }
+        format!("| {label} | {} |\n", fields.join(" | "))
+    }
+
+    /// `0.712`, or `0.712 ± 0.030` over several seeds.
+    fn format(&self, s: Spread) -> String {
+        if self.seeds.len() > 1 { format!("{:.3} ± {:.3}", s.mean, s.sd) } else { format!("{:.3}", s.mean) }
+    }
+
+    /// The paired difference `kind − baseline` of one target: per seed, then its mean ± sd and
+    /// on how many seeds it is positive, e.g. `+0.034 ± 0.020 (3/3)`.
+    pub(super) fn paired(&self, target: &str, kind: CellKind, baseline: CellKind) -> String {
+        let differences: Option<Vec<f64>> = self
+            .per_seed(target, kind, dice_of)
+            .into_iter()
+            .zip(self.per_seed(target, baseline, dice_of))
+            .map(|(w, wo)| Some(w? - wo?))
+            .collect();
+        let Some(differences) = differences else { return "–".into() };
+        let s = spread(&differences);
+        let positive = differences.iter().filter(|d| **d > 0.0).count();
+        let sd = if differences.len() > 1 { format!(" ± {:.3}", s.sd) } else { String::new() };
+        format!("{:+.3}{sd} ({positive}/{})", s.mean, differences.len())
+    }
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for a single value).
+fn spread(values: &[f64]) -> Spread {
+    let m = mean(values.iter().copied());
+    let n = values.len();
+    let sd = if n > 1 { (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    Spread { mean: m, sd }
+}
