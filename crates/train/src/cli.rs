@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use relkd_core::dataset::Dataset;
 use relkd_core::phantom::{self, Extras, Matrix, PhantomConfig};
@@ -12,6 +12,7 @@ use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
 
 use crate::run::{RunRequest, progress_bar};
+use crate::step_time::{StepShape, json_line, time_training_step};
 use crate::summary;
 
 #[derive(Debug, Parser)]
@@ -172,6 +173,38 @@ pub enum Command {
         #[arg(long, default_value_t = 384)]
         size: usize,
     },
+    /// Time one training step of a network: forward, cross-entropy, backward, Adam update.
+    ///
+    /// The same step as ci/torch_reference.py in PyTorch; ci/gpu-check.sh runs both. Prints the
+    /// median, min and max over the timed runs, after untimed warm-up runs.
+    #[command(after_help = "Examples:\n  \
+        train step-time --arch enet --batch 8 --size 128                 # the CPU reference step\n  \
+        train step-time --arch unetpp --batch 16 --size 384 --device cuda --json")]
+    StepTime {
+        /// Network: espnet, enet, erfnet, unetpp or deeplabv3plus.
+        #[arg(long)]
+        arch: Architecture,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        /// Input height and width (one channel).
+        #[arg(long, default_value_t = 384, value_parser = clap::value_parser!(u64).range(16..))]
+        size: u64,
+        /// Channel multiplier; 1.0 is the paper's network.
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Where to compute: cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceChoice,
+        /// Untimed steps first (a GPU backend compiles and tunes its kernels in them).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Print one JSON line (the fields of ci/torch_reference.py) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -208,6 +241,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Models { size } => {
             print!("{}", crate::models::table(size));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::StepTime { arch, batch, size, width, device, warmup, runs, json } => {
+            ensure!(width > 0.0 && width.is_finite(), "--width must be a positive number, not {width}");
+            let resolved = device.resolve()?;
+            let shape = StepShape { architecture: arch, batch: batch as usize, size: size as usize, width };
+            let timings = time_training_step(shape, &resolved.device.autodiff(), warmup, runs as usize);
+            if json {
+                println!("{}", json_line(shape, &resolved.description, &timings));
+            } else {
+                println!(
+                    "{} training step, batch {batch}, 1×{size}×{size}, width {width}, {}: {}",
+                    arch.display_name(),
+                    resolved.description,
+                    timings.summary()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

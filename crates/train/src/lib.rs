@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod models;
 pub mod report;
 pub mod run;
+pub mod step_time;
 pub mod summary;
 pub mod trainer;
 
