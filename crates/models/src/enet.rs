@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose,
-    max_pool2x2_with_indices, max_unpool2d, scaled,
+    max_pool2x2_with_indices, max_unpool2d, prelu, scaled,
 };
 use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
@@ -244,20 +244,20 @@ pub struct Bottleneck {
 
 impl Bottleneck {
     fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.act1.forward(self.bn1.forward(self.conv1.forward(x))); // [b, inner, h, w]
+        let x = prelu(self.bn1.forward(self.conv1.forward(x)), &self.act1); // [b, inner, h, w]
         let x = self.conv2.forward(x); // [b, inner, h', w']
         let x = match &self.conv2b {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        let x = self.act2.forward(self.bn2.forward(x)); // [b, inner, h', w']
+        let x = prelu(self.bn2.forward(x), &self.act2); // [b, inner, h', w']
         self.dropout.forward(self.bn3.forward(self.conv3.forward(x))) // [b, out, h', w']
     }
 
     /// A non-downsampling block: `[b, c, h, w] → [b, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let branch = self.branch(x.clone());
-        self.act.forward(branch + x)
+        prelu(branch + x, &self.act)
     }
 
     /// A downsampling block: `[b, in, h, w] → [b, out, h/2, w/2]`, with the max-pool indices.
@@ -265,7 +265,7 @@ impl Bottleneck {
         let projection = self.shortcut.as_ref().expect("forward_down needs a downsampling bottleneck");
         let (pooled, indices) = max_pool2x2_with_indices(x.clone()); // [b, in, h/2, w/2]
         let shortcut = projection.forward(pooled); // [b, out, h/2, w/2]
-        (self.act.forward(self.branch(x) + shortcut), indices)
+        (prelu(self.branch(x) + shortcut, &self.act), indices)
     }
 
     fn lower_branch(&self, g: &mut dyn Graph, x: &Value) -> Value {
@@ -348,10 +348,10 @@ impl UpsamplingBottleneck {
     pub fn forward(&self, x: Tensor<4>, indices: Tensor<4, Int>, output_hw: [usize; 2]) -> Tensor<4> {
         let up = self.unpool_projection.forward(x.clone()); // [b, out, h, w]
         let up = max_unpool2d(up, indices, output_hw); // [b, out, 2h, 2w]
-        let ext = self.act1.forward(self.bn1.forward(self.conv1.forward(x))); // [b, inner, h, w]
-        let ext = self.act2.forward(self.bn2.forward(self.deconv.forward(ext))); // [b, inner, 2h, 2w]
+        let ext = prelu(self.bn1.forward(self.conv1.forward(x)), &self.act1); // [b, inner, h, w]
+        let ext = prelu(self.bn2.forward(self.deconv.forward(ext)), &self.act2); // [b, inner, 2h, 2w]
         let ext = self.dropout.forward(self.bn3.forward(self.conv3.forward(ext))); // [b, out, 2h, 2w]
-        self.act.forward(up + ext)
+        prelu(up + ext, &self.act)
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value, indices: &Value, like: &Value) -> Value {

@@ -14,7 +14,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use crate::layers::{batch_norm, conv_same, conv_transpose, scaled};
+use crate::layers::{batch_norm, conv_same, conv_transpose, prelu, scaled};
 use crate::lower::{Graph, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
@@ -192,7 +192,7 @@ impl Br {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.act.forward(self.bn.forward(x))
+        prelu(self.bn.forward(x), &self.act)
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {

@@ -1,9 +1,10 @@
-//! Max-unpooling and the matmul bilinear resize, checked by hand and against Burn.
+//! Max-unpooling, the matmul bilinear resize and PReLU, checked by hand and against Burn.
 
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use relkd_models::layers::{max_pool2x2_with_indices, max_unpool2d, resize_bilinear};
+use burn::nn::PReluConfig;
+use relkd_models::layers::{max_pool2x2_with_indices, max_unpool2d, prelu, resize_bilinear};
 
 fn values(t: Tensor<4>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
@@ -64,5 +65,39 @@ fn bilinear_resize_matches_burn_interpolate() {
         let burns = values(interpolate(x.clone(), options));
         let max_diff = ours.iter().zip(&burns).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max_diff < 1e-5, "{out:?}: {max_diff}");
+    }
+}
+
+#[test]
+fn prelu_by_hand() {
+    let device = Device::flex();
+    let act = PReluConfig::new().with_alpha(0.25).init(&device);
+    let x = Tensor::<4>::from_data(TensorData::new(vec![-4.0f32, -1.0, 0.5, 3.0], [1, 1, 2, 2]), &device);
+    assert_eq!(values(prelu(x, &act)), vec![-1.0, -0.25, 0.5, 3.0]);
+}
+
+/// Same values and same gradients (input and slopes) as Burn's `PRelu::forward`, with one slope
+/// and with one per channel; the inputs are never exactly 0, where the two formulations differ.
+#[test]
+fn prelu_matches_burn_prelu_with_gradients() {
+    let device = Device::flex().autodiff();
+    for slopes in [1, 3] {
+        let act = PReluConfig::new().with_num_parameters(slopes).with_alpha(0.3).init(&device);
+        let x = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weights = Tensor::<4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+        let gradients = |y: Tensor<4>| {
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            let dx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let dalpha = act.alpha.val().grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            (values(y), dx, dalpha)
+        };
+        let (ours, ours_dx, ours_dalpha) = gradients(prelu(x.clone(), &act));
+        let (burn, burn_dx, burn_dalpha) = gradients(act.forward(x.clone()));
+        assert_eq!(ours, burn, "values, {slopes} slope(s)");
+        assert_eq!(ours_dx, burn_dx, "input gradient, {slopes} slope(s)");
+        assert_eq!(ours_dalpha.len(), slopes);
+        for (a, b) in ours_dalpha.iter().zip(&burn_dalpha) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "slope gradient {a} vs {b}");
+        }
     }
 }

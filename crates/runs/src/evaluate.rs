@@ -28,6 +28,19 @@ fn not_measured() -> f64 {
     f64::NAN
 }
 
+impl CaseScore {
+    /// The CSV columns of every scores file, in this order.
+    pub const CSV_HEADER: &str = "site,case,dice,hd95_mm,asd_mm,fragmentation";
+
+    /// This score's fields under [`CaseScore::CSV_HEADER`].
+    pub fn csv_fields(&self) -> String {
+        format!(
+            "{},{},{:.6},{:.4},{:.4},{:.4}",
+            self.site, self.case, self.dice, self.hd95, self.asd, self.fragmentation
+        )
+    }
+}
+
 /// Segments `image` with a Burn network's logits function (`[n, c, size, size] → [n, k,
 /// size, size]`), `batch` slices at a time, and returns a 0/1 mask on the image's own grid
 /// (x fastest), through [`relkd_core::segment::segment_volume`], as `infer` does.

@@ -64,21 +64,10 @@ pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
 /// Per case and model: Dice, HD95 and ASD (mm; `inf` when exactly one mask is empty) and
 /// fragmentation (`NaN` for an empty prediction).
 pub fn scores_csv(models: &[Evaluated]) -> String {
-    let mut out = String::from("model,architecture,site,case,dice,hd95_mm,asd_mm,fragmentation\n");
+    let mut out = format!("model,architecture,{}\n", CaseScore::CSV_HEADER);
     for m in models {
         for s in &m.scores {
-            let _ = writeln!(
-                out,
-                "{},{},{},{},{:.6},{:.4},{:.4},{:.4}",
-                m.card.model,
-                m.card.architecture.name(),
-                s.site,
-                s.case,
-                s.dice,
-                s.hd95,
-                s.asd,
-                s.fragmentation
-            );
+            let _ = writeln!(out, "{},{},{}", m.card.model, m.card.architecture.name(), s.csv_fields());
         }
     }
     out

@@ -354,8 +354,7 @@ fn bar_charts(out: &Path, tables: &Tables, spec: &GridSpec) -> anyhow::Result<Ve
 
 /// Every case of every cell.
 fn scores_csv(cells: &[Cell]) -> String {
-    let mut csv =
-        String::from("target,seed,cell,student,teacher,distiller,site,case,dice,hd95_mm,asd_mm,fragmentation\n");
+    let mut csv = format!("target,seed,cell,student,teacher,distiller,{}\n", CaseScore::CSV_HEADER);
     for c in cells {
         let (student, teacher, distiller) = match c.kind {
             CellKind::Teacher { teacher } => (String::new(), teacher.name().to_string(), String::new()),
@@ -367,16 +366,11 @@ fn scores_csv(cells: &[Cell]) -> String {
         for s in &c.scores {
             let _ = writeln!(
                 csv,
-                "{},{},{},{student},{teacher},{distiller},{},{},{:.6},{:.4},{:.4},{:.4}",
+                "{},{},{},{student},{teacher},{distiller},{}",
                 c.target,
                 c.seed,
                 c.kind.stem(),
-                s.site,
-                s.case,
-                s.dice,
-                s.hd95,
-                s.asd,
-                s.fragmentation
+                s.csv_fields()
             );
         }
     }
