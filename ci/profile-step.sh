@@ -4,11 +4,11 @@
 #
 #   bash ci/profile-step.sh [ARCH ...]     # default: enet espnet erfnet; batch 8, 1×128×128
 #
-# Needs perf (Debian's linux-perf) and a built `train` ($CARGO_TARGET_DIR/release/train, else
+# Needs perf (Debian's linux-perf) and a built `train`: $TRAIN, else $CARGO_TARGET_DIR/release/train, else
 # target/release/train: `cargo build --release -p relkd-train`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-train="${CARGO_TARGET_DIR:-target}/release/train"
+train="${TRAIN:-${CARGO_TARGET_DIR:-target}/release/train}"
 [[ -x "$train" ]] || { echo "profile-step: build it first: cargo build --release -p relkd-train ($train)" >&2; exit 1; }
 command -v perf >/dev/null || { echo "profile-step: perf is needed (apt-get install linux-perf)" >&2; exit 1; }
 hz=499 warmup=1 runs=6

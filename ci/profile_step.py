@@ -14,7 +14,7 @@ operation. Samples outside the timed steps (setup, warm-up) are left out.
 
 import argparse
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 OP = re.compile(r"for burn_autodiff::backend::Autodiff<B,C>>::(\w+)")
 HEADER = re.compile(r"^\S+\s+(\d+)\s+([\d.]+):")
@@ -24,8 +24,10 @@ MEANING = {
     "conv2d": "convolution",
     "conv_transpose2d": "transposed convolution",
     "batch_norm_train": "batch norm",
-    "float_mask_where": "PReLU (mask_where)",
-    "float_lower_elem": "PReLU (mask)",
+    "float_mask_where": "PReLU as Burn computes it (mask_where)",
+    "float_lower_elem": "PReLU as Burn computes it (mask)",
+    "float_neg": "negate (PReLU)",
+    "float_sub": "subtract (PReLU, batch norm)",
     "float_mul": "multiply (PReLU slope, dropout, Adam)",
     "float_random": "dropout mask",
     "float_scatter": "max-unpool (scatter)",
@@ -33,7 +35,7 @@ MEANING = {
     "float_add": "add (residuals)",
     "float_matmul": "matmul (bilinear resize)",
     "float_cat": "concatenate",
-    "relu": "ReLU",
+    "relu": "ReLU (also both halves of relkd's PReLU)",
 }
 
 
@@ -82,7 +84,8 @@ def main():
     args = parser.parse_args()
     with open(args.perf_script, errors="replace") as f:
         all_samples = list(samples(f))
-    main_tid = Counter(tid for tid, _, _ in all_samples).most_common(1)[0][0]
+    # The main thread's id is the process id, the lowest of its threads'.
+    main_tid = min(tid for tid, _, _ in all_samples)
     totals = defaultdict(float)
     current = None
     for tid, _, frames in sorted(all_samples, key=lambda s: s[1]):

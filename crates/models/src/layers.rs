@@ -5,9 +5,9 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PRelu, PaddingConfig2d, Relu};
+use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d_with_indices;
 use burn::tensor::ops::{MaxPoolOptions, PadMode};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use crate::lower::{Graph, Value};

@@ -1,9 +1,9 @@
 //! Max-unpooling, the matmul bilinear resize and PReLU, checked by hand and against Burn.
 
+use burn::nn::PReluConfig;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn::nn::PReluConfig;
 use relkd_models::layers::{max_pool2x2_with_indices, max_unpool2d, prelu, resize_bilinear};
 
 fn values(t: Tensor<4>) -> Vec<f32> {

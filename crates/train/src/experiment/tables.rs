@@ -46,7 +46,6 @@ pub struct Cell {
     pub val_dice: f64,
 }
 
-
 /// The tables with one column per target (and their mean when there are several). A value is
 /// the mean over seeds of the mean over the target's held-out cases, ± the standard deviation
 /// over seeds when there are several.
@@ -115,7 +114,13 @@ impl Tables<'_> {
         self.metric_row(label, kind, dice_of, paper)
     }
 
-    pub(super) fn metric_row(&self, label: &str, kind: CellKind, metric: Metric, paper: impl Fn(&str) -> Option<f64>) -> String {
+    pub(super) fn metric_row(
+        &self,
+        label: &str,
+        kind: CellKind,
+        metric: Metric,
+        paper: impl Fn(&str) -> Option<f64>,
+    ) -> String {
         let ours: Vec<Option<Spread>> = self.targets.iter().map(|t| self.spread(t, kind, metric)).collect();
         let mut fields: Vec<String> = self
             .targets
