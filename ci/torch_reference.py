@@ -7,6 +7,7 @@ Trainable parameter counts equal relkd's live counts (`train models`), checked b
 
     python3 ci/torch_reference.py --check-params
     python3 ci/torch_reference.py --arch enet --batch 16 --size 384 --device cuda --runs 10
+    python3 ci/torch_reference.py --arch espnet --export-onnx espnet-pytorch.onnx
 
 A step is forward, cross-entropy on random labels, backward and an Adam update; the printed line
 is JSON with the median, min and max over the timed runs (after warm-up runs) and, on CUDA, the
@@ -92,7 +93,8 @@ class EnetUpsampling(nn.Module):
         self.act = nn.PReLU()
 
     def forward(self, x, indices, size):
-        up = F.max_unpool2d(self.unpool_projection(x), indices, 2, 2, output_size=size)
+        # Plain ints: the ONNX tracer cannot take a traced size here (the export fixes it).
+        up = F.max_unpool2d(self.unpool_projection(x), indices, 2, 2, output_size=[int(d) for d in size])
         ext = self.act1(self.bn1(self.conv1(x)))
         ext = self.act2(self.bn2(self.deconv(ext)))
         ext = self.dropout(self.bn3(self.conv3(ext)))
@@ -484,6 +486,30 @@ def time_step(arch, batch, size, device, warmup, runs):
     }
 
 
+def export_onnx(model, path, size, exporter="dynamo", dynamic_hw=True):
+    """`model` in inference mode as ONNX, as a PyTorch user would export it (constant folding
+    on: batch norms folded into the convolutions), one file. Height and width are dynamic unless
+    `dynamic_hw` is false (ENet: no exporter traces max_unpool2d with a symbolic output size, and
+    the TorchScript one not at all)."""
+    model = model.eval()
+    x = torch.randn(1, 1, size, size)
+    spatial = {2: "H", 3: "W"} if dynamic_hw else {}
+    dynamic = {"image": {0: "N", **spatial}, "logits": {0: "N", **spatial}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (x,),
+            path,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=exporter == "dynamo",
+            **({"external_data": False} if exporter == "dynamo" else {}),
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-params", action="store_true", help="compare parameter counts with relkd's")
@@ -494,11 +520,17 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--export-onnx", metavar="FILE", help="write --arch as ONNX (inference mode) instead of timing")
+    parser.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo")
     args = parser.parse_args()
     if args.check_params:
         sys.exit(0 if check_params() else 1)
     if args.arch is None:
         parser.error("--arch or --check-params is required")
+    if args.export_onnx:
+        torch.manual_seed(0)
+        export_onnx(NETWORKS[args.arch](), args.export_onnx, args.size, args.exporter, args.arch != "enet")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True

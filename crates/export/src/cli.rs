@@ -17,8 +17,8 @@ use relkd_runs::data::Cases;
 use relkd_runs::evaluate::predict_volume;
 
 use crate::{
-    Acceptance, Check, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, OnnxPredictor, Options, Precision, Probe, export,
-    record_latest,
+    Acceptance, Check, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, OnnxPredictor,
+    Options, Precision, Probe, export, export_int8, record_latest, web,
 };
 
 #[derive(Debug, Parser)]
@@ -34,7 +34,9 @@ use crate::{
         export --out enet.onnx                                   # the latest run's distilled student\n  \
         export --model teacher --out unetpp.onnx\n  \
         export --run runs/20261130-104819-unetpp-enet-HK --model baseline --out baseline.onnx\n  \
-        export --checkpoint runs/…/student.bpk --out enet-fp16.onnx --fp16"
+        export --checkpoint runs/…/student.bpk --out enet-fp16.onnx --fp16\n  \
+        export --out enet-int8.onnx --int8                       # calibrated on the training sites\n  \
+        export --web site                                        # the student in a web page: site/index.html"
 )]
 pub struct Cli {
     /// The ONNX file to write; default: MODEL.onnx in the run folder. An existing file is kept
@@ -56,7 +58,17 @@ pub struct Cli {
     /// Store weights in half precision (inputs, outputs and arithmetic stay float32).
     #[arg(long)]
     pub fp16: bool,
-    /// Replace an existing --out file.
+    /// Quantise to int8 (QDQ: weights per output channel, activations calibrated on slices of
+    /// the run's training sites, never its target site); reports the Dice change on the target
+    /// site. Needs the run's data.
+    #[arg(long, conflicts_with = "fp16")]
+    pub int8: bool,
+    /// Also write a static web page that segments a dropped NIfTI volume in the browser (ONNX
+    /// Runtime Web; nothing leaves the computer): DIR/index.html, the model as DIR/model.onnx.
+    /// Serve the folder with any static server, e.g. `python3 -m http.server -d DIR`.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub web: Option<PathBuf>,
+    /// Replace an existing --out file (or the files of an existing --web folder).
     #[arg(long)]
     pub force: bool,
 }
@@ -82,16 +94,15 @@ impl Model {
 pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
     let weights = weights_path(&cli)?;
     let run_dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let out = cli.out.clone().unwrap_or_else(|| run_dir.join(format!("{}.onnx", cli.model.name())));
+    let out = match (&cli.web, &cli.out) {
+        (Some(dir), _) => dir.join(web::MODEL_FILE),
+        (None, Some(out)) => out.clone(),
+        (None, None) => run_dir.join(format!("{}.onnx", cli.model.name())),
+    };
     let card_path = ModelCard::path_for(&weights);
     let inputs = [("checkpoint", weights.as_path()), ("model card", card_path.as_path())];
     check_distinct_outputs(&inputs, &[("--out", out.as_path())]).map_err(|e| anyhow::anyhow!(e))?;
-    if out.exists() && !cli.force {
-        bail!("{} already exists; choose another --out or add --force to replace it", out.display());
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        ensure!(parent.is_dir(), "the folder of --out, {}, does not exist", parent.display());
-    }
+    let web_folder = prepare_output(&cli, &out)?;
 
     let device = Device::flex();
     let (net, card) = load_model(&weights, &device)?;
@@ -110,17 +121,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
     // graph), and real slices of the run's test cases when the run's data is at hand.
     let (c, s) = (card.in_channels, card.preprocessing.size);
     let mut probes = vec![Probe::random([2, c, s, s], &device), Probe::random([1, c, s + 5, s + 3], &device)];
-    let cases = match run_cases(&run_dir) {
-        Ok(Some(cases)) => Some(cases),
-        Ok(None) => {
-            println!("note: no config.yaml beside the weights; checking on random inputs only");
-            None
-        }
-        Err(e) => {
-            println!("note: the run's data could not be read ({e:#}); checking on random inputs only");
-            None
-        }
-    };
+    let cases = run_cases(&run_dir).unwrap_or_else(|e| {
+        println!("note: the run's data could not be read ({e:#}); checking on random inputs only");
+        None
+    });
     if let Some(probe) = cases.as_ref().and_then(|c| real_slices(c, &card)) {
         probes.push(probe);
     }
@@ -129,9 +133,44 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
     // to agreeing predictions, and judged by Dice below.
     let acceptance =
         if cli.fp16 { Acceptance::Masks(FP16_MASK_DISAGREEMENT) } else { Acceptance::Logits(FP32_TOLERANCE) };
-    let checks = export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance }, &probes, &device)
+    let checks = if cli.int8 {
+        let Some(cases) = &cases else {
+            bail!("--int8 calibrates on the run's training cases, which could not be read (see the note above)");
+        };
+        let training = if card.model == "teacher" { &cases.teacher_train } else { &cases.student_train };
+        let calibration = calibration_slices(training, &card);
+        let real = probes.split_off(2); // random inputs say nothing of calibrated ranges
+        let options = Int8Options {
+            opset: cli.opset,
+            calibration: &calibration,
+            acceptance: Acceptance::Masks(INT8_MASK_DISAGREEMENT),
+        };
+        export_int8(&net, &card, &out, &options, &real, &device)
+    } else {
+        export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance }, &probes, &device)
+    };
+    let checks = checks
+        .inspect_err(|_| {
+            if let Some(folder) = web_folder.as_ref().filter(|f| f.created) {
+                let _ = std::fs::remove_dir(&folder.dir); // the folder this run made, still empty
+            }
+        })
         .with_context(|| format!("exporting to {}", out.display()))?;
-    print_checks(&checks, cli.fp16);
+    let reduced = match (cli.fp16, cli.int8) {
+        (true, _) => Some("float16 weights"),
+        (_, true) => Some("int8"),
+        _ => None,
+    };
+    print_checks(&checks, reduced);
+    if let Some(WebFolder { dir, runtime, .. }) = &web_folder {
+        web::write_site(dir, runtime)?;
+        println!(
+            "wrote the web page to {0}/ (index.html, the model, ONNX Runtime Web from {1}); serve the folder, \
+             e.g. `python3 -m http.server -d {0} 8000`, and open http://localhost:8000",
+            dir.display(),
+            runtime.display()
+        );
+    }
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} ({:.2} MB, {:.3}× 4 bytes per live parameter, opset {})",
@@ -140,15 +179,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
         size as f64 / (4.0 * card.live_params as f64),
         cli.opset
     );
-    if let (Precision::F16, Some(cases)) = (precision, &cases) {
-        let validation = if card.model == "teacher" { &cases.teacher_val } else { &cases.student_val };
-        let (full, half) = fp16_dice(&net, &card, &out, validation, &device)?;
-        println!(
-            "Dice on {} validation case(s): {full:.4} with float32 weights (Burn), {half:.4} with float16 \
-             (ONNX Runtime): change {:+.4}",
-            validation.len(),
-            half - full
-        );
+    if let (true, Some(cases)) = (cli.fp16 || cli.int8, &cases) {
+        report_dice(reduced.unwrap_or("float32"), cli.int8, &net, &card, &out, cases, &device)?;
     }
     if let Some(runs) = run_dir.parent()
         && runs.join(LATEST_RUN).exists()
@@ -156,6 +188,74 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
         record_latest(runs, &out).with_context(|| format!("recording the export in {}", runs.display()))?;
     }
     Ok(checks)
+}
+
+/// The Dice of a reduced-precision file against the float32 network, on the validation cases
+/// of the model's training sites (what choices are made on) and, for int8, also on the target
+/// site it is meant for.
+fn report_dice(
+    reduced: &str,
+    on_target: bool,
+    net: &Network,
+    card: &ModelCard,
+    out: &Path,
+    cases: &Cases,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let validation = if card.model == "teacher" { &cases.teacher_val } else { &cases.student_val };
+    let mut sets = vec![("validation", validation)];
+    if on_target {
+        sets.push(("target-site test", &cases.test));
+    }
+    for (what, scored) in sets {
+        let c = compare_dice(net, card, out, scored, device)?;
+        println!(
+            "Dice on {} {what} case(s): {:.4} with float32 weights (Burn), {:.4} with {} (ONNX Runtime): change \
+             {:+.4}; masks agree on {:.3}% of voxels",
+            scored.len(),
+            c.full,
+            c.reduced,
+            reduced,
+            c.reduced - c.full,
+            100.0 * c.agreement
+        );
+    }
+    Ok(())
+}
+
+/// Where `export --web` writes: the folder, the runtime copied into it, and whether this run
+/// made the folder.
+struct WebFolder {
+    dir: PathBuf,
+    runtime: PathBuf,
+    created: bool,
+}
+
+/// Checks that the output may be written (an existing file or a non-empty --web folder needs
+/// --force), finds ONNX Runtime Web for --web before any work, and makes the folder.
+fn prepare_output(cli: &Cli, out: &Path) -> anyhow::Result<Option<WebFolder>> {
+    let folder = match &cli.web {
+        Some(dir) => {
+            let runtime = web::ort_web_dir()?;
+            let occupied = dir.read_dir().map(|mut entries| entries.next().is_some()).unwrap_or(dir.exists());
+            ensure!(
+                !occupied || cli.force,
+                "{} already exists and is not empty; choose another --web folder or add --force to replace its files",
+                dir.display()
+            );
+            let created = !dir.exists();
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(WebFolder { dir: dir.clone(), runtime, created })
+        }
+        None if out.exists() && !cli.force => {
+            bail!("{} already exists; choose another --out or add --force to replace it", out.display())
+        }
+        None => None,
+    };
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        ensure!(parent.is_dir(), "the folder of --out, {}, does not exist", parent.display());
+    }
+    Ok(folder)
 }
 
 /// The weights to export: `--checkpoint`, else the model of `--run`, else of the latest run;
@@ -185,11 +285,12 @@ fn weights_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     Ok(weights)
 }
 
-fn print_checks(checks: &[Check], fp16: bool) {
+/// One line per probe; `reduced` names the reduced precision (float16 weights, int8), if any.
+fn print_checks(checks: &[Check], reduced: Option<&str>) {
     for check in checks {
         print!("  verified on {}: max |ONNX Runtime − Burn| = {:.2e}", check.what, check.max_abs_diff);
-        if fp16 {
-            print!(" (float16 weights; predicted classes differ at {} pixel(s))", check.mask_disagreement);
+        if let Some(reduced) = reduced {
+            print!(" ({reduced}; predicted classes differ at {} pixel(s))", check.mask_disagreement);
         } else if check.beyond_tolerance > 0 {
             print!(
                 " ({} of {} logits beyond {FP32_TOLERANCE:.0e}: max-unpool ties; predicted classes differ at {} pixel(s))",
@@ -200,10 +301,11 @@ fn print_checks(checks: &[Check], fp16: bool) {
     }
 }
 
-/// The run's cases (read through its config.yaml), when the run folder has one.
+/// The run's cases (read through its config.yaml), when the run folder has one (a note when not).
 fn run_cases(run_dir: &Path) -> anyhow::Result<Option<Cases>> {
     let config_path = run_dir.join("config.yaml");
     if !config_path.exists() {
+        println!("note: no config.yaml beside the weights; checking on random inputs only");
         return Ok(None);
     }
     let mut config = ExperimentConfig::load(&config_path)?;
@@ -226,23 +328,64 @@ fn real_slices(cases: &Cases, card: &ModelCard) -> Option<Probe> {
     })
 }
 
-/// Mean Dice over `cases` of the float32 network (Burn) and of the half-precision file (ONNX
-/// Runtime).
-fn fp16_dice(
+/// A reduced-precision file against the float32 network on whole cases.
+struct DiceComparison {
+    /// Mean Dice of the float32 network (Burn).
+    full: f64,
+    /// Mean Dice of the file (ONNX Runtime).
+    reduced: f64,
+    /// Share of voxels where the two masks agree.
+    agreement: f64,
+}
+
+fn compare_dice(
     net: &Network,
     card: &ModelCard,
     onnx: &Path,
     cases: &[Case],
     device: &Device,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<DiceComparison> {
     let net = net.valid();
     let predictor = OnnxPredictor::new(onnx, 2)?;
     let prep = &card.preprocessing;
-    let (mut full, mut half) = (0.0, 0.0);
+    let (mut full, mut reduced, mut agree, mut voxels) = (0.0, 0.0, 0, 0);
     for case in cases {
-        full += dice(&predict_volume(&case.image, prep, 8, device, &|x| net.forward(x)), &case.mask);
-        half += dice(&predict_volume(&case.image, prep, 8, device, &|x| predictor.logits(x)), &case.mask);
+        let a = predict_volume(&case.image, prep, 8, device, &|x| net.forward(x));
+        let b = predict_volume(&case.image, prep, 8, device, &|x| predictor.logits(x));
+        full += dice(&a, &case.mask);
+        reduced += dice(&b, &case.mask);
+        agree += a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        voxels += a.len();
     }
     let n = cases.len().max(1) as f64;
-    Ok((full / n, half / n))
+    Ok(DiceComparison { full: full / n, reduced: reduced / n, agreement: agree as f64 / voxels.max(1) as f64 })
+}
+
+/// Up to 64 slices spread evenly over `cases` (the training sites), as the model sees them, in
+/// batches of 16: the calibration set of an int8 export.
+fn calibration_slices(cases: &[Case], card: &ModelCard) -> Vec<Probe> {
+    let per_case = 64usize.div_ceil(cases.len().max(1));
+    let (c, s) = (card.in_channels, card.preprocessing.size);
+    let slices: Vec<Vec<f32>> = cases
+        .iter()
+        .flat_map(|case| {
+            let norm = NormalizedVolume::new(&case.image);
+            let depth = norm.depth();
+            (0..depth)
+                .step_by(depth.div_ceil(per_case).max(1))
+                .map(|z| norm.input(z, &card.preprocessing))
+                .collect::<Vec<_>>()
+        })
+        .take(64)
+        .collect();
+    slices
+        .chunks(16)
+        .enumerate()
+        .map(|(i, chunk)| Probe {
+            what: format!("calibration batch {}", i + 1),
+            shape: [chunk.len(), c, s, s],
+            data: chunk.concat(),
+            unpool_ties: false,
+        })
+        .collect()
 }

@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod onnx;
+pub mod quantize;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -245,11 +247,68 @@ pub fn export(
     probes: &[Probe],
     device: &Device,
 ) -> Result<Vec<Check>, ExportError> {
-    let acceptance = options.acceptance;
     let net = net.valid();
-    let bytes = to_onnx(&net, card, options.precision, options.opset)
-        .write_to_bytes()
-        .map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
+    let model = to_onnx(&net, card, options.precision, options.opset);
+    write_verified(&net, &model, out, options.acceptance, probes, device)
+}
+
+/// The share of pixels whose predicted class an int8 file may change on a probe of real slices.
+pub const INT8_MASK_DISAGREEMENT: f64 = 0.02;
+
+/// How an int8 file is made and when it is accepted.
+#[derive(Clone, Copy)]
+pub struct Int8Options<'a> {
+    pub opset: i64,
+    /// Inputs whose activation ranges set the scales (slices of the training sites).
+    pub calibration: &'a [Probe],
+    pub acceptance: Acceptance,
+}
+
+/// Writes `net` to `out` as an int8 QDQ model ([`quantize`]): activation ranges from the
+/// `calibration` inputs (slices of the training sites), then the same check as [`export`] on
+/// `probes` (real slices: calibrated ranges mean little on noise), held to agreeing predictions
+/// (`export --int8` uses [`INT8_MASK_DISAGREEMENT`]).
+pub fn export_int8(
+    net: &Network,
+    card: &ModelCard,
+    out: &Path,
+    options: &Int8Options,
+    probes: &[Probe],
+    device: &Device,
+) -> Result<Vec<Check>, ExportError> {
+    let Int8Options { opset, calibration, acceptance } = *options;
+    let net = net.valid();
+    let model = to_onnx(&net, card, Precision::F32, opset);
+    remove_stale_partials(out);
+    let ranges = quantize::calibrate(&model, calibration, &partial_path(out))?;
+    let mut int8 = quantize::Quantizer::quantize(&model, &ranges);
+    let slices: usize = calibration.iter().map(|p| p.shape[0]).sum();
+    for entry in int8.metadata_props.iter_mut() {
+        match entry.key.as_str() {
+            "relkd.model" => entry.value.push_str(" int8"), // tables name it apart from float32
+            "relkd.weights" => {
+                entry.value = format!(
+                    "int8 QDQ: weights per output channel, activations per tensor from {slices} calibration \
+                     slices of the training sites; logits float32"
+                )
+            }
+            _ => {}
+        }
+    }
+    write_verified(&net, &int8, out, acceptance, probes, device)
+}
+
+/// Writes `model` (the ONNX form of `net`) beside `out`, runs it with ONNX Runtime on every
+/// probe and renames it into place only when each agrees with Burn as `acceptance` demands.
+fn write_verified(
+    net: &Network,
+    model: &onnx_protobuf::ModelProto,
+    out: &Path,
+    acceptance: Acceptance,
+    probes: &[Probe],
+    device: &Device,
+) -> Result<Vec<Check>, ExportError> {
+    let bytes = model.write_to_bytes().map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
     remove_stale_partials(out);
     let staging = partial_path(out);
     let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
@@ -257,7 +316,7 @@ pub fn export(
     let checks = probes
         .iter()
         .map(|probe| {
-            Check::compare(probe, &burn_logits(&net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)
+            Check::compare(probe, &burn_logits(net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)
         })
         .collect::<Result<Vec<_>, _>>();
     let result = checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io));

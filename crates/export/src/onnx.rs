@@ -45,7 +45,7 @@ fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
     a
 }
 
-fn attr_int(name: &str, value: i64) -> AttributeProto {
+pub(crate) fn attr_int(name: &str, value: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();
@@ -351,8 +351,21 @@ impl Graph for OnnxGraph {
             a.f = slope;
             return self.node1("LeakyRelu", &[&x.0], vec![a]);
         }
+        // ONNX Runtime runs a per-channel PRelu node unfused and outside its blocked layout
+        // (half of ESPNet's time at 384×384). Elementwise Mul and Max stay in that layout;
+        // with every slope in [0, 1], max(x, a·x) is PReLU exactly (a·x is the same product
+        // PRelu forms, so the output is bit-identical). Otherwise relu(x) − a·relu(−x), the
+        // models' own formulation.
         let slope = self.weight("w", &[alpha.len(), 1, 1], &alpha); // broadcasts per channel
-        self.node1("PRelu", &[&x.0, &slope], vec![])
+        if alpha.iter().all(|a| (0.0..=1.0).contains(a)) {
+            let scaled = self.node1("Mul", &[&x.0, &slope], vec![]);
+            return self.node1("Max", &[&x.0, &scaled.0], vec![]);
+        }
+        let positive = self.node1("Relu", &[&x.0], vec![]);
+        let flipped = self.node1("Neg", &[&x.0], vec![]);
+        let negative = self.node1("Relu", &[&flipped.0], vec![]);
+        let scaled = self.node1("Mul", &[&negative.0, &slope], vec![]);
+        self.node1("Sub", &[&positive.0, &scaled.0], vec![])
     }
 
     fn add(&mut self, a: &Value, b: &Value) -> Value {

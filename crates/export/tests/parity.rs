@@ -1,11 +1,14 @@
 //! Every network lowered to ONNX and run by ONNX Runtime gives Burn's logits.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
 use relkd_core::transforms::Preprocessing;
-use relkd_export::{Acceptance, FP32_TOLERANCE, Options, Precision, Probe, export, to_onnx};
+use relkd_export::{
+    Acceptance, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, Options, Precision, Probe, export, export_int8,
+    to_onnx,
+};
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter, trainable_params};
 use relkd_runs::card::ModelCard;
 
@@ -43,8 +46,8 @@ fn card(net: &Network, architecture: Architecture, width: f64, in_channels: usiz
     }
 }
 
-fn check(architecture: Architecture, width: f64, in_channels: usize) {
-    let net = trained(architecture, width, in_channels);
+/// Exports `net`, checks it against Burn and its metadata, and returns the graph's operators.
+fn check_network(net: Network, architecture: Architecture, width: f64, in_channels: usize) -> Vec<String> {
     let card = card(&net, architecture, width, in_channels);
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
@@ -62,9 +65,51 @@ fn check(architecture: Architecture, width: f64, in_channels: usize) {
     assert_eq!(meta("relkd.live_params"), Some(card.live_params.to_string()));
     assert_eq!(meta("relkd.normalization").as_deref(), Some("z-score per volume"));
     assert_eq!(meta("relkd.context"), Some(((in_channels - 1) / 2).to_string()));
+    // The file's cost as `infer bench` reads it from the graph (shapes followed through the
+    // padding arithmetic) is the one the network counts on its own lowering, plus the batch
+    // norms that follow no convolution: the file holds them as depthwise 1×1 convolutions
+    // (c·h·w MACs each), the network's count leaves normalisation out. None in UNet++ and
+    // DeepLabV3+; under 2% in the students.
+    let macs = |gflops: f64| (gflops * 1e9 / 2.0).round() as u64;
+    let from_graph = macs(relkd_infer::graph::cost(&out, in_channels, 37, 45).unwrap().gflops.unwrap());
+    let counted = macs(net.gflops(37, 45));
+    assert!(from_graph >= counted && from_graph - counted <= counted / 50, "{architecture}: {from_graph} vs {counted}");
+    if matches!(architecture, Architecture::Unetpp | Architecture::Deeplabv3plus) {
+        assert_eq!(from_graph, counted, "{architecture}");
+    }
     let graph = model.graph.as_ref().unwrap();
     // No training-only parts: no dropout, no KMM adapter, and batch norms folded or affine.
     assert!(graph.node.iter().all(|n| n.op_type != "Dropout" && n.op_type != "BatchNormalization"));
+    graph.node.iter().map(|n| n.op_type.clone()).collect()
+}
+
+fn check(architecture: Architecture, width: f64, in_channels: usize) -> Vec<String> {
+    check_network(trained(architecture, width, in_channels), architecture, width, in_channels)
+}
+
+/// Gives every PReLU the slopes −0.5, 1.5, 0.3, −0.5, … (trained slopes may leave [0, 1]).
+struct SpreadSlopes {
+    in_prelu: bool,
+}
+
+impl ModuleMapper for SpreadSlopes {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        self.in_prelu = container_type == "Struct:PRelu";
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.in_prelu = false;
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.in_prelu {
+            return param;
+        }
+        param.map(|alpha| {
+            let values: Vec<f32> = (0..alpha.shape().num_elements()).map(|i| [-0.5, 1.5, 0.3][i % 3]).collect();
+            Tensor::from_data(TensorData::new(values, alpha.shape()), &alpha.device())
+        })
+    }
 }
 
 #[test]
@@ -74,7 +119,18 @@ fn enet_matches_burn() {
 
 #[test]
 fn espnet_matches_burn() {
-    check(Architecture::Espnet, 0.5, 1);
+    let ops = check(Architecture::Espnet, 0.5, 1);
+    // Per-channel slopes in [0, 1] become Max(x, a·x), which ONNX Runtime keeps in its
+    // blocked layout; a PRelu node would not be.
+    assert!(ops.iter().any(|op| op == "Max") && !ops.iter().any(|op| op == "PRelu"), "{ops:?}");
+}
+
+#[test]
+fn espnet_with_slopes_outside_0_1_matches_burn() {
+    let net = trained(Architecture::Espnet, 0.5, 1).map(&mut SpreadSlopes { in_prelu: false });
+    let ops = check_network(net, Architecture::Espnet, 0.5, 1);
+    // relu(x) − a·relu(−x) for these, Max(x, a·x) for none.
+    assert!(ops.iter().any(|op| op == "Neg") && !ops.iter().any(|op| op == "Max"), "{ops:?}");
 }
 
 #[test]
@@ -150,4 +206,83 @@ fn paper_width_files_are_within_5_percent_of_4_bytes_per_live_parameter() {
             assert!(bytes <= 1.4e6, "ENet: {bytes} bytes");
         }
     }
+}
+
+/// `n` noisy 32×32 images of a bright disk somewhere, and the disk's mask.
+fn disks(n: usize, device: &Device) -> (Tensor<4>, Vec<i64>) {
+    let noise = Tensor::<4>::random([n, 1, 32, 32], Distribution::Normal(0.0, 0.3), device).into_data();
+    let noise = noise.try_into_vec::<f32>().unwrap();
+    let centres = Tensor::<2>::random([n, 3], Distribution::Uniform(0.0, 1.0), device).into_data();
+    let centres = centres.try_into_vec::<f32>().unwrap();
+    let mut labels = vec![0i64; n * 32 * 32];
+    let mut image = noise;
+    for i in 0..n {
+        let (cy, cx, r) =
+            (8.0 + 16.0 * centres[3 * i], 8.0 + 16.0 * centres[3 * i + 1], 4.0 + 5.0 * centres[3 * i + 2]);
+        for p in 0..32 * 32 {
+            let (y, x) = ((p / 32) as f32, (p % 32) as f32);
+            if (y - cy).powi(2) + (x - cx).powi(2) < r * r {
+                labels[i * 1024 + p] = 1;
+                image[i * 1024 + p] += 1.0;
+            }
+        }
+    }
+    (Tensor::from_data(TensorData::new(image, [n, 1, 32, 32]), device), labels)
+}
+
+/// A network that has learned to find the disks (60 Adam steps), so that its logits have the
+/// margins of a trained model rather than an initialisation's.
+fn fitted(architecture: Architecture, width: f64) -> Network {
+    let device = Device::flex().autodiff();
+    device.seed(3);
+    let mut net = NetworkConfig::new(architecture).with_width(width).init(&device);
+    let mut optimizer = AdamConfig::new().init();
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
+    for _ in 0..60 {
+        let (x, labels) = disks(8, &device);
+        let logits = net.forward(x).permute([0, 2, 3, 1]).reshape([8 * 32 * 32, 2]);
+        let labels = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(labels, [8 * 32 * 32]), &device);
+        let loss = loss_fn.forward(logits, labels);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optimizer.step(1e-2, net, grads);
+    }
+    net.valid()
+}
+
+fn disk_probe(n: usize, device: &Device) -> Probe {
+    let data = disks(n, device).0.into_data().try_into_vec::<f32>().unwrap();
+    Probe { what: format!("{n} disk images"), shape: [n, 1, 32, 32], data, unpool_ties: true }
+}
+
+#[test]
+fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
+    let net = fitted(Architecture::Enet, 1.0);
+    let card = card(&net, Architecture::Enet, 1.0, 1);
+    let device = Device::flex();
+    device.seed(11);
+    let dir = tempfile::tempdir().unwrap();
+    let (full, int8) = (dir.path().join("f32.onnx"), dir.path().join("int8.onnx"));
+    // Calibrated on some images, checked on others of the same kind.
+    let calibration: Vec<Probe> = (0..4).map(|_| disk_probe(8, &device)).collect();
+    let probes = [disk_probe(8, &device)];
+    export(&net, &card, &full, &Options::fp32(), &probes, &device).unwrap();
+    let options =
+        Int8Options { opset: 17, calibration: &calibration, acceptance: Acceptance::Masks(INT8_MASK_DISAGREEMENT) };
+    let checks = export_int8(&net, &card, &int8, &options, &probes, &device).unwrap();
+    let pixels = 8 * 32 * 32;
+    assert!(checks[0].mask_disagreement as f64 <= INT8_MASK_DISAGREEMENT * pixels as f64, "{:?}", checks[0]);
+    // Paper-width ENet: 1.35 MB in float32, at most 0.45 MB in int8.
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&int8) <= 450_000, "int8: {} bytes (float32: {})", size(&int8), size(&full));
+    // The same weights, counted from each graph: float32 elements = int8 and int32 elements.
+    let cost = |p: &std::path::Path| relkd_infer::graph::cost(p, 1, 32, 32).unwrap();
+    let (a, b) = (cost(&full), cost(&int8));
+    assert_eq!((a.params, a.gflops.clone().unwrap()), (b.params, b.gflops.unwrap()));
+    let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&int8).unwrap()).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+    let convs = count("Conv") + count("ConvTranspose");
+    // Weights of every convolution, and all but the last convolution's output.
+    assert!(count("DequantizeLinear") >= convs * 2, "{} DQ for {convs} convolutions", count("DequantizeLinear"));
+    assert!(graph.initializer.iter().any(|t| t.data_type == onnx_protobuf::tensor_proto::DataType::INT8 as i32));
 }

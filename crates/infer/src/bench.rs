@@ -19,6 +19,7 @@ pub struct BenchRow {
     pub model: String,
     pub file: PathBuf,
     pub params: usize,
+    /// NaN when the graph's shapes could not be followed (see [`crate::graph`]).
     pub gflops: f64,
     pub file_bytes: u64,
     /// Per batch size: (batch, median ms per slice, p95 ms per slice, runs).
@@ -69,6 +70,11 @@ pub fn measure(path: &Path, plan: &BenchPlan) -> anyhow::Result<BenchRow> {
     let mut model = Model::open(path, plan.provider, plan.threads)?;
     let channels = model.info.in_channels.unwrap_or(1);
     let graph = cost(path, channels, plan.size, plan.size)?;
+    // A graph whose shapes cannot be followed is still timed; its GFLOPs are unknown.
+    let gflops = graph.gflops.unwrap_or_else(|e| {
+        eprintln!("warning: {e}");
+        f64::NAN
+    });
     let s = plan.size;
     let mut latency = Vec::new();
     for &batch in plan.batches {
@@ -120,7 +126,7 @@ pub fn measure(path: &Path, plan: &BenchPlan) -> anyhow::Result<BenchRow> {
         model: model.info.name.clone(),
         file: path.into(),
         params: graph.params,
-        gflops: graph.gflops,
+        gflops,
         file_bytes: std::fs::metadata(path)?.len(),
         latency,
         volume_ms: Timings::from(times).median_ms(),
@@ -209,10 +215,10 @@ pub fn markdown(rows: &[BenchRow], plan: &BenchPlan) -> String {
     for r in rows {
         let _ = write!(
             md,
-            "| {} | {:.3} | {:.2} | {:.2} |",
+            "| {} | {:.3} | {} | {:.2} |",
             r.model,
             r.params as f64 / 1e6,
-            r.gflops,
+            if r.gflops.is_nan() { "unknown".into() } else { format!("{:.2}", r.gflops) },
             r.file_bytes as f64 / 1e6
         );
         for (_, median, p95, _) in &r.latency {
@@ -240,7 +246,7 @@ pub fn markdown(rows: &[BenchRow], plan: &BenchPlan) -> String {
 /// The same as CSV.
 pub fn csv(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "model,file,params,gflops,file_bytes,batch,median_ms_per_slice,p95_ms_per_slice,runs,volume_ms,volume_slices,peak_rss_mib,provider\n",
+        "model,file,params,gflops,file_bytes,batch,median_ms_per_slice,p95_ms_per_slice,runs,volume_ms,volume_overhead,volume_slices,peak_rss_mib,provider\n",
     );
     for r in rows {
         for (b, m, p, n) in &r.latency {

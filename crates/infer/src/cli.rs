@@ -467,7 +467,10 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let row = stdout.lines().find_map(BenchRow::parse);
         match (output.status.success(), row) {
-            (true, Some(row)) => rows.push(row),
+            (true, Some(row)) => {
+                eprint!("{}", String::from_utf8_lossy(&output.stderr)); // its warnings
+                rows.push(row);
+            }
             _ => bail!("benchmarking {} failed:\n{}", model.display(), String::from_utf8_lossy(&output.stderr).trim()),
         }
     }

@@ -97,4 +97,54 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     assert_eq!((back.dims, back.affine), (case.image.dims, case.image.affine));
     let back: Vec<u8> = back.data.iter().map(|&v| v as u8).collect();
     assert_eq!(dice(&back, &case.mask), a);
+
+    int8_and_web_exports(dir.path(), &run_dir, case, &onnx_mask);
+}
+
+/// `infer`'s mask of `case` with the model in `path`.
+fn model_mask(path: &std::path::Path, case: &relkd_core::dataset::Case) -> Vec<u8> {
+    let mut model = Model::open(path, Provider::Cpu, 2).unwrap();
+    let prep = model.preprocessing(None, None).unwrap();
+    model.segment(&case.image, &prep, 8, false).unwrap().mask
+}
+
+/// `export --int8` and `export --web` on the same run: int8 is refused for a model it would
+/// change, the web folder holds the page, its runtime and the float32 model.
+fn int8_and_web_exports(
+    dir: &std::path::Path,
+    run_dir: &std::path::Path,
+    case: &relkd_core::dataset::Case,
+    float_mask: &[u8],
+) {
+    // int8: calibrated on the training sites, checked on the real slices only. The tiny run's
+    // student is barely trained (logits without margins), so 8-bit activations move more than
+    // 2% of its predictions: the export must refuse and write nothing. (A trained network's
+    // int8 export is held to its float32 predictions in the export crate's parity tests.)
+    let int8 = dir.join("student-int8.onnx");
+    let args = [
+        "export".as_ref(),
+        "--run".as_ref(),
+        run_dir.as_os_str(),
+        "--out".as_ref(),
+        int8.as_os_str(),
+        "--int8".as_ref(),
+    ];
+    let refused = relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap()).unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(message.contains("predicted classes differ") && message.contains("nothing was written"), "{message}");
+    assert!(!int8.exists());
+
+    // The web page: the folder, its model, its runtime; an occupied folder needs --force.
+    let site = dir.join("site");
+    let web = || {
+        let args = ["export".as_ref(), "--run".as_ref(), run_dir.as_os_str(), "--web".as_ref(), site.as_os_str()];
+        relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap())
+    };
+    web().unwrap();
+    for file in ["index.html", "relkd.js", "model.onnx", "ort.wasm.min.js", "ort-wasm-simd-threaded.wasm"] {
+        assert!(site.join(file).is_file(), "{file}");
+    }
+    assert_eq!(model_mask(&site.join("model.onnx"), case), float_mask, "the page's model is the float32 export");
+    let occupied = web().unwrap_err();
+    assert!(format!("{occupied:#}").contains("--force"), "{occupied:#}");
 }
