@@ -88,12 +88,15 @@ fn dim(d: &str) -> Dimension {
     dimension
 }
 
-fn float_tensor_info(name: &str, dims: [&str; 4]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    shape.dim = dims.iter().map(|d| dim(d)).collect();
+/// A float32 graph input or output, of the given shape or of any.
+pub(crate) fn float_tensor_info(name: &str, dims: Option<[&str; 4]>) -> ValueInfoProto {
     let mut tensor = type_proto::Tensor::new();
     tensor.elem_type = DataType::FLOAT as i32;
-    tensor.shape = Some(shape).into();
+    if let Some(dims) = dims {
+        let mut shape = TensorShapeProto::new();
+        shape.dim = dims.iter().map(|d| dim(d)).collect();
+        tensor.shape = Some(shape).into();
+    }
     let mut ty = TypeProto::new();
     ty.value = Some(TypeValue::TensorType(tensor));
     let mut info = ValueInfoProto::new();
@@ -223,8 +226,8 @@ impl OnnxGraph {
         graph.name = "relkd".into();
         graph.node = g.nodes;
         graph.initializer = g.initializers;
-        graph.input = vec![float_tensor_info("image", ["N", &in_channels.to_string(), "H", "W"])];
-        graph.output = vec![float_tensor_info("logits", ["N", &classes.to_string(), "H", "W"])];
+        graph.input = vec![float_tensor_info("image", Some(["N", &in_channels.to_string(), "H", "W"]))];
+        graph.output = vec![float_tensor_info("logits", Some(["N", &classes.to_string(), "H", "W"]))];
         let mut model = ModelProto::new();
         model.ir_version = 8; // ONNX 1.10+, what opset 17 pairs with
         let mut op = OperatorSetIdProto::new();

@@ -14,25 +14,18 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use onnx_protobuf::tensor_proto::DataType;
-use onnx_protobuf::type_proto::{self, Value as TypeValue};
-use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
+use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
 use ort::value::TensorRef;
 use relkd_infer::runtime::{Provider, runtime};
 
-use crate::onnx::attr_int;
+use relkd_infer::graph::floats_of;
+
+use crate::onnx::{attr_int, float_tensor_info};
 use crate::{ExportError, Probe};
 
 /// An integer attribute of `node`, or `default`.
 fn int_attribute(node: &NodeProto, name: &str, default: i64) -> i64 {
     node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i)
-}
-
-/// A float32 initializer's values (export writes them as raw little-endian bytes).
-fn floats_of(t: &TensorProto) -> Vec<f32> {
-    if t.raw_data.is_empty() {
-        return t.float_data.clone();
-    }
-    t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
 }
 
 /// Minimum and maximum of each tensor whose quantisation needs them.
@@ -56,24 +49,13 @@ fn activation_tensors(graph: &GraphProto) -> Vec<String> {
         .collect()
 }
 
-fn float_output(name: &str) -> ValueInfoProto {
-    let mut tensor = type_proto::Tensor::new();
-    tensor.elem_type = DataType::FLOAT as i32;
-    let mut ty = TypeProto::new();
-    ty.value = Some(TypeValue::TensorType(tensor));
-    let mut info = ValueInfoProto::new();
-    info.name = name.into();
-    info.type_ = Some(ty).into();
-    info
-}
-
 /// Runs the float32 `model` (ONNX Runtime, CPU) on the calibration inputs, every tensor to be
 /// quantised exposed as an output, and returns their ranges. `scratch` is a file it may write.
 pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result<Ranges, ExportError> {
     let mut probed = model.clone();
     let graph = probed.graph.as_mut().expect("a graph");
     let names = activation_tensors(graph);
-    graph.output.extend(names.iter().map(|n| float_output(n)));
+    graph.output.extend(names.iter().map(|n| float_tensor_info(n, None)));
     let io = |e: std::io::Error| ExportError::Io { path: scratch.into(), message: e.to_string() };
     let bytes =
         probed.write_to_bytes().map_err(|e| ExportError::Io { path: scratch.into(), message: e.to_string() })?;
@@ -159,7 +141,7 @@ impl<'a> Quantizer<'a> {
     /// a `DequantizeLinear`; returns the new weight and bias names.
     fn quantize_weights(&mut self, conv: &NodeProto, input_scale: f32) -> (String, Option<String>) {
         let w = self.initializers[conv.input[1].as_str()];
-        let values = floats_of(w);
+        let values = floats_of(w).expect("float32 weights");
         let transposed = conv.op_type == "ConvTranspose";
         // Output channels: axis 0 of a convolution's weight, axis 1 of a transposed one's (with
         // one group; otherwise one scale for the whole tensor).
@@ -188,7 +170,7 @@ impl<'a> Quantizer<'a> {
         let axis_attr = per_channel.then_some(axis as i64);
         let weight = self.node("DequantizeLinear", &[&wq, &ws], axis_attr);
         let bias = conv.input.get(2).filter(|b| !b.is_empty()).map(|b| {
-            let values = floats_of(self.initializers[b.as_str()]);
+            let values = floats_of(self.initializers[b.as_str()]).expect("float32 biases");
             let n = values.len();
             let bias_scales: Vec<f32> = (0..n).map(|c| input_scale * scales[if per_channel { c } else { 0 }]).collect();
             let q: Vec<u8> = values

@@ -67,14 +67,30 @@ impl Known {
 /// Float tensors with at most this many elements keep their contents (scales, scalars).
 const SMALL: usize = 16;
 
-fn ints_of(t: &TensorProto) -> Option<Vec<i64>> {
-    (t.data_type == DataType::INT64 as i32).then(|| {
+/// A stored tensor's values when it has type `ty`, from its raw little-endian bytes or from its
+/// typed field.
+fn stored<T: Clone, const N: usize>(
+    t: &TensorProto,
+    ty: DataType,
+    field: &[T],
+    from_le: fn([u8; N]) -> T,
+) -> Option<Vec<T>> {
+    (t.data_type == ty as i32).then(|| {
         if t.raw_data.is_empty() {
-            t.int64_data.clone()
+            field.to_vec()
         } else {
-            t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+            t.raw_data.chunks_exact(N).map(|b| from_le(b.try_into().expect("N bytes"))).collect()
         }
     })
+}
+
+fn ints_of(t: &TensorProto) -> Option<Vec<i64>> {
+    stored(t, DataType::INT64, &t.int64_data, i64::from_le_bytes)
+}
+
+/// A float32 tensor's values (None for other types).
+pub fn floats_of(t: &TensorProto) -> Option<Vec<f32>> {
+    stored(t, DataType::FLOAT, &t.float_data, f32::from_le_bytes)
 }
 
 /// What a stored tensor (initializer or Constant) is known to be.
@@ -87,16 +103,6 @@ fn known_of(t: &TensorProto) -> Known {
         Some(values) => Known::Floats(t.dims.clone(), values),
         None => Known::Shape(t.dims.clone()),
     }
-}
-
-fn floats_of(t: &TensorProto) -> Option<Vec<f32>> {
-    (t.data_type == DataType::FLOAT as i32).then(|| {
-        if t.raw_data.is_empty() {
-            t.float_data.clone()
-        } else {
-            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect()
-        }
-    })
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
