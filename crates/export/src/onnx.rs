@@ -37,7 +37,7 @@ pub struct OnnxGraph {
     counter: usize,
 }
 
-fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
+pub(crate) fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INTS.into();

@@ -31,8 +31,14 @@ fn int_attribute(node: &NodeProto, name: &str, default: i64) -> i64 {
 /// Minimum and maximum of each tensor whose quantisation needs them.
 pub type Ranges = HashMap<String, (f32, f32)>;
 
+/// A (transposed) convolution that gets int8 kernels. Depthwise 1×1 convolutions are left in
+/// float32: `export` writes a batch norm that follows no convolution as one, a per-channel
+/// affine map with nothing to gain from int8 and one more rounding to add.
 fn is_conv(node: &NodeProto) -> bool {
-    node.op_type == "Conv" || node.op_type == "ConvTranspose"
+    let per_channel_affine = node.op_type == "Conv"
+        && int_attribute(node, "group", 1) > 1
+        && node.attribute.iter().any(|a| a.name == "kernel_shape" && a.ints == [1, 1]);
+    (node.op_type == "Conv" || node.op_type == "ConvTranspose") && !per_channel_affine
 }
 
 /// The tensors that get an activation scale: every convolution's input and output, but the
@@ -243,6 +249,23 @@ impl<'a> Quantizer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conv(op: &str, group: i64, kernel: [i64; 2]) -> NodeProto {
+        let mut node = NodeProto::new();
+        node.op_type = op.into();
+        node.attribute = vec![attr_int("group", group), crate::onnx::attr_ints("kernel_shape", &kernel)];
+        node
+    }
+
+    #[test]
+    fn batch_norms_written_as_depthwise_1x1_convolutions_stay_float() {
+        assert!(is_conv(&conv("Conv", 1, [3, 3])));
+        assert!(is_conv(&conv("Conv", 1, [1, 1])));
+        assert!(is_conv(&conv("Conv", 16, [3, 3]))); // a grouped 3×3 convolution is real work
+        assert!(is_conv(&conv("ConvTranspose", 1, [2, 2])));
+        assert!(!is_conv(&conv("Conv", 16, [1, 1])));
+        assert!(!is_conv(&conv("Add", 1, [1, 1])));
+    }
 
     #[test]
     fn activation_scales_by_hand() {
