@@ -179,8 +179,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
         size as f64 / (4.0 * card.live_params as f64),
         cli.opset
     );
-    if let (true, Some(cases)) = (cli.fp16 || cli.int8, &cases) {
-        report_dice(reduced.unwrap_or("float32"), cli.int8, &net, &card, &out, cases, &device)?;
+    if let (Some(reduced), Some(cases)) = (reduced, &cases) {
+        report_dice(reduced, cli.int8, &net, &card, &out, cases, &device)?;
     }
     if let Some(runs) = run_dir.parent()
         && runs.join(LATEST_RUN).exists()

@@ -8,7 +8,8 @@
 //! - biases: 32-bit integers at the scale input × weight, as the int8 kernels expect.
 //!
 //! The last convolution's output (the logits) stays float32: the argmax between two classes is
-//! decided there, and an 8-bit step would move the boundary.
+//! decided there, and an 8-bit step would move the boundary. So do the depthwise 1×1
+//! convolutions that stand for batch norms (see [`is_conv`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -16,17 +17,11 @@ use std::path::Path;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
 use ort::value::TensorRef;
+use relkd_infer::graph::{attr_int as int_attribute, attr_ints, floats_of};
 use relkd_infer::runtime::{Provider, runtime};
-
-use relkd_infer::graph::floats_of;
 
 use crate::onnx::{attr_int, float_tensor_info};
 use crate::{ExportError, Probe};
-
-/// An integer attribute of `node`, or `default`.
-fn int_attribute(node: &NodeProto, name: &str, default: i64) -> i64 {
-    node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i)
-}
 
 /// Minimum and maximum of each tensor whose quantisation needs them.
 pub type Ranges = HashMap<String, (f32, f32)>;
@@ -37,7 +32,7 @@ pub type Ranges = HashMap<String, (f32, f32)>;
 fn is_conv(node: &NodeProto) -> bool {
     let per_channel_affine = node.op_type == "Conv"
         && int_attribute(node, "group", 1) > 1
-        && node.attribute.iter().any(|a| a.name == "kernel_shape" && a.ints == [1, 1]);
+        && attr_ints(node, "kernel_shape").is_some_and(|k| k == [1, 1]);
     (node.op_type == "Conv" || node.op_type == "ConvTranspose") && !per_channel_affine
 }
 
@@ -62,18 +57,25 @@ pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result
     let graph = probed.graph.as_mut().expect("a graph");
     let names = activation_tensors(graph);
     graph.output.extend(names.iter().map(|n| float_tensor_info(n, None)));
-    let io = |e: std::io::Error| ExportError::Io { path: scratch.into(), message: e.to_string() };
-    let bytes =
-        probed.write_to_bytes().map_err(|e| ExportError::Io { path: scratch.into(), message: e.to_string() })?;
-    std::fs::write(scratch, bytes).map_err(io)?;
+    let io = |message: String| ExportError::Io { path: scratch.into(), message };
+    let bytes = probed.write_to_bytes().map_err(|e| io(e.to_string()))?;
+    std::fs::write(scratch, bytes).map_err(|e| io(e.to_string()))?;
+    // The scratch file goes whether the runs succeed or not.
+    let ranges = observe_ranges(scratch, &names, inputs);
+    let _ = std::fs::remove_file(scratch);
+    ranges
+}
+
+/// The minimum and maximum of each of `names` over the runs of the model in `path` on `inputs`.
+fn observe_ranges(path: &Path, names: &[String], inputs: &[Probe]) -> Result<Ranges, ExportError> {
     let fail = |e: ort::Error| ExportError::Runtime(e.to_string());
     let rt = runtime().map_err(|e| ExportError::Runtime(e.to_string()))?;
-    let (mut session, _) = rt.session(scratch, Provider::Cpu, 2).map_err(|e| ExportError::Runtime(e.to_string()))?;
+    let (mut session, _) = rt.session(path, Provider::Cpu, 2).map_err(|e| ExportError::Runtime(e.to_string()))?;
     let mut ranges: Ranges = HashMap::new();
     for input in inputs {
         let tensor = TensorRef::from_array_view((input.shape, input.data.as_slice())).map_err(fail)?;
         let outputs = session.run(ort::inputs!["image" => tensor]).map_err(fail)?;
-        for name in &names {
+        for name in names {
             let (_, values) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(fail)?;
             let (lo, hi) =
                 values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -81,8 +83,6 @@ pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result
             *range = (range.0.min(lo), range.1.max(hi));
         }
     }
-    drop(session);
-    let _ = std::fs::remove_file(scratch);
     Ok(ranges)
 }
 

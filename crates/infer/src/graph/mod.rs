@@ -109,11 +109,13 @@ fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
 }
 
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+/// An integer-list attribute of `node` (a single integer as a list of one).
+pub fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| if a.ints.is_empty() { vec![a.i] } else { a.ints.clone() })
 }
 
-fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
+/// An integer attribute of `node`, or `default`.
+pub fn attr_int(node: &NodeProto, name: &str, default: i64) -> i64 {
     attr(node, name).map_or(default, |a| a.i)
 }
 
