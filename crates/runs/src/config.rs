@@ -8,6 +8,7 @@ use relkd_core::transforms::{Augmentation, Preprocessing};
 use relkd_models::{Architecture, NetworkConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::losses::Gate;
 use crate::losses::kernel_matrix::GramMode;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, Term};
@@ -112,6 +113,11 @@ pub struct LossConfig {
     /// Epochs over which every distillation weight ramps linearly from 0 to its value (step by
     /// step); 0 starts at full weight, as the paper does.
     pub ramp_epochs: f64,
+    /// Where the pixel-wise terms (LM, AAM, KD) apply: `none` (every pixel, the paper) or
+    /// `teacher_correct` (where the teacher's class equals the student image's ground truth).
+    /// Left out of resolved configs when `none`, so runs from before it keep their hashes.
+    #[serde(skip_serializing_if = "Gate::is_none")]
+    pub gate: Gate,
     /// Softmax temperature of the logits module.
     pub temperature: f64,
     pub kmm_gram: GramMode,
@@ -127,6 +133,7 @@ impl Default for LossConfig {
             distiller: Distiller::Relational,
             lambda: Lambda::default(),
             ramp_epochs: 0.0,
+            gate: Gate::None,
             temperature: 1.0,
             kmm_gram: GramMode::Batch,
             aam: AffinitySpec::default(),

@@ -23,7 +23,7 @@ use crate::losses::hinton::hinton_kd;
 use crate::losses::kernel_matrix::{KernelMatrix, KernelMatrixConfig};
 use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
-use crate::losses::{DistillationWeights, LossTerms, Term, Terms};
+use crate::losses::{DistillationWeights, Gate, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
 
 /// Cards (in `relkd-runs`) keep each epoch's log; the loop writes it.
@@ -89,6 +89,8 @@ pub struct Distillation {
     pub kd_temperature: f64,
     /// Epochs over which the weights ramp up from 0 (0: full weight from the first step).
     pub ramp_epochs: f64,
+    /// Where the pixel-wise terms apply.
+    pub gate: Gate,
 }
 
 impl Distillation {
@@ -100,6 +102,7 @@ impl Distillation {
             temperature: losses.temperature,
             kd_temperature: losses.hinton.temperature,
             ramp_epochs: losses.ramp_epochs,
+            gate: losses.gate,
         }
     }
 
@@ -357,26 +360,27 @@ pub fn loss_terms(
 ) -> LossTerms {
     let out = trainee.net.forward_features(images);
     let mut terms = LossTerms::default();
-    terms.insert(Term::Segmentation, segmentation.forward(out.logits.clone(), labels));
+    terms.insert(Term::Segmentation, segmentation.forward(out.logits.clone(), labels.clone()));
     let Some((teacher, d)) = teacher else {
         return terms;
     };
     let (t_logits, t_feature) = (teacher.logits, teacher.feature);
+    let gate = d.gate.mask(&t_logits, &labels);
     let w = &d.weights;
     if w.on(Term::Lm) {
-        terms.insert(Term::Lm, logits_kl(out.logits.clone(), t_logits.clone(), d.temperature));
+        terms.insert(Term::Lm, logits_kl(out.logits.clone(), t_logits.clone(), d.temperature, gate.as_ref()));
     }
     if let Some(kmm) = trainee.kmm.as_ref().filter(|_| w.on(Term::Kmm)) {
         terms.insert(Term::Kmm, kmm.forward(out.feature.clone(), t_feature.clone()));
     }
     if w.on(Term::Kd) {
-        terms.insert(Term::Kd, hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature));
+        terms.insert(Term::Kd, hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature, gate.as_ref()));
     }
     if w.on(Term::At) {
         terms.insert(Term::At, attention_transfer(out.feature, t_feature));
     }
     if let Some(aam) = trainee.aam.as_ref().filter(|_| w.on(Term::Aam)) {
-        terms.insert(Term::Aam, aam.forward(out.logits, t_logits).total);
+        terms.insert(Term::Aam, aam.forward_where(out.logits, t_logits, gate.as_ref()).total);
     }
     terms
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use relkd_models::Architecture;
 use relkd_train::config::{ConfigError, ExperimentConfig};
-use relkd_train::experiment::{GridSpec, Variant};
+use relkd_train::experiment::{GridSpec, Variant, load_base};
 use relkd_train::protocol::Protocol;
 
 fn configs_dir() -> PathBuf {
@@ -46,7 +46,8 @@ fn shipped_grids_load_with_their_base_configs() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let grid = GridSpec::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
-        ExperimentConfig::load(&dir.join(&grid.base)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let base =
+            load_base(&dir.join(&grid.base), &grid.overrides).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         if name.starts_with("table3") {
             // Table 3: the baseline and every combination of the three modules.
@@ -69,12 +70,33 @@ fn shipped_grids_load_with_their_base_configs() {
             // Claims rest on several seeds, on the quick setting's own target.
             assert_eq!((grid.seeds.len(), grid.targets.as_slice()), (3, &["HK".to_string()][..]), "{name}");
         }
+        if name.starts_with("select-") {
+            // A candidate of the quick defaults: the quick configuration, its losses alone changed.
+            let quick = ExperimentConfig::load(&configs_dir().join("quick.yaml")).unwrap();
+            let mut candidate = base.clone();
+            candidate.losses = quick.losses.clone();
+            assert_eq!(candidate.to_yaml(), quick.to_yaml(), "{name}");
+            assert_ne!(base.losses, quick.losses, "{name}");
+            assert_eq!((grid.seeds.len(), grid.targets.as_slice()), (3, &["HK".to_string()][..]), "{name}");
+        }
         names.push(name);
     }
     names.sort();
     assert_eq!(
         names,
-        ["quick-loso-seeds", "quick-seeds", "table2", "table2-quick", "table3", "table3-quick", "table4-quick"]
+        [
+            "quick-loso-seeds",
+            "quick-seeds",
+            "select-balanced",
+            "select-gate",
+            "select-lambda-0.1",
+            "select-lambda-paper",
+            "table2",
+            "table2-quick",
+            "table3",
+            "table3-quick",
+            "table4-quick"
+        ]
     );
 }
 

@@ -12,7 +12,7 @@ use relkd_train::losses::kernel_matrix::{
 };
 use relkd_train::losses::logits::logits_kl;
 use relkd_train::losses::segmentation::{DiceClasses, SegmentationLoss, dice_loss, focal_loss};
-use relkd_train::losses::{DistillationWeights, LossTerms, Term};
+use relkd_train::losses::{DistillationWeights, Gate, LossTerms, Term};
 
 const LN2: f64 = std::f64::consts::LN_2;
 
@@ -67,17 +67,17 @@ fn logits_kl_by_hand() {
     let teacher = t4(&[0.0, 3f32.ln()], [1, 2, 1, 1], &device);
     // KL((½, ½) ‖ (¼, ¾)) = ½ ln 2 + ½ ln ⅔.
     let kl = 0.5 * LN2 + 0.5 * (2.0f64 / 3.0).ln();
-    close(scalar(logits_kl(student.clone(), teacher.clone(), 1.0)), kl, 1e-6);
+    close(scalar(logits_kl(student.clone(), teacher.clone(), 1.0, None)), kl, 1e-6);
     // T = 2: the teacher becomes (1, √3)/(1 + √3).
     let q = 1.0 / (1.0 + 3f64.sqrt());
     let kl_t2 = 0.5 * (0.5 / q).ln() + 0.5 * (0.5 / (1.0 - q)).ln();
-    close(scalar(logits_kl(student.clone(), teacher, 2.0)), kl_t2, 1e-6);
+    close(scalar(logits_kl(student.clone(), teacher, 2.0, None)), kl_t2, 1e-6);
     // Equal logits: zero.
-    close(scalar(logits_kl(student.clone(), student, 1.0)), 0.0, 1e-7);
+    close(scalar(logits_kl(student.clone(), student, 1.0, None)), 0.0, 1e-7);
     // A larger teacher map is resized to the student's size first.
     let big_teacher = t4(&[[0.0f32; 16], [3f32.ln(); 16]].concat(), [1, 2, 4, 4], &device);
     let small_student = t4(&[0.0; 8], [1, 2, 2, 2], &device);
-    close(scalar(logits_kl(small_student, big_teacher, 1.0)), kl, 1e-6);
+    close(scalar(logits_kl(small_student, big_teacher, 1.0, None)), kl, 1e-6);
 }
 
 /// An adapter that is the identity (c → c, bias 0).
@@ -382,12 +382,12 @@ fn hinton_kd_by_hand() {
     let teacher = t4(&[0.0, 3f32.ln()], [1, 2, 1, 1], &device);
     // KL((¼, ¾) ‖ (½, ½)), the teacher's distribution first; T = 1 scales by 1.
     let kl = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
-    close(scalar(hinton_kd(student.clone(), teacher.clone(), 1.0)), kl, 1e-6);
+    close(scalar(hinton_kd(student.clone(), teacher.clone(), 1.0, None)), kl, 1e-6);
     // T = 2: the teacher softens to (1, √3)/(1 + √3), and the KL is scaled by T² = 4.
     let q = 1.0 / (1.0 + 3f64.sqrt());
     let kl_t2 = q * (2.0 * q).ln() + (1.0 - q) * (2.0 * (1.0 - q)).ln();
-    close(scalar(hinton_kd(student.clone(), teacher, 2.0)), 4.0 * kl_t2, 1e-6);
-    close(scalar(hinton_kd(student.clone(), student, 4.0)), 0.0, 1e-7);
+    close(scalar(hinton_kd(student.clone(), teacher, 2.0, None)), 4.0 * kl_t2, 1e-6);
+    close(scalar(hinton_kd(student.clone(), student, 4.0, None)), 0.0, 1e-7);
 }
 
 #[test]
@@ -396,11 +396,11 @@ fn hinton_kd_gradient_matches_finite_differences_and_spares_the_teacher() {
     let device = Device::flex().autodiff();
     let teacher = t4(&teacher_values, [2, 2, 3, 3], &device);
     check_gradient(random(2 * 2 * 3 * 3, 5), [2, 2, 3, 3], |x| {
-        hinton_kd(x.clone(), t4(&teacher_values, [2, 2, 3, 3], &x.device()), 2.0)
+        hinton_kd(x.clone(), t4(&teacher_values, [2, 2, 3, 3], &x.device()), 2.0, None)
     });
     let teacher = teacher.require_grad();
     let student = t4(&random(36, 5), [2, 2, 3, 3], &device).require_grad();
-    let grads = hinton_kd(student.clone(), teacher.clone(), 2.0).backward();
+    let grads = hinton_kd(student.clone(), teacher.clone(), 2.0, None).backward();
     assert!(student.grad(&grads).is_some());
     assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
 }
@@ -411,7 +411,7 @@ fn logits_module_spares_the_teacher() {
     let device = Device::flex().autodiff();
     let teacher = t4(&random(36, 11), [2, 2, 3, 3], &device).require_grad();
     let student = t4(&random(36, 5), [2, 2, 3, 3], &device).require_grad();
-    let grads = logits_kl(student.clone(), teacher.clone(), 1.0).backward();
+    let grads = logits_kl(student.clone(), teacher.clone(), 1.0, None).backward();
     assert!(student.grad(&grads).is_some());
     assert!(teacher.grad(&grads).is_none(), "no gradient may reach the teacher");
 }
@@ -445,4 +445,59 @@ fn attention_transfer_gradient_matches_finite_differences() {
     check_gradient(random(2 * 2 * 2 * 2, 9), [2, 2, 2, 2], |x| {
         attention_transfer(x.clone(), t4(&teacher, [2, 3, 2, 2], &x.device()))
     });
+}
+
+/// KL(a ‖ b) of two-class distributions given by their second probabilities.
+fn kl2(a: f64, b: f64) -> f64 {
+    (1.0 - a) * ((1.0 - a) / (1.0 - b)).ln() + a * (a / b).ln()
+}
+
+#[test]
+fn teacher_correct_gate_by_hand() {
+    let device = Device::flex();
+    // A row of four pixels. Student p(fg) = ½, ¾, ½, ½; the teacher says fg, fg, bg, bg with
+    // p(fg) = e/(1+e), e/(1+e), 1/(1+e), 1/(1+e); the ground truth is fg, fg, fg, bg, so the
+    // teacher is wrong at pixel 2 only.
+    let ln3 = 3f32.ln();
+    let student = t4(&[0.0, 0.0, 0.0, 0.0, 0.0, ln3, 0.0, 0.0], [1, 2, 1, 4], &device);
+    let teacher = t4(&[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0], [1, 2, 1, 4], &device);
+    let truth = labels(&[1, 1, 1, 0], [1, 1, 4], &device);
+    assert!(Gate::None.mask(&teacher, &truth).is_none());
+    let mask = Gate::TeacherCorrect.mask(&teacher, &truth).unwrap();
+    assert_eq!(values(mask.clone()), vec![1.0, 1.0, 0.0, 1.0]);
+    let gated = Some(&mask);
+
+    let e = std::f64::consts::E;
+    let (hi, lo) = (e / (1.0 + e), 1.0 / (1.0 + e));
+    let (ps, pt) = ([0.5, 0.75, 0.5, 0.5], [hi, hi, lo, lo]);
+    let kept = [0, 1, 3];
+    // LM: KL(p_s ‖ p_t) averaged over the kept pixels; without the gate, over all four.
+    let lm: f64 = kept.iter().map(|&i| kl2(ps[i], pt[i])).sum::<f64>() / 3.0;
+    let lm_all: f64 = (0..4).map(|i| kl2(ps[i], pt[i])).sum::<f64>() / 4.0;
+    close(scalar(logits_kl(student.clone(), teacher.clone(), 1.0, gated)), lm, 1e-6);
+    close(scalar(logits_kl(student.clone(), teacher.clone(), 1.0, None)), lm_all, 1e-6);
+    // Hinton's KD at T = 1: KL(p_t ‖ p_s) over the kept pixels.
+    let kd: f64 = kept.iter().map(|&i| kl2(pt[i], ps[i])).sum::<f64>() / 3.0;
+    close(scalar(hinton_kd(student.clone(), teacher.clone(), 1.0, gated)), kd, 1e-6);
+
+    // AAM at dilation 1: only the pair (0, 1) keeps both pixels, both ways, in P+; the P− pairs
+    // (1, 2) and (2, 1) and the P+ pairs (2, 3) and (3, 2) touch pixel 2 and are dropped.
+    let w01 = kl2(0.5, 0.75);
+    let w10 = kl2(0.75, 0.5);
+    let aam = AffinityConfig::new(2).with_dilations(vec![1]).init(&device);
+    let out = aam.forward_where(student.clone(), teacher.clone(), gated);
+    close(scalar(out.positive), (w01 + w10) / 2.0, 1e-6);
+    close(scalar(out.negative), 0.0, 1e-7);
+    // Ungated: P+ adds (2, 3) and (3, 2) at W = 0; P− holds (1, 2) with W = w10 and (2, 1) with w01.
+    let out = aam.forward(student, teacher);
+    close(scalar(out.positive), (w01 + w10) / 4.0, 1e-6);
+    close(scalar(out.negative), ((3.0 - w10) + (3.0 - w01)) / 2.0, 1e-5);
+}
+
+#[test]
+fn the_gate_is_a_loss_setting() {
+    let losses: LossConfig = serde_yaml::from_str("gate: teacher_correct").unwrap();
+    assert_eq!(losses.gate, Gate::TeacherCorrect);
+    assert_eq!(LossConfig::default().gate, Gate::None);
+    assert!(serde_yaml::from_str::<LossConfig>("gate: teacher").is_err());
 }

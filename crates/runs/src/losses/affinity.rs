@@ -87,6 +87,12 @@ impl Affinity {
     /// `student [b, k, h, w]` logits; `teacher [b, k, h', w']` logits (resized to h × w,
     /// detached).
     pub fn forward(&self, student: Tensor<4>, teacher: Tensor<4>) -> AffinityLoss {
+        self.forward_where(student, teacher, None)
+    }
+
+    /// [`Self::forward`] over the pairs whose two pixels `mask [b, 1, h, w]` keeps
+    /// ([`super::Gate`]).
+    pub fn forward_where(&self, student: Tensor<4>, teacher: Tensor<4>, mask: Option<&Tensor<4>>) -> AffinityLoss {
         let [b, k, h, w] = student.dims();
         let device = student.device();
         let labels = resize_bilinear(teacher.detach(), [h, w]).argmax(1); // [b, 1, h, w]
@@ -115,9 +121,17 @@ impl Affinity {
                 );
                 let w_ij = (p_i * (log_p_i - log_p_j)).sum_dim(1); // [b, 1, h', w']
                 let labels_i: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, ri.clone(), ci.clone()]);
-                let labels_j: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, rj, cj]);
+                let labels_j: Tensor<4, Int> = labels.clone().slice([0..b, 0..1, rj.clone(), cj.clone()]);
                 let same = labels_i.clone().equal(labels_j).float(); // 1 on P+, 0 on P−
                 let different = same.clone().neg().add_scalar(1.0);
+                let (same, different) = match mask {
+                    Some(m) => {
+                        let both = m.clone().slice([0..b, 0..1, ri.clone(), ci.clone()])
+                            * m.clone().slice([0..b, 0..1, rj.clone(), cj.clone()]);
+                        (same * both.clone(), different * both)
+                    }
+                    None => (same, different),
+                };
                 let [_, _, hh, ww] = same.dims();
                 let class_i = one_hot(labels_i.reshape([b, hh, ww]), k); // [b, k, h', w']
                 let weight = match &class_weights {

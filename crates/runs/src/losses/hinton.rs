@@ -5,15 +5,12 @@
 //! the reverse of the paper's LM), and T² keeps the gradient's scale independent of T.
 
 use burn::tensor::Tensor;
-use burn::tensor::activation::log_softmax;
 
-use relkd_models::layers::resize_bilinear;
+use super::{masked_mean, pixel_kl, tempered_log_probabilities};
 
-/// Teacher logits of another size are resized to the student's (bilinear).
-pub fn hinton_kd(student: Tensor<4>, teacher: Tensor<4>, temperature: f64) -> Tensor<1> {
-    let [_, _, h, w] = student.dims();
-    let teacher = resize_bilinear(teacher.detach(), [h, w]);
-    let log_ps = log_softmax(student.div_scalar(temperature), 1);
-    let log_pt = log_softmax(teacher.div_scalar(temperature), 1);
-    (log_pt.clone().exp() * (log_pt - log_ps)).sum_dim(1).mean().mul_scalar(temperature * temperature)
+/// Teacher logits of another size are resized to the student's (bilinear). With a
+/// `mask [b, 1, h, w]`, the mean is over the pixels it keeps ([`super::Gate`]).
+pub fn hinton_kd(student: Tensor<4>, teacher: Tensor<4>, temperature: f64, mask: Option<&Tensor<4>>) -> Tensor<1> {
+    let (log_ps, log_pt) = tempered_log_probabilities(student, teacher, temperature);
+    masked_mean(pixel_kl(log_pt, log_ps), mask).mul_scalar(temperature * temperature)
 }

@@ -12,8 +12,65 @@ pub mod segmentation;
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Tensor;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use relkd_models::layers::resize_bilinear;
+
+/// Where the pixel-wise distillation terms (LM, AAM, Hinton's KD) apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// Every pixel (the paper).
+    #[default]
+    None,
+    /// Only pixels where the teacher's predicted class equals the ground truth of the student's
+    /// own image (not the paper's): where the teacher is wrong on the student's site, nothing of
+    /// it is passed on. KMM and attention transfer compare whole images and are not gated.
+    TeacherCorrect,
+}
+
+impl Gate {
+    pub fn is_none(&self) -> bool {
+        *self == Gate::None
+    }
+
+    /// The pixel mask `[b, 1, h, w]` (1 = distil) for student logits of size h × w, or None for
+    /// every pixel. `labels [b, h, w]`; teacher logits of another size are resized (bilinear).
+    pub fn mask(self, teacher: &Tensor<4>, labels: &Tensor<3, Int>) -> Option<Tensor<4>> {
+        match self {
+            Gate::None => None,
+            Gate::TeacherCorrect => {
+                let [b, h, w] = labels.dims();
+                let predicted = resize_bilinear(teacher.clone().detach(), [h, w]).argmax(1); // [b, 1, h, w]
+                Some(predicted.equal(labels.clone().reshape([b, 1, h, w])).float())
+            }
+        }
+    }
+}
+
+/// log softmax(z / T) of the student and of the teacher, whose logits are detached and, if of
+/// another size, resized to the student's (bilinear).
+fn tempered_log_probabilities(student: Tensor<4>, teacher: Tensor<4>, temperature: f64) -> (Tensor<4>, Tensor<4>) {
+    let [_, _, h, w] = student.dims();
+    let teacher = resize_bilinear(teacher.detach(), [h, w]);
+    (log_softmax(student.div_scalar(temperature), 1), log_softmax(teacher.div_scalar(temperature), 1))
+}
+
+/// KL(p ‖ q) at every pixel `[b, 1, h, w]`, from log-probabilities `[b, k, h, w]`.
+fn pixel_kl(log_p: Tensor<4>, log_q: Tensor<4>) -> Tensor<4> {
+    (log_p.clone().exp() * (log_p - log_q)).sum_dim(1)
+}
+
+/// The mean of a per-pixel map `[b, 1, h, w]` over the pixels the mask keeps (all without one;
+/// 0 when it keeps none).
+pub fn masked_mean(per_pixel: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<1> {
+    match mask {
+        None => per_pixel.mean(),
+        Some(mask) => (per_pixel * mask.clone()).sum() / mask.clone().sum().clamp_min(1.0),
+    }
+}
 
 /// A term of the total loss. Its key names it everywhere: the config's weights, the step's
 /// values, the epoch log in model cards and `metrics.csv`'s columns. A new distiller is a new

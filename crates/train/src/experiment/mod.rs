@@ -56,6 +56,11 @@ pub struct GridSpec {
     /// seed. Default: the base configuration's `training.seed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
+    /// Settings that replace the base configuration's, a YAML mapping merged into it key by key
+    /// (`losses: { lambda: { aam: 0.9 } }` changes that one weight): a sweep over a setting
+    /// without a copy of the base file. Unknown keys are errors, as in the base file.
+    #[serde(default, skip_serializing_if = "serde_yaml::Value::is_null")]
+    pub overrides: serde_yaml::Value,
 }
 
 /// How one distilled student learns from its teacher.
@@ -184,13 +189,41 @@ pub struct GridRequest {
 pub fn run_grid(request: &GridRequest) -> anyhow::Result<PathBuf> {
     let spec = GridSpec::load(&request.file)?;
     let base_path = request.file.parent().unwrap_or(Path::new(".")).join(&spec.base);
-    let mut base = ExperimentConfig::load(&base_path)
+    let mut base = load_base(&base_path, &spec.overrides)
         .with_context(|| format!("the base configuration of {}", request.file.display()))?;
     set_data_root(&mut base.data, request.data.as_deref())?;
     let stem = request.file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
     let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
     let devices = Devices::resolve(request.device, &request.devices)?;
     run_spec(&spec, &base, &base_path.display().to_string(), &stem, &out, &devices)
+}
+
+/// The run configuration in `path` with `overrides` merged into it.
+pub fn load_base(path: &Path, overrides: &serde_yaml::Value) -> anyhow::Result<ExperimentConfig> {
+    let text = fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    merge(&mut config, overrides);
+    let merged = serde_yaml::to_string(&config).expect("YAML values serialise");
+    Ok(ExperimentConfig::parse(&merged, path)?)
+}
+
+/// Merges `overrides` into `base`: mappings key by key, recursively; any other value replaces.
+fn merge(base: &mut serde_yaml::Value, overrides: &serde_yaml::Value) {
+    use serde_yaml::Value::Mapping;
+    match (base, overrides) {
+        (_, serde_yaml::Value::Null) => {}
+        (Mapping(base), Mapping(overrides)) => {
+            for (key, value) in overrides {
+                match base.get_mut(key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (base, value) => *base = value.clone(),
+    }
 }
 
 /// Runs (or continues) `spec` from the configuration `base` (described as `base_name` in
@@ -388,5 +421,38 @@ impl TargetGrid<'_> {
         write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes())
             .with_context(|| format!("{}", path.display()))?;
         Ok(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> serde_yaml::Value {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn overrides_merge_mappings_key_by_key_and_replace_the_rest() {
+        let mut base = yaml("a: { b: 1, c: [1, 2] }\nd: x");
+        merge(&mut base, &yaml("a: { c: [3], e: 4 }"));
+        assert_eq!(base, yaml("a: { b: 1, c: [3], e: 4 }\nd: x"));
+        merge(&mut base, &serde_yaml::Value::Null);
+        assert_eq!(base, yaml("a: { b: 1, c: [3], e: 4 }\nd: x"));
+    }
+
+    #[test]
+    fn overrides_change_one_setting_of_the_base_and_typos_are_errors() {
+        let quick = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/quick.yaml");
+        let plain = load_base(&quick, &serde_yaml::Value::Null).unwrap();
+        let swept = load_base(&quick, &yaml("losses: { lambda: { aam: 0.9 }, ramp_epochs: 4 }")).unwrap();
+        assert_eq!(swept.losses.lambda.aam, 0.9);
+        assert_eq!(swept.losses.ramp_epochs, 4.0);
+        let mut expected = plain.clone();
+        expected.losses.lambda.aam = 0.9;
+        expected.losses.ramp_epochs = 4.0;
+        assert_eq!(swept.to_yaml(), expected.to_yaml());
+        let typo = load_base(&quick, &yaml("losses: { lamda: { aam: 0.9 } }")).unwrap_err();
+        assert!(format!("{typo:#}").contains("lamda"), "{typo:#}");
     }
 }

@@ -159,6 +159,7 @@ pub fn run_seeds(request: &RunRequest, seeds: &[u64]) -> anyhow::Result<PathBuf>
         targets: vec![config.target.clone()],
         distillers: vec![Variant::ALL_THREE],
         seeds: seeds.to_vec(),
+        overrides: serde_yaml::Value::Null,
     };
     let stem = format!(
         "{}-{}-{}-seeds",
