@@ -380,7 +380,7 @@ pub fn loss_terms(
         terms.insert(Term::At, attention_transfer(out.feature, t_feature));
     }
     if let Some(aam) = trainee.aam.as_ref().filter(|_| w.on(Term::Aam)) {
-        terms.insert(Term::Aam, aam.forward_where(out.logits, t_logits, gate.as_ref()).total);
+        terms.insert(Term::Aam, aam.forward(out.logits, t_logits, gate.as_ref()).total);
     }
     terms
 }

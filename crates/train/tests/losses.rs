@@ -188,12 +188,12 @@ fn affinity_by_hand() {
     let w10 = 0.25 * (0.25f64 / 0.5).ln() + 0.75 * (0.75f64 / 0.5).ln();
     // Teacher says both pixels are foreground: both pairs in P+.
     let same = t4(&[0.0, 0.0, 1.0, 1.0], [1, 2, 1, 2], &device);
-    let out = aam.forward(two_pixel_logits(&device), same);
+    let out = aam.forward(two_pixel_logits(&device), same, None);
     close(scalar(out.positive), (w01 + w10) / 2.0, 1e-6);
     close(scalar(out.negative), 0.0, 1e-7);
     // Teacher splits them: both pairs in P−, hinge at margin 3.
     let split = t4(&[1.0, 0.0, 0.0, 1.0], [1, 2, 1, 2], &device);
-    let out = aam.forward(two_pixel_logits(&device), split);
+    let out = aam.forward(two_pixel_logits(&device), split, None);
     close(scalar(out.positive), 0.0, 1e-7);
     close(scalar(out.negative), ((3.0 - w01) + (3.0 - w10)) / 2.0, 1e-5);
     close(scalar(out.total), ((3.0 - w01) + (3.0 - w10)) / 2.0, 1e-5);
@@ -255,7 +255,7 @@ fn affinity_matches_an_independent_loop() {
     let student: Vec<f32> = random(2 * h * w, 11).iter().map(|v| v * 3.0).collect();
     let teacher = random(2 * h * w, 5);
     let aam = AffinityConfig::new(2).init(&device); // dilations 1, 2, 3; margin 3
-    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device));
+    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device), None);
     let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, false);
     close(scalar(out.positive), pos, 1e-5);
     close(scalar(out.negative), neg, 1e-4);
@@ -278,7 +278,7 @@ fn per_class_positive_mean_matches_the_loop_and_weighs_the_gland() {
         .map(|(i, v)| v * if gland.contains(&(i % (h * w))) { 3.0 } else { 0.5 })
         .collect();
     let aam = AffinityConfig::new(2).with_per_class_positive(true).init(&device);
-    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device));
+    let out = aam.forward(t4(&student, [1, 2, h, w], &device), t4(&teacher, [1, 2, h, w], &device), None);
     let (pos, neg) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, true);
     let (pooled, _) = affinity_reference(&student, &teacher, [h, w], &[1, 2, 3], 3.0, false);
     assert!((pos - pooled).abs() > 1e-3, "the two means must differ on this case: {pos} vs {pooled}");
@@ -295,7 +295,7 @@ fn per_class_positive_mean_matches_the_loop_and_weighs_the_gland() {
     let teacher = t4(&[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [1, 2, 1, 5], &device);
     let row = |per_class: bool| {
         let aam = AffinityConfig::new(2).with_dilations(vec![1]).with_per_class_positive(per_class).init(&device);
-        scalar(aam.forward(student.clone(), teacher.clone()).positive)
+        scalar(aam.forward(student.clone(), teacher.clone(), None).positive)
     };
     close(row(false), (w01 + w10) / 6.0, 1e-6);
     close(row(true), (w01 + w10) / 4.0, 1e-6);
@@ -306,7 +306,7 @@ fn affinity_positive_term_vanishes_for_constant_probabilities() {
     let device = Device::flex();
     let student = t4(&[[0.3f32; 9], [-1.2f32; 9]].concat(), [1, 2, 3, 3], &device);
     let teacher = Tensor::<4>::random([1, 2, 3, 3], Distribution::Normal(0.0, 1.0), &device);
-    let out = AffinityConfig::new(2).init(&device).forward(student, teacher);
+    let out = AffinityConfig::new(2).init(&device).forward(student, teacher, None);
     close(scalar(out.positive), 0.0, 1e-7);
 }
 
@@ -316,7 +316,7 @@ fn affinity_gradient_matches_finite_differences() {
     let aam = AffinityConfig::new(2).init(&Device::flex());
     check_gradient(random(2 * 4 * 4, 4), [1, 2, 4, 4], |student| {
         let device = student.device();
-        aam.forward(student, t4(&teacher, [1, 2, 4, 4], &device)).total
+        aam.forward(student, t4(&teacher, [1, 2, 4, 4], &device), None).total
     });
 }
 
@@ -327,8 +327,8 @@ fn adaptive_weights_start_equal_and_climb_the_loss() {
     let teacher = t4(&random(2 * 5 * 5, 2), [1, 2, 5, 5], &device);
     let plain = AffinityConfig::new(2).with_dilations(vec![1, 2]).init(&device);
     let adaptive = AffinityConfig::new(2).with_dilations(vec![1, 2]).with_adaptive(true).init(&device);
-    let l0 = adaptive.forward(student.clone(), teacher.clone()).total;
-    close(scalar(l0.clone()), scalar(plain.forward(student.clone(), teacher.clone()).total), 1e-6);
+    let l0 = adaptive.forward(student.clone(), teacher.clone(), None).total;
+    close(scalar(l0.clone()), scalar(plain.forward(student.clone(), teacher.clone(), None).total), 1e-6);
 
     // One plain gradient-descent step on the loss moves the weights uphill.
     let weights = adaptive.weights.as_ref().unwrap();
@@ -336,7 +336,7 @@ fn adaptive_weights_start_equal_and_climb_the_loss() {
     let stepped = (weights.val().detach() - grad.mul_scalar(5.0)).into_data();
     let mut moved = adaptive.clone();
     moved.weights = Some(Param::from_tensor(Tensor::from_data(stepped, &device)));
-    let l1 = moved.forward(student, teacher).total;
+    let l1 = moved.forward(student, teacher, None).total;
     assert!(scalar(l1.clone()) > scalar(l0.clone()) + 1e-6, "{} vs {}", scalar(l1), scalar(l0));
 }
 
@@ -485,11 +485,11 @@ fn teacher_correct_gate_by_hand() {
     let w01 = kl2(0.5, 0.75);
     let w10 = kl2(0.75, 0.5);
     let aam = AffinityConfig::new(2).with_dilations(vec![1]).init(&device);
-    let out = aam.forward_where(student.clone(), teacher.clone(), gated);
+    let out = aam.forward(student.clone(), teacher.clone(), gated);
     close(scalar(out.positive), (w01 + w10) / 2.0, 1e-6);
     close(scalar(out.negative), 0.0, 1e-7);
     // Ungated: P+ adds (2, 3) and (3, 2) at W = 0; P− holds (1, 2) with W = w10 and (2, 1) with w01.
-    let out = aam.forward(student, teacher);
+    let out = aam.forward(student, teacher, None);
     close(scalar(out.positive), (w01 + w10) / 4.0, 1e-6);
     close(scalar(out.negative), ((3.0 - w10) + (3.0 - w01)) / 2.0, 1e-5);
 }

@@ -85,14 +85,9 @@ fn reverse_gradient<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 impl Affinity {
     /// `student [b, k, h, w]` logits; `teacher [b, k, h', w']` logits (resized to h × w,
-    /// detached).
-    pub fn forward(&self, student: Tensor<4>, teacher: Tensor<4>) -> AffinityLoss {
-        self.forward_where(student, teacher, None)
-    }
-
-    /// [`Self::forward`] over the pairs whose two pixels `mask [b, 1, h, w]` keeps
+    /// detached). With a `mask [b, 1, h, w]`, only the pairs whose two pixels it keeps count
     /// ([`super::Gate`]).
-    pub fn forward_where(&self, student: Tensor<4>, teacher: Tensor<4>, mask: Option<&Tensor<4>>) -> AffinityLoss {
+    pub fn forward(&self, student: Tensor<4>, teacher: Tensor<4>, mask: Option<&Tensor<4>>) -> AffinityLoss {
         let [b, k, h, w] = student.dims();
         let device = student.device();
         let labels = resize_bilinear(teacher.detach(), [h, w]).argmax(1); // [b, 1, h, w]

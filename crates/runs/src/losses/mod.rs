@@ -65,7 +65,7 @@ fn pixel_kl(log_p: Tensor<4>, log_q: Tensor<4>) -> Tensor<4> {
 
 /// The mean of a per-pixel map `[b, 1, h, w]` over the pixels the mask keeps (all without one;
 /// 0 when it keeps none).
-pub fn masked_mean(per_pixel: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<1> {
+fn masked_mean(per_pixel: Tensor<4>, mask: Option<&Tensor<4>>) -> Tensor<1> {
     match mask {
         None => per_pixel.mean(),
         Some(mask) => (per_pixel * mask.clone()).sum() / mask.clone().sum().clamp_min(1.0),
