@@ -117,6 +117,19 @@ fn paper_configs_carry_the_papers_hyper_parameters() {
     assert!(quick.data.root.is_none(), "quick runs on the phantom");
 }
 
+#[test]
+fn the_quick_loso_twin_differs_from_the_quick_run_in_its_protocol_only() {
+    // The two must not drift apart (its λ once lagged behind quick.yaml's re-chosen ones).
+    let quick = ExperimentConfig::load(&configs_dir().join("quick.yaml")).unwrap();
+    let mut loso = ExperimentConfig::load(&configs_dir().join("quick-loso.yaml")).unwrap();
+    assert_eq!(loso.protocol, Protocol::Loso);
+    // Under LOSO the teacher sees the students' five sites (no extra epochs) and the target is tested whole.
+    loso.protocol = quick.protocol;
+    loso.training.teacher_epochs = quick.training.teacher_epochs;
+    loso.test_fraction = quick.test_fraction;
+    assert_eq!(loso.to_yaml(), quick.to_yaml());
+}
+
 fn load_text(text: &str) -> Result<ExperimentConfig, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
