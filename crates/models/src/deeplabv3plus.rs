@@ -12,6 +12,7 @@
 //!
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8 and the paper's width.
 
+use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -80,7 +81,7 @@ impl Segmenter for DeepLabV3Plus {
         let high = resize_bilinear(self.aspp.forward(c4.clone()), [h4, w4]); // [b, 256, h/4, w/4]
         let x = self.dropout1.forward(self.decoder1.forward(Tensor::cat(vec![high, low], 1))); // [b, 256, h/4, w/4]
         let x = self.dropout2.forward(self.decoder2.forward(x)); // [b, 256, h/4, w/4]
-        let logits = resize_bilinear(self.classifier.forward(x), [h, w]); // [b, classes, h, w]
+        let logits = resize_bilinear(self.classifier.apply(x), [h, w]); // [b, classes, h, w]
         SegOutput { logits, feature: c4 }
     }
 
@@ -124,7 +125,7 @@ impl ConvBnRelu {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.relu.forward(self.bn.forward(self.conv.forward(x)))
+        self.relu.forward(self.bn.forward(self.conv.apply(x)))
     }
 
     fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
@@ -196,7 +197,7 @@ impl SeparableConv2d {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pointwise.forward(self.bn.forward(self.depthwise.forward(x)))
+        self.pointwise.apply(self.bn.forward(self.depthwise.apply(x)))
     }
 
     /// With `after`, the batch norm that follows the pointwise convolution, folded in.
@@ -290,7 +291,7 @@ impl XceptionBlock {
             }
         });
         let shortcut = match &self.skip {
-            Some(skip) => skip.bn.forward(skip.conv.forward(x)),
+            Some(skip) => skip.bn.forward(skip.conv.apply(x)),
             None => x,
         };
         out + shortcut
@@ -373,8 +374,8 @@ impl Xception65 {
 
     /// The low-level features (after block1, 1/4) and the backbone output (1/8).
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x))); // [b, 32, h/2, w/2]
-        let x = self.relu.forward(self.bn2.forward(self.conv2.forward(x))); // [b, 64, h/2, w/2]
+        let x = self.relu.forward(self.bn1.forward(self.conv1.apply(x))); // [b, 32, h/2, w/2]
+        let x = self.relu.forward(self.bn2.forward(self.conv2.apply(x))); // [b, 64, h/2, w/2]
         let c1 = self.relu.forward(self.block1.forward(x)); // [b, 128, h/4, w/4]
         let x = self.block2.forward(c1.clone()); // [b, 256, h/8, w/8]
         let x = self.block3.forward(x); // [b, 728, h/8, w/8]

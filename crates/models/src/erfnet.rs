@@ -7,6 +7,7 @@
 //!
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8.
 
+use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d, ConvTranspose2dConfig};
@@ -156,10 +157,10 @@ pub struct NonBottleneck1d {
 impl NonBottleneck1d {
     /// `[b, c, h, w] → [b, c, h, w]`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let x = self.relu.forward(self.conv3x1_1.forward(input.clone()));
-        let x = self.relu.forward(self.bn1.forward(self.conv1x3_1.forward(x)));
-        let x = self.relu.forward(self.conv3x1_2.forward(x));
-        let x = self.dropout.forward(self.bn2.forward(self.conv1x3_2.forward(x)));
+        let x = self.relu.forward(self.conv3x1_1.apply(input.clone()));
+        let x = self.relu.forward(self.bn1.forward(self.conv1x3_1.apply(x)));
+        let x = self.relu.forward(self.conv3x1_2.apply(x));
+        let x = self.dropout.forward(self.bn2.forward(self.conv1x3_2.apply(x)));
         self.relu.forward(x + input)
     }
 

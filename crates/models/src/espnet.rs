@@ -6,6 +6,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8; `c3` is the
 //! channels after repeating a grey input to three.
 
+use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
@@ -128,8 +129,8 @@ impl Segmenter for Espnet {
         let feature = self.b3.forward(Tensor::cat(vec![output2_0, output2], 1)); // [b, 256, h/8, w/8]
 
         // Decoder: project to classes at 1/8 and 1/4, merge, refine with the 1/2 features.
-        let output2_c = self.up_l3.forward(self.br.forward(self.classifier.forward(feature.clone()))); // [b, k, h/4, w/4]
-        let output1_c = self.level3_c.forward(output1_cat); // [b, k, h/4, w/4]
+        let output2_c = self.up_l3.forward(self.br.forward(self.classifier.apply(feature.clone()))); // [b, k, h/4, w/4]
+        let output1_c = self.level3_c.apply(output1_cat); // [b, k, h/4, w/4]
         let merged = self.combine_esp.forward(self.combine_br.forward(Tensor::cat(vec![output1_c, output2_c], 1))); // [b, 5, h/4, w/4]
         let comb_l2_l3 = self.up_l2_br.forward(self.up_l2.forward(merged)); // [b, k, h/2, w/2]
         let concat = self.conv.forward(Tensor::cat(vec![comb_l2_l3, output0_cat], 1)); // [b, k, h/2, w/2]
@@ -214,7 +215,7 @@ impl Cbr {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.br.forward(self.conv.forward(x))
+        self.br.forward(self.conv.apply(x))
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
@@ -275,13 +276,13 @@ pub struct EspBlock {
 impl EspBlock {
     /// `[b, in, h, w] → [b, out, h', w']` (h' = h/2 when downsampling).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let x = self.reduce.forward(input.clone()); // [b, n, h', w']
+        let x = self.reduce.apply(input.clone()); // [b, n, h', w']
         // Hierarchical fusion: each wider branch adds the narrower ones, against gridding.
-        let add1 = self.d2.forward(x.clone());
-        let add2 = add1.clone() + self.d4.forward(x.clone());
-        let add3 = add2.clone() + self.d8.forward(x.clone());
-        let add4 = add3.clone() + self.d16.forward(x.clone());
-        let merged = Tensor::cat(vec![self.d1.forward(x), add1, add2, add3, add4], 1); // [b, out, h', w']
+        let add1 = self.d2.apply(x.clone());
+        let add2 = add1.clone() + self.d4.apply(x.clone());
+        let add3 = add2.clone() + self.d8.apply(x.clone());
+        let add4 = add3.clone() + self.d16.apply(x.clone());
+        let merged = Tensor::cat(vec![self.d1.apply(x), add1, add2, add3, add4], 1); // [b, out, h', w']
         let merged = if self.residual { merged + input } else { merged };
         self.br.forward(merged)
     }

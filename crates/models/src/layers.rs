@@ -1,6 +1,7 @@
 //! Building blocks shared by the five networks, and the operations Burn 0.22 lacks:
 //! max-unpooling, channel dropout and a bilinear resize that differentiates on every backend.
 
+use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -231,7 +232,7 @@ impl DownsamplerBlock {
 
     /// `[b, in, h, w] → [b, out, h/2, w/2]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let conv = self.conv.forward(x.clone()); // [b, out − in, h/2, w/2]
+        let conv = self.conv.apply(x.clone()); // [b, out − in, h/2, w/2]
         let (pool, _) = max_pool2x2_with_indices(x); // [b, in, h/2, w/2]
         self.act.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1)))
     }

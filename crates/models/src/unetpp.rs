@@ -8,6 +8,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 16; `f` is the base
 //! filter count.
 
+use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -94,7 +95,7 @@ impl Segmenter for Unetpp {
             }
         }
         let feature = x[TAP_LEVEL][0].clone(); // X³⁰ [b, 8f, h/8, w/8]
-        let logits = self.head.forward(x[0][LEVELS - 1].clone()); // X⁰⁴ → [b, classes, h, w]
+        let logits = self.head.apply(x[0][LEVELS - 1].clone()); // X⁰⁴ → [b, classes, h, w]
         SegOutput { logits, feature }
     }
 
@@ -151,8 +152,8 @@ impl ConvBlock {
 
     /// `[b, cin, h, w] → [b, cout, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.forward(x)));
-        self.relu.forward(self.bn2.forward(self.conv2.forward(x)))
+        let x = self.relu.forward(self.bn1.forward(self.conv1.apply(x)));
+        self.relu.forward(self.bn2.forward(self.conv2.apply(x)))
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
