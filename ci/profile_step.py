@@ -19,8 +19,9 @@ from collections import defaultdict
 OP = re.compile(r"for burn_autodiff::backend::Autodiff<B,C>>::(\w+)")
 HEADER = re.compile(r"^\S+\s+(\d+)\s+([\d.]+):")
 
-# The networks' convolution (crates/models/src/conv.rs), not one of Autodiff's own operations.
-CONV = "relkd_models::conv::"
+# The networks' own operations (crates/models/src/{conv,batch_norm}.rs), not Autodiff's: frame
+# marker and label.
+OWN = {"relkd_models::conv::": "conv2d", "relkd_models::batch_norm::": "batch_norm_train"}
 
 # What each Burn operation is in relkd's networks (the ones that cost something).
 MEANING = {
@@ -75,8 +76,9 @@ def label(frames):
         match = OP.search(frame)
         if match:
             return (phase, match.group(1))
-        if CONV in frame:
-            return (phase, "conv2d")
+        own = next((op for marker, op in OWN.items() if marker in frame), None)
+        if own:
+            return (phase, own)
     return (phase, "other")
 
 
@@ -98,11 +100,9 @@ def main():
             current = label(frames)
         if current is None:
             continue
-        if tid != main_tid and any(CONV in frame for frame in frames):
-            # relkd's convolution waits for the pool from the main thread: its work shows on the workers.
-            totals[(current[0], "conv2d")] += 1
-        else:
-            totals[current] += 1
+        # relkd's own operations wait for the pool on the main thread: their work shows on the workers.
+        own = next((op for marker, op in OWN.items() if tid != main_tid and any(marker in f for f in frames)), None)
+        totals[(current[0], own) if own else current] += 1
     ms = 1e3 / args.hz / args.steps
     ops = sorted({op for _, op in totals}, key=lambda op: -sum(v for (p, o), v in totals.items() if o == op))
     whole = sum(totals.values()) * ms

@@ -12,6 +12,7 @@
 //!
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8 and the paper's width.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
@@ -125,7 +126,7 @@ impl ConvBnRelu {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.relu.forward(self.bn.forward(self.conv.apply(x)))
+        self.relu.forward(self.bn.apply(self.conv.apply(x)))
     }
 
     fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
@@ -197,7 +198,7 @@ impl SeparableConv2d {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pointwise.apply(self.bn.forward(self.depthwise.apply(x)))
+        self.pointwise.apply(self.bn.apply(self.depthwise.apply(x)))
     }
 
     /// With `after`, the batch norm that follows the pointwise convolution, folded in.
@@ -291,7 +292,7 @@ impl XceptionBlock {
             }
         });
         let shortcut = match &self.skip {
-            Some(skip) => skip.bn.forward(skip.conv.apply(x)),
+            Some(skip) => skip.bn.apply(skip.conv.apply(x)),
             None => x,
         };
         out + shortcut
@@ -374,16 +375,16 @@ impl Xception65 {
 
     /// The low-level features (after block1, 1/4) and the backbone output (1/8).
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.apply(x))); // [b, 32, h/2, w/2]
-        let x = self.relu.forward(self.bn2.forward(self.conv2.apply(x))); // [b, 64, h/2, w/2]
+        let x = self.relu.forward(self.bn1.apply(self.conv1.apply(x))); // [b, 32, h/2, w/2]
+        let x = self.relu.forward(self.bn2.apply(self.conv2.apply(x))); // [b, 64, h/2, w/2]
         let c1 = self.relu.forward(self.block1.forward(x)); // [b, 128, h/4, w/4]
         let x = self.block2.forward(c1.clone()); // [b, 256, h/8, w/8]
         let x = self.block3.forward(x); // [b, 728, h/8, w/8]
         let x = self.midflow.iter().fold(x, |x, b| b.forward(x)); // [b, 728, h/8, w/8]
         let x = self.relu.forward(self.block20.forward(x)); // [b, 1024, h/8, w/8]
-        let x = self.relu.forward(self.bn3.forward(self.conv3.forward(x))); // [b, 1536, h/8, w/8]
-        let x = self.relu.forward(self.bn4.forward(self.conv4.forward(x))); // [b, 1536, h/8, w/8]
-        let c4 = self.relu.forward(self.bn5.forward(self.conv5.forward(x))); // [b, 2048, h/8, w/8]
+        let x = self.relu.forward(self.bn3.apply(self.conv3.forward(x))); // [b, 1536, h/8, w/8]
+        let x = self.relu.forward(self.bn4.apply(self.conv4.forward(x))); // [b, 1536, h/8, w/8]
+        let c4 = self.relu.forward(self.bn5.apply(self.conv5.forward(x))); // [b, 2048, h/8, w/8]
         (c1, c4)
     }
 

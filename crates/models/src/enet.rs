@@ -7,6 +7,7 @@
 //!
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
@@ -221,7 +222,7 @@ pub struct Projection {
 
 impl Projection {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.apply(x))
+        self.bn.apply(self.conv.apply(x))
     }
 }
 
@@ -245,14 +246,14 @@ pub struct Bottleneck {
 
 impl Bottleneck {
     fn branch(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = prelu(self.bn1.forward(self.conv1.apply(x)), &self.act1); // [b, inner, h, w]
+        let x = prelu(self.bn1.apply(self.conv1.apply(x)), &self.act1); // [b, inner, h, w]
         let x = self.conv2.apply(x); // [b, inner, h', w']
         let x = match &self.conv2b {
             Some(conv) => conv.apply(x),
             None => x,
         };
-        let x = prelu(self.bn2.forward(x), &self.act2); // [b, inner, h', w']
-        self.dropout.forward(self.bn3.forward(self.conv3.apply(x))) // [b, out, h', w']
+        let x = prelu(self.bn2.apply(x), &self.act2); // [b, inner, h', w']
+        self.dropout.forward(self.bn3.apply(self.conv3.apply(x))) // [b, out, h', w']
     }
 
     /// A non-downsampling block: `[b, c, h, w] → [b, c, h, w]`.
@@ -349,9 +350,9 @@ impl UpsamplingBottleneck {
     pub fn forward(&self, x: Tensor<4>, indices: Tensor<4, Int>, output_hw: [usize; 2]) -> Tensor<4> {
         let up = self.unpool_projection.forward(x.clone()); // [b, out, h, w]
         let up = max_unpool2d(up, indices, output_hw); // [b, out, 2h, 2w]
-        let ext = prelu(self.bn1.forward(self.conv1.apply(x)), &self.act1); // [b, inner, h, w]
-        let ext = prelu(self.bn2.forward(self.deconv.forward(ext)), &self.act2); // [b, inner, 2h, 2w]
-        let ext = self.dropout.forward(self.bn3.forward(self.conv3.apply(ext))); // [b, out, 2h, 2w]
+        let ext = prelu(self.bn1.apply(self.conv1.apply(x)), &self.act1); // [b, inner, h, w]
+        let ext = prelu(self.bn2.apply(self.deconv.forward(ext)), &self.act2); // [b, inner, 2h, 2w]
+        let ext = self.dropout.forward(self.bn3.apply(self.conv3.apply(ext))); // [b, out, 2h, 2w]
         prelu(up + ext, &self.act)
     }
 

@@ -7,6 +7,7 @@
 //!
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
@@ -158,9 +159,9 @@ impl NonBottleneck1d {
     /// `[b, c, h, w] → [b, c, h, w]`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let x = self.relu.forward(self.conv3x1_1.apply(input.clone()));
-        let x = self.relu.forward(self.bn1.forward(self.conv1x3_1.apply(x)));
+        let x = self.relu.forward(self.bn1.apply(self.conv1x3_1.apply(x)));
         let x = self.relu.forward(self.conv3x1_2.apply(x));
-        let x = self.dropout.forward(self.bn2.forward(self.conv1x3_2.apply(x)));
+        let x = self.dropout.forward(self.bn2.apply(self.conv1x3_2.apply(x)));
         self.relu.forward(x + input)
     }
 
@@ -208,7 +209,7 @@ pub struct UpsamplerBlock {
 impl UpsamplerBlock {
     /// `[b, in, h, w] → [b, out, 2h, 2w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.relu.forward(self.bn.forward(self.conv.forward(x)))
+        self.relu.forward(self.bn.apply(self.conv.forward(x)))
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {

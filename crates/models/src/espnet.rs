@@ -6,6 +6,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8; `c3` is the
 //! channels after repeating a grey input to three.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
@@ -129,7 +130,7 @@ impl Segmenter for Espnet {
         let feature = self.b3.forward(Tensor::cat(vec![output2_0, output2], 1)); // [b, 256, h/8, w/8]
 
         // Decoder: project to classes at 1/8 and 1/4, merge, refine with the 1/2 features.
-        let output2_c = self.up_l3.forward(self.br.forward(self.classifier.apply(feature.clone()))); // [b, k, h/4, w/4]
+        let output2_c = self.up_l3.forward(self.br.apply(self.classifier.apply(feature.clone()))); // [b, k, h/4, w/4]
         let output1_c = self.level3_c.apply(output1_cat); // [b, k, h/4, w/4]
         let merged = self.combine_esp.forward(self.combine_br.forward(Tensor::cat(vec![output1_c, output2_c], 1))); // [b, 5, h/4, w/4]
         let comb_l2_l3 = self.up_l2_br.forward(self.up_l2.forward(merged)); // [b, k, h/2, w/2]
@@ -193,7 +194,7 @@ impl Br {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        prelu(self.bn.forward(x), &self.act)
+        prelu(self.bn.apply(x), &self.act)
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {

@@ -1,6 +1,7 @@
 //! Building blocks shared by the five networks, and the operations Burn 0.22 lacks:
 //! max-unpooling, channel dropout and a bilinear resize that differentiates on every backend.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -234,7 +235,7 @@ impl DownsamplerBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let conv = self.conv.apply(x.clone()); // [b, out − in, h/2, w/2]
         let (pool, _) = max_pool2x2_with_indices(x); // [b, in, h/2, w/2]
-        self.act.forward(self.bn.forward(Tensor::cat(vec![conv, pool], 1)))
+        self.act.forward(self.bn.apply(Tensor::cat(vec![conv, pool], 1)))
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {

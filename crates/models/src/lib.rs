@@ -4,6 +4,7 @@
 //! Every network implements [`Segmenter`]: logits plus the named feature map that
 //! distillation taps, for any input height and width.
 
+pub mod batch_norm;
 pub mod conv;
 pub mod flops;
 pub mod layers;

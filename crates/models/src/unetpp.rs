@@ -8,6 +8,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 16; `f` is the base
 //! filter count.
 
+use crate::batch_norm::BatchNormApply;
 use crate::conv::Conv2dApply;
 use burn::config::Config;
 use burn::module::Module;
@@ -152,8 +153,8 @@ impl ConvBlock {
 
     /// `[b, cin, h, w] → [b, cout, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.relu.forward(self.bn1.forward(self.conv1.apply(x)));
-        self.relu.forward(self.bn2.forward(self.conv2.apply(x)))
+        let x = self.relu.forward(self.bn1.apply(self.conv1.apply(x)));
+        self.relu.forward(self.bn2.apply(self.conv2.apply(x)))
     }
 
     pub fn lower(&self, g: &mut dyn Graph, x: &Value) -> Value {
