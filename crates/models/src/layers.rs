@@ -7,7 +7,6 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PRelu, PaddingConfig2d, Relu};
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d_with_indices;
 use burn::tensor::ops::{MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -176,19 +175,14 @@ pub fn crop(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     x.slice([0..b, 0..c, 0..h, 0..w])
 }
 
-/// The activation after a [`DownsamplerBlock`]: ENet uses PReLU, ERFNet ReLU.
-/// PReLU computed as relu(x) − α·relu(−x), the same values as Burn's `PRelu::forward` (and the
-/// same gradients but at x = 0 exactly, where this one's is 0 rather than 1). Burn's selects
-/// between x and α·x with `mask_where`, whose forward and backward on flex cost about 2.5× as
-/// much: the largest cost of ENet's training step after the convolutions (README, "Training
-/// speed on the CPU"). `alpha` has one slope or one per channel.
+/// PReLU with one slope or one per channel: Burn's `PRelu::forward` selects between x and α·x
+/// with `mask_where`, whose backward on flex falls to a slow strided path; [`crate::prelu`]
+/// computes the same values (README, "Training speed on the CPU").
 pub fn prelu(x: Tensor<4>, act: &PRelu) -> Tensor<4> {
-    let alpha = act.alpha.val();
-    let [slopes] = alpha.dims();
-    let alpha = alpha.reshape([1, slopes, 1, 1]); // [1, 1 or c, 1, 1]
-    relu(x.clone()) - relu(x.neg()) * alpha
+    crate::prelu::prelu(x, act.alpha.val())
 }
 
+/// The activation after a [`DownsamplerBlock`]: ENet uses PReLU, ERFNet ReLU.
 #[derive(Module, Debug)]
 pub enum Activation {
     PRelu(PRelu),

@@ -9,6 +9,7 @@ pub mod conv;
 pub mod flops;
 pub mod layers;
 pub mod lower;
+pub mod prelu;
 
 pub mod deeplabv3plus;
 pub mod device;
