@@ -19,9 +19,13 @@ from collections import defaultdict
 OP = re.compile(r"for burn_autodiff::backend::Autodiff<B,C>>::(\w+)")
 HEADER = re.compile(r"^\S+\s+(\d+)\s+([\d.]+):")
 
-# The networks' own operations (crates/models/src/{conv,batch_norm}.rs), not Autodiff's: frame
+# The networks' own operations (crates/models/src/{conv,batch_norm,prelu}.rs), not Autodiff's: frame
 # marker and label.
-OWN = {"relkd_models::conv::": "conv2d", "relkd_models::batch_norm::": "batch_norm_train"}
+OWN = {
+    "relkd_models::conv::": "conv2d",
+    "relkd_models::batch_norm::": "batch_norm_train",
+    "relkd_models::prelu::": "prelu",
+}
 
 # What each Burn operation is in relkd's networks (the ones that cost something).
 MEANING = {
@@ -39,7 +43,8 @@ MEANING = {
     "float_add": "add (residuals)",
     "float_matmul": "matmul (bilinear resize)",
     "float_cat": "concatenate",
-    "relu": "ReLU (also both halves of relkd's PReLU)",
+    "relu": "ReLU",
+    "prelu": "PReLU (relkd's, one operation)",
 }
 
 

@@ -6,8 +6,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 8; `c3` is the
 //! channels after repeating a grey input to three.
 
-use crate::batch_norm::BatchNormApply;
-use crate::conv::Conv2dApply;
+use crate::cpu::{BatchNormApply, Conv2dApply};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};

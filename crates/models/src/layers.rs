@@ -1,8 +1,7 @@
 //! Building blocks shared by the five networks, and the operations Burn 0.22 lacks:
 //! max-unpooling, channel dropout and a bilinear resize that differentiates on every backend.
 
-use crate::batch_norm::BatchNormApply;
-use crate::conv::Conv2dApply;
+use crate::cpu::{BatchNormApply, Conv2dApply};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
@@ -176,10 +175,10 @@ pub fn crop(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
 }
 
 /// PReLU with one slope or one per channel: Burn's `PRelu::forward` selects between x and α·x
-/// with `mask_where`, whose backward on flex falls to a slow strided path; [`crate::prelu`]
+/// with `mask_where`, whose backward on flex falls to a slow strided path; [`crate::cpu::prelu`]
 /// computes the same values (README, "Training speed on the CPU").
 pub fn prelu(x: Tensor<4>, act: &PRelu) -> Tensor<4> {
-    crate::prelu::prelu(x, act.alpha.val())
+    crate::cpu::prelu(x, act.alpha.val())
 }
 
 /// The activation after a [`DownsamplerBlock`]: ENet uses PReLU, ERFNet ReLU.

@@ -4,12 +4,10 @@
 //! Every network implements [`Segmenter`]: logits plus the named feature map that
 //! distillation taps, for any input height and width.
 
-pub mod batch_norm;
-pub mod conv;
+pub mod cpu;
 pub mod flops;
 pub mod layers;
 pub mod lower;
-pub mod prelu;
 
 pub mod deeplabv3plus;
 pub mod device;

@@ -8,8 +8,7 @@
 //! Shapes are for an input `[b, c_in, h, w]` with `h`, `w` multiples of 16; `f` is the base
 //! filter count.
 
-use crate::batch_norm::BatchNormApply;
-use crate::conv::Conv2dApply;
+use crate::cpu::{BatchNormApply, Conv2dApply};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;

@@ -3,7 +3,7 @@
 //! Burn's, except on the CPU backend (flex) when training: Burn computes the batch statistics
 //! and the backward out of tensor operations, each a pass over the activation, with transposed
 //! copies to average over the batch. Here each is one pass per channel plane over the contiguous
-//! `[b, c, h·w]` layout, statistics summed in f64 (issue #16). Outputs and gradients equal
+//! `[b, c, h·w]` layout, sums in f32 lanes added up in f64 (issue #16). Outputs and gradients equal
 //! Burn's up to float rounding (tested against it). Inference keeps Burn's running-statistics path.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -15,10 +15,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::BatchNorm;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::runs_on_flex;
+use super::{flex_vec, lane_sum, runs_on_flex};
 
 /// `bn.apply(x)`: [`BatchNorm::forward`] with this module's training path on flex.
 pub trait BatchNormApply {
@@ -108,10 +108,6 @@ impl Planes {
     }
 }
 
-fn flex_vec(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 impl BatchNormOps for Flex {
     fn batch_norm_train_direct(
         x: FlexTensor,
@@ -123,11 +119,12 @@ impl BatchNormOps for Flex {
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
         let (xs, gamma, beta) = (x.storage::<f32>(), gamma.storage::<f32>(), beta.storage::<f32>());
         let count = (xs.len() / planes.channels) as f64;
-        let sum = |offset: usize| xs[offset..offset + planes.plane].iter().map(|&v| f64::from(v)).sum::<f64>();
+        let sum = |offset: usize| lane_sum(&xs[offset..offset + planes.plane], &xs[offset..], |v, _| v);
         let mean: Vec<f64> = planes.per_channel(xs.len(), sum).into_iter().map(|s| s / count).collect();
         let squares = |offset: usize| {
             let m = mean[offset / planes.plane % planes.channels];
-            xs[offset..offset + planes.plane].iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>()
+            let m = m as f32;
+            lane_sum(&xs[offset..offset + planes.plane], &xs[offset..], |v, _| (v - m) * (v - m))
         };
         let variance: Vec<f64> = planes.per_channel(xs.len(), squares).into_iter().map(|s| s / count).collect();
         let mut output = vec![0f32; xs.len()];
@@ -157,14 +154,10 @@ impl BatchNormOps for Flex {
         let inv_std: Vec<f32> = variance.iter().map(|&v| 1.0 / (f64::from(v) + epsilon).sqrt() as f32).collect();
         let count = (xs.len() / planes.channels) as f64;
         let channel = |offset: usize| offset / planes.plane % planes.channels;
-        let beta_grad = planes.per_channel(xs.len(), |o| dys[o..o + planes.plane].iter().map(|&v| f64::from(v)).sum());
+        let beta_grad = planes.per_channel(xs.len(), |o| lane_sum(&dys[o..o + planes.plane], &dys[o..], |g, _| g));
         let gamma_grad = planes.per_channel(xs.len(), |o| {
             let (m, s) = (mean[channel(o)], inv_std[channel(o)]);
-            xs[o..o + planes.plane]
-                .iter()
-                .zip(&dys[o..o + planes.plane])
-                .map(|(&v, &g)| f64::from((v - m) * s) * f64::from(g))
-                .sum()
+            lane_sum(&xs[o..o + planes.plane], &dys[o..], |v, g| (v - m) * s * g)
         });
         // dx = γ/σ · (dy − mean(dy) − x̂ · mean(dy · x̂)), per channel.
         let mut x_grad = vec![0f32; xs.len()];

@@ -16,12 +16,14 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
+
+use super::{flex_vec, runs_on_flex};
 
 /// `conv.apply(x)`: the convolution with the weight gradient of this module on flex.
 pub trait Conv2dApply {
@@ -49,12 +51,6 @@ impl Conv2dApply for Conv2d {
             }
         })
     }
-}
-
-/// Whether the device computes on flex (with or without autodiff): where this module's and
-/// [`crate::batch_norm`]'s operations replace Burn's.
-pub fn runs_on_flex(device: &Device) -> bool {
-    matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// The backend operations behind [`Conv2dApply`].
@@ -108,7 +104,7 @@ impl DirectWeightGradOps for Flex {
         };
         let (weight, output_grad) = (weight.to_contiguous(), output_grad.to_contiguous());
         let grad = geometry.input_gradient(weight.storage::<f32>(), output_grad.storage::<f32>());
-        FlexTensor::from_data(TensorData::new(grad, x.shape()))
+        flex_vec(grad, x.shape())
     }
 
     fn conv2d_weight_grad(
@@ -122,7 +118,7 @@ impl DirectWeightGradOps for Flex {
         };
         let (x, output_grad) = (x.to_contiguous(), output_grad.to_contiguous());
         let grad = geometry.weight_gradient(x.storage::<f32>(), output_grad.storage::<f32>());
-        FlexTensor::from_data(TensorData::new(grad, weight.shape()))
+        flex_vec(grad, weight.shape())
     }
 }
 
@@ -310,8 +306,14 @@ fn gemm_f32(
     rhs: (&[f32], [usize; 2]),
 ) {
     let ((lhs, [lhs_cs, lhs_rs]), (rhs, [rhs_cs, rhs_rs])) = (lhs, rhs);
-    assert!(dst.len() >= m * n && lhs.len() >= (m - 1) * lhs_rs + (k - 1) * lhs_cs + 1);
-    assert!(rhs.len() >= (k - 1) * rhs_rs + (n - 1) * rhs_cs + 1);
+    if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    assert!(dst.len() >= m * n && lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
     // SAFETY: the asserts keep every element the strides reach inside the three slices.
     unsafe {
         gemm::gemm(
@@ -405,7 +407,7 @@ impl<B: DirectWeightGradOps, C: CheckpointStrategy> DirectWeightGradOps for Auto
 mod tests {
     use super::*;
     use crate::layers::conv;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, Tolerance};
 
     /// Forward values and every gradient of `conv.apply` against Burn's `conv.forward`, on the
     /// same input, weights and output gradient (a random linear loss).

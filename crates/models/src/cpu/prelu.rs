@@ -15,10 +15,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::activation::relu;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::runs_on_flex;
+use super::{flex_vec, lane_sum, runs_on_flex};
 
 /// PReLU of `x` `[b, c, h, w]` with `alpha` `[1]` (one slope) or `[c]`.
 pub fn prelu(x: Tensor<4>, alpha: Tensor<1>) -> Tensor<4> {
@@ -73,7 +73,7 @@ impl PreluOps for Flex {
                 *o = if v > 0.0 { v } else { a * v };
             }
         });
-        FlexTensor::from_data(TensorData::new(out, x.shape()))
+        flex_vec(out, x.shape())
     }
 
     fn prelu_direct_backward(x: FlexTensor, alpha: FlexTensor, output_grad: FlexTensor) -> (FlexTensor, FlexTensor) {
@@ -81,25 +81,25 @@ impl PreluOps for Flex {
         let (x, dy) = (x.to_contiguous(), output_grad.to_contiguous());
         let (xs, dys) = (x.storage::<f32>(), dy.storage::<f32>());
         let mut dx = vec![0f32; xs.len()];
-        // Per plane: the input's gradient, and the plane's share of its slope's gradient.
+        // Per plane: the input's gradient (dy where x > 0, α·dy where x < 0, 0 at 0, written
+        // without branches so that it vectorises), and the plane's share of its slope's gradient.
         let shares: Vec<f64> = dx
             .par_chunks_mut(slopes.plane)
             .zip(xs.par_chunks(slopes.plane).zip(dys.par_chunks(slopes.plane)))
             .enumerate()
             .map(|(i, (dx, (xs, dys)))| {
                 let a = slopes.of_plane(i);
-                let mut share = 0f64;
                 for ((d, &v), &g) in dx.iter_mut().zip(xs).zip(dys) {
-                    *d = if v > 0.0 {
-                        g
+                    let slope = if v > 0.0 {
+                        1.0
                     } else if v < 0.0 {
-                        share += f64::from(v * g);
-                        a * g
+                        a
                     } else {
                         0.0
                     };
+                    *d = slope * g;
                 }
-                share
+                lane_sum(xs, dys, |v, g| v.min(0.0) * g)
             })
             .collect();
         // d/dα of −α·relu(−x) is −relu(−x) = x where x < 0.
@@ -109,10 +109,7 @@ impl PreluOps for Flex {
         }
         let alpha_grad = alpha_grad.into_iter().map(|g| g as f32).collect::<Vec<_>>();
         let alpha_shape = alpha.shape();
-        (
-            FlexTensor::from_data(TensorData::new(dx, x.shape())),
-            FlexTensor::from_data(TensorData::new(alpha_grad, alpha_shape)),
-        )
+        (flex_vec(dx, x.shape()), flex_vec(alpha_grad, alpha_shape))
     }
 }
 
