@@ -19,12 +19,12 @@ from collections import defaultdict
 OP = re.compile(r"for burn_autodiff::backend::Autodiff<B,C>>::(\w+)")
 HEADER = re.compile(r"^\S+\s+(\d+)\s+([\d.]+):")
 
-# The networks' own operations (crates/models/src/{conv,batch_norm,prelu}.rs), not Autodiff's: frame
+# The networks' own operations (crates/models/src/cpu/), not Autodiff's: frame
 # marker and label.
 OWN = {
-    "relkd_models::conv::": "conv2d",
-    "relkd_models::batch_norm::": "batch_norm_train",
-    "relkd_models::prelu::": "prelu",
+    "relkd_models::cpu::conv::": "conv2d",
+    "relkd_models::cpu::batch_norm::": "batch_norm_train",
+    "relkd_models::cpu::prelu::": "prelu",
 }
 
 # What each Burn operation is in relkd's networks (the ones that cost something).
