@@ -161,7 +161,9 @@ impl Geometry {
         let [c_out, _, kh, kw] = weight.shape().dims();
         let (padding, dilation, stride) = (options.padding_begin(), options.dilation, options.stride);
         let out = |size: usize, axis: usize, kernel: usize| {
-            (size + 2 * padding[axis]).checked_sub(dilation[axis] * (kernel - 1) + 1).map(|span| span / stride[axis] + 1)
+            (size + 2 * padding[axis])
+                .checked_sub(dilation[axis] * (kernel - 1) + 1)
+                .map(|span| span / stride[axis] + 1)
         };
         Some(Self {
             batch,
@@ -179,6 +181,11 @@ impl Geometry {
 
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Room for one image's im2col; none for a 1×1 convolution, which reads the image itself.
+    fn col_buffer(&self) -> Vec<f32> {
+        if self.is_pointwise() { Vec::new() } else { vec![0f32; self.columns() * self.positions()] }
     }
 
     fn positions(&self) -> usize {
@@ -267,23 +274,25 @@ impl Geometry {
         let (xs, ws) = (x.storage::<f32>(), weight.storage::<f32>());
         let image_len = self.c_in * self.height * self.width;
         let mut out = vec![0f32; self.batch * c_out * positions];
-        out.par_chunks_mut(c_out * positions).enumerate().for_each(|(b, out)| {
-            let image = &xs[b * image_len..(b + 1) * image_len];
-            let mut col = Vec::new();
-            let rhs = if self.is_pointwise() {
-                image
-            } else {
-                col.resize(columns * positions, 0.0);
-                self.im2col(image, &mut col);
-                &col
-            };
-            gemm_f32([c_out, positions, columns], out, false, (ws, [1, columns]), (rhs, [1, positions]));
-            if let Some(bias) = &bias {
-                for (row, &b) in out.chunks_exact_mut(positions).zip(bias.storage::<f32>()) {
-                    row.iter_mut().for_each(|v| *v += b);
+        // One im2col buffer per worker, reused across its images.
+        out.par_chunks_mut(c_out * positions).enumerate().for_each_init(
+            || self.col_buffer(),
+            |col, (b, out)| {
+                let image = &xs[b * image_len..(b + 1) * image_len];
+                let rhs = if self.is_pointwise() {
+                    image
+                } else {
+                    self.im2col(image, col);
+                    &col[..]
+                };
+                gemm_f32([c_out, positions, columns], out, false, (ws, [1, columns]), (rhs, [1, positions]));
+                if let Some(bias) = &bias {
+                    for (row, &b) in out.chunks_exact_mut(positions).zip(bias.storage::<f32>()) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
                 }
-            }
-        });
+            },
+        );
         flex_vec(out, [self.batch, c_out, self.out[0], self.out[1]].into())
     }
 
@@ -296,7 +305,7 @@ impl Geometry {
         let images: Vec<usize> = (0..self.batch).collect();
         let partial = |chunk: &[usize]| {
             let mut grad = vec![0f32; c_out * columns];
-            let mut col = if self.is_pointwise() { Vec::new() } else { vec![0f32; columns * positions] };
+            let mut col = self.col_buffer();
             for (i, &b) in chunk.iter().enumerate() {
                 let image = &x[b * image_len..(b + 1) * image_len];
                 let rhs = if self.is_pointwise() {
@@ -326,17 +335,19 @@ impl Geometry {
         let (positions, columns, c_out) = (self.positions(), self.columns(), self.c_out);
         let image_len = self.c_in * self.height * self.width;
         let mut grad = vec![0f32; self.batch * image_len];
-        grad.par_chunks_mut(image_len).enumerate().for_each(|(b, image)| {
-            let dy = &output_grad[b * c_out * positions..(b + 1) * c_out * positions];
-            let transposed = (weight, [columns, 1]);
-            if self.is_pointwise() {
-                gemm_f32([columns, positions, c_out], image, false, transposed, (dy, [1, positions]));
-            } else {
-                let mut col = vec![0f32; columns * positions];
-                gemm_f32([columns, positions, c_out], &mut col, false, transposed, (dy, [1, positions]));
-                self.col2im(&col, image);
-            }
-        });
+        grad.par_chunks_mut(image_len).enumerate().for_each_init(
+            || self.col_buffer(),
+            |col, (b, image)| {
+                let dy = &output_grad[b * c_out * positions..(b + 1) * c_out * positions];
+                let transposed = (weight, [columns, 1]);
+                if self.is_pointwise() {
+                    gemm_f32([columns, positions, c_out], image, false, transposed, (dy, [1, positions]));
+                } else {
+                    gemm_f32([columns, positions, c_out], col, false, transposed, (dy, [1, positions]));
+                    self.col2im(col, image);
+                }
+            },
+        );
         grad
     }
 }
