@@ -1,12 +1,11 @@
 //! The 2-D convolution every network calls: `conv.apply(x)` in place of `conv.forward(x)`.
 //!
-//! Forward values and the input's gradient are Burn's. What changes is the weight's gradient on
-//! the CPU backend (flex) when training: Burn's generic rule computes it as a convolution of
-//! transposed copies of the input and of the output gradient, which on flex spends most of its
-//! time copying and runs on about one core. Here it is one gemm per image over the image's
-//! im2col (no copy at all for a 1×1 convolution), images split across threads: 1.6–16× faster
-//! on ENet's shapes (issue #16). The sums run in another order, so the weight gradient differs
-//! from Burn's in the last bits (tested against it). Other backends (CUDA) keep Burn's rules.
+//! On the CPU backend (flex) the forward pass and both gradients are gemms over each image's
+//! im2col (no copy at all for a 1×1 convolution), images split across threads. Burn's generic
+//! weight-gradient rule (a convolution of transposed copies of the input and of the output
+//! gradient) spent most of its time copying on about one core: 1.6–16× slower on ENet's shapes
+//! (issue #16). The sums run in another order, so values differ from Burn's in the last bits
+//! (tested against Burn's). Grouped convolutions and other backends (CUDA) keep Burn's rules.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -25,7 +24,7 @@ use rayon::prelude::*;
 
 use super::{flex_vec, runs_on_flex};
 
-/// `conv.apply(x)`: the convolution with the weight gradient of this module on flex.
+/// `conv.apply(x)`: the convolution, computed by this module on flex.
 pub trait Conv2dApply {
     fn apply(&self, x: Tensor<4>) -> Tensor<4>;
 }
@@ -45,9 +44,9 @@ impl Conv2dApply for Conv2d {
         }
         let (x, weight) = (x.into_dispatch(), weight.into_dispatch());
         Tensor::from_dispatch(match &self.bias {
-            None => <Dispatch as DirectWeightGradOps>::conv2d_direct(x, weight, options),
+            None => <Dispatch as Im2colConvOps>::conv2d_direct(x, weight, options),
             Some(bias) => {
-                <Dispatch as DirectWeightGradOps>::conv2d_direct_bias(x, weight, bias.val().into_dispatch(), options)
+                <Dispatch as Im2colConvOps>::conv2d_direct_bias(x, weight, bias.val().into_dispatch(), options)
             }
         })
     }
@@ -55,7 +54,7 @@ impl Conv2dApply for Conv2d {
 
 /// The backend operations behind [`Conv2dApply`].
 #[backend_extension(Flex, Autodiff)]
-pub trait DirectWeightGradOps: Backend {
+pub trait Im2colConvOps: Backend {
     /// Burn's conv2d without bias; under autodiff its weight gradient is [`Self::conv2d_weight_grad`].
     fn conv2d_direct(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
@@ -92,19 +91,13 @@ pub trait DirectWeightGradOps: Backend {
     }
 }
 
-impl DirectWeightGradOps for Flex {
+impl Im2colConvOps for Flex {
     fn conv2d_direct(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        match Geometry::of(&x, &weight, &options) {
-            Some(geometry) => geometry.forward(x, weight, None),
-            None => Self::conv2d(x, weight, None, options),
-        }
+        flex_forward(x, weight, None, options)
     }
 
     fn conv2d_direct_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        match Geometry::of(&x, &weight, &options) {
-            Some(geometry) => geometry.forward(x, weight, Some(bias)),
-            None => Self::conv2d(x, weight, Some(bias), options),
-        }
+        flex_forward(x, weight, Some(bias), options)
     }
 
     fn conv2d_input_grad(
@@ -136,7 +129,14 @@ impl DirectWeightGradOps for Flex {
     }
 }
 
-/// A convolution's shapes, for the direct gradients.
+fn flex_forward(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>, options: ConvOptions<2>) -> FlexTensor {
+    match Geometry::of(&x, &weight, &options) {
+        Some(geometry) => geometry.forward(x, weight, bias),
+        None => Flex::conv2d(x, weight, bias, options),
+    }
+}
+
+/// A convolution's shapes, for the im2col gemms.
 struct Geometry {
     batch: usize,
     c_in: usize,
@@ -151,7 +151,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// `None` where the direct gradients do not apply: grouped convolutions (Burn's rules then),
+    /// `None` where the im2col gemms do not apply: grouped convolutions (Burn's rules then),
     /// asymmetric padding, other float types.
     fn of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
         if x.dtype() != DType::F32 || options.groups != 1 || options.is_asymmetric() {
@@ -396,12 +396,12 @@ fn gemm_f32(
     }
 }
 
-/// Burn's conv2d node, with the weight's gradient from [`DirectWeightGradOps::conv2d_weight_grad`];
+/// The convolution's node: gradients from [`Im2colConvOps::conv2d_input_grad`] and [`Im2colConvOps::conv2d_weight_grad`];
 /// `N` is 2 (input, weight) or 3 (and bias).
 #[derive(Debug)]
-struct DirectWeightGradConv<const N: usize>;
+struct Im2colConv<const N: usize>;
 
-impl<B: DirectWeightGradOps, const N: usize> Backward<B, N> for DirectWeightGradConv<N> {
+impl<B: Im2colConvOps, const N: usize> Backward<B, N> for Im2colConv<N> {
     /// Checkpointed input, weight and bias, and the options.
     type State = ([NodeId; N], ConvOptions<2>);
 
@@ -424,9 +424,9 @@ impl<B: DirectWeightGradOps, const N: usize> Backward<B, N> for DirectWeightGrad
     }
 }
 
-impl<B: DirectWeightGradOps, C: CheckpointStrategy> DirectWeightGradOps for Autodiff<B, C> {
+impl<B: Im2colConvOps, C: CheckpointStrategy> Im2colConvOps for Autodiff<B, C> {
     fn conv2d_direct(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
-        match DirectWeightGradConv::<2>.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+        match Im2colConv::<2>.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let states = [prep.checkpoint(&x), prep.checkpoint(&weight)];
                 let output = B::conv2d_direct(x.into_primitive(), weight.into_primitive(), options.clone());
@@ -444,7 +444,7 @@ impl<B: DirectWeightGradOps, C: CheckpointStrategy> DirectWeightGradOps for Auto
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let prep = DirectWeightGradConv::<3>.prepare::<C>([x.node(), weight.node(), bias.node()]);
+        let prep = Im2colConv::<3>.prepare::<C>([x.node(), weight.node(), bias.node()]);
         match prep.compute_bound().stateful() {
             OpsKind::Tracked(mut prep) => {
                 let states = [prep.checkpoint(&x), prep.checkpoint(&weight), prep.checkpoint(&bias)];
