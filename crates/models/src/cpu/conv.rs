@@ -20,6 +20,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{flex_vec, runs_on_flex};
@@ -151,8 +152,9 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// `None` where the im2col gemms do not apply: grouped convolutions (Burn's rules then),
-    /// asymmetric padding, other float types.
+    /// `None` where Burn's rules apply instead: grouped convolutions, asymmetric padding, other
+    /// float types, and an im2col over [`Self::MAX_IM2COL`] values (the teachers' first layers at
+    /// 384×384, where Burn's tiled convolution is twice as fast; every student layer is far below).
     fn of(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
         if x.dtype() != DType::F32 || options.groups != 1 || options.is_asymmetric() {
             return None;
@@ -177,7 +179,11 @@ impl Geometry {
             dilation,
             out: [out(height, 0, kh)?, out(width, 1, kw)?],
         })
+        .filter(|geometry| geometry.columns() * geometry.positions() <= Self::MAX_IM2COL)
     }
+
+    /// 8 Mi values, 32 MiB: one image's im2col for a 64-channel 3×3 layer at 120×120.
+    const MAX_IM2COL: usize = 1 << 23;
 
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
@@ -266,7 +272,7 @@ impl Geometry {
         });
     }
 
-    /// Y_b = W · im2col(x_b) (+ bias), one image per task: W `[c_out, columns]`.
+    /// Y_b = W · im2col(x_b) (+ bias): W `[c_out, columns]`.
     fn forward(&self, x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
         let (positions, columns, c_out) = (self.positions(), self.columns(), self.c_out);
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
@@ -274,26 +280,46 @@ impl Geometry {
         let (xs, ws) = (x.storage::<f32>(), weight.storage::<f32>());
         let image_len = self.c_in * self.height * self.width;
         let mut out = vec![0f32; self.batch * c_out * positions];
-        // One im2col buffer per worker, reused across its images.
-        out.par_chunks_mut(c_out * positions).enumerate().for_each_init(
-            || self.col_buffer(),
-            |col, (b, out)| {
-                let image = &xs[b * image_len..(b + 1) * image_len];
-                let rhs = if self.is_pointwise() {
-                    image
-                } else {
-                    self.im2col(image, col);
-                    &col[..]
-                };
-                gemm_f32([c_out, positions, columns], out, false, (ws, [1, columns]), (rhs, [1, positions]));
-                if let Some(bias) = &bias {
-                    for (row, &b) in out.chunks_exact_mut(positions).zip(bias.storage::<f32>()) {
-                        row.iter_mut().for_each(|v| *v += b);
-                    }
+        self.for_each_image(&mut out, c_out * positions, |col, b, out, parallelism| {
+            let image = &xs[b * image_len..(b + 1) * image_len];
+            let rhs = if self.is_pointwise() {
+                image
+            } else {
+                self.im2col(image, col);
+                &col[..]
+            };
+            let lhs = (ws, [1, columns]);
+            gemm_f32([c_out, positions, columns], out, false, lhs, (rhs, [1, positions]), parallelism);
+            if let Some(bias) = &bias {
+                for (row, &b) in out.chunks_exact_mut(positions).zip(bias.storage::<f32>()) {
+                    row.iter_mut().for_each(|v| *v += b);
                 }
-            },
-        );
+            }
+        });
         flex_vec(out, [self.batch, c_out, self.out[0], self.out[1]].into())
+    }
+
+    /// Runs `f(im2col buffer, image, its part of dst, parallelism)` for every image: images across
+    /// the pool's threads when there are at least as many, else one after another with each gemm
+    /// spread across the threads (a batch of 1 in inference would otherwise run on one core).
+    /// gemm splits the output, not the sums, so both give the same values bit for bit.
+    fn for_each_image(
+        &self,
+        dst: &mut [f32],
+        per_image: usize,
+        f: impl Fn(&mut Vec<f32>, usize, &mut [f32], Parallelism) + Send + Sync,
+    ) {
+        let threads = rayon::current_num_threads();
+        if self.batch >= threads {
+            dst.par_chunks_mut(per_image)
+                .enumerate()
+                .for_each_init(|| self.col_buffer(), |col, (b, dst)| f(col, b, dst, Parallelism::None));
+        } else {
+            let mut col = self.col_buffer();
+            for (b, dst) in dst.chunks_mut(per_image).enumerate() {
+                f(&mut col, b, dst, Parallelism::Rayon(threads));
+            }
+        }
     }
 
     /// dW[o, r] = Σ_b Σ_p dY[b, o, p] · im2col(x_b)[r, p]: the images are split into one run per
@@ -316,7 +342,8 @@ impl Geometry {
                 };
                 let lhs = &output_grad[b * c_out * positions..(b + 1) * c_out * positions];
                 // grad [c_out, columns] (+)= lhs [c_out, positions] · rhsᵀ, rhs [columns, positions].
-                gemm_f32([c_out, columns, positions], &mut grad, i > 0, (lhs, [1, positions]), (rhs, [positions, 1]));
+                let (lhs, rhs) = ((lhs, [1, positions]), (rhs, [positions, 1]));
+                gemm_f32([c_out, columns, positions], &mut grad, i > 0, lhs, rhs, Parallelism::None);
             }
             grad
         };
@@ -330,36 +357,34 @@ impl Geometry {
             .unwrap_or_else(|| vec![0f32; c_out * columns])
     }
 
-    /// dX_b = col2im(Wᵀ · dY_b), one image per task: Wᵀ `[columns, c_out]`, dY_b `[c_out, positions]`.
+    /// dX_b = col2im(Wᵀ · dY_b): Wᵀ `[columns, c_out]`, dY_b `[c_out, positions]`.
     fn input_gradient(&self, weight: &[f32], output_grad: &[f32]) -> Vec<f32> {
         let (positions, columns, c_out) = (self.positions(), self.columns(), self.c_out);
         let image_len = self.c_in * self.height * self.width;
         let mut grad = vec![0f32; self.batch * image_len];
-        grad.par_chunks_mut(image_len).enumerate().for_each_init(
-            || self.col_buffer(),
-            |col, (b, image)| {
-                let dy = &output_grad[b * c_out * positions..(b + 1) * c_out * positions];
-                let transposed = (weight, [columns, 1]);
-                if self.is_pointwise() {
-                    gemm_f32([columns, positions, c_out], image, false, transposed, (dy, [1, positions]));
-                } else {
-                    gemm_f32([columns, positions, c_out], col, false, transposed, (dy, [1, positions]));
-                    self.col2im(col, image);
-                }
-            },
-        );
+        self.for_each_image(&mut grad, image_len, |col, b, image, parallelism| {
+            let dy = (&output_grad[b * c_out * positions..(b + 1) * c_out * positions], [1, positions]);
+            let transposed = (weight, [columns, 1]);
+            if self.is_pointwise() {
+                gemm_f32([columns, positions, c_out], image, false, transposed, dy, parallelism);
+            } else {
+                gemm_f32([columns, positions, c_out], col, false, transposed, dy, parallelism);
+                self.col2im(col, image);
+            }
+        });
         grad
     }
 }
 
 /// dst `[m, n]` (row-major) = (dst +) lhs · rhs, lhs `[m, k]` and rhs `[k, n]` given as (data,
-/// [column stride, row stride]), on the calling thread.
+/// [column stride, row stride]).
 fn gemm_f32(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     accumulate: bool,
     lhs: (&[f32], [usize; 2]),
     rhs: (&[f32], [usize; 2]),
+    parallelism: Parallelism,
 ) {
     let ((lhs, [lhs_cs, lhs_rs]), (rhs, [rhs_cs, rhs_rs])) = (lhs, rhs);
     if m == 0 || n == 0 || k == 0 {
@@ -391,7 +416,7 @@ fn gemm_f32(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
@@ -515,6 +540,35 @@ mod tests {
             .with_groups(4)
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1));
         check(&depthwise.init(&device), [2, 4, 7, 7]);
+    }
+
+    #[test]
+    fn a_batch_smaller_than_the_pool_gives_the_same_values_bit_for_bit() {
+        // Two images on two threads run one per thread; one image runs its gemms across both.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let random = |shape: [usize; 4]| {
+            let data = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &Device::flex()).into_data();
+            FlexTensor::from_data(data)
+        };
+        let image = |tensor: &FlexTensor, b: usize| {
+            let [_, c, h, w] = tensor.shape().dims();
+            tensor.to_contiguous().storage::<f32>()[b * c * h * w..(b + 1) * c * h * w].to_vec()
+        };
+        let (pair, weight) = (random([2, 32, 64, 64]), random([64, 32, 3, 3]));
+        let first = flex_vec(image(&pair, 0), [1, 32, 64, 64].into());
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let geometry = |x: &FlexTensor| Geometry::of(x, &weight, &options).unwrap();
+        pool.install(|| {
+            let forward = |x: &FlexTensor| geometry(x).forward(x.clone(), weight.clone(), None);
+            assert_eq!(image(&forward(&pair), 0), image(&forward(&first), 0));
+            let (ws, dy_pair) = (weight.to_contiguous(), forward(&pair));
+            let dy_first = flex_vec(image(&dy_pair, 0), [1, 64, 64, 64].into());
+            let input_grad = |x: &FlexTensor, dy: &FlexTensor| {
+                geometry(x).input_gradient(ws.storage::<f32>(), dy.to_contiguous().storage::<f32>())
+            };
+            let per_image = 32 * 64 * 64;
+            assert_eq!(input_grad(&pair, &dy_pair)[..per_image], input_grad(&first, &dy_first)[..]);
+        });
     }
 
     #[test]
