@@ -107,12 +107,7 @@ impl Im2colConvOps for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        let Some(geometry) = Geometry::of(&x, &weight, &options) else {
-            return Self::conv2d_x_backward(x, weight, output_grad, options);
-        };
-        let (weight, output_grad) = (weight.to_contiguous(), output_grad.to_contiguous());
-        let grad = geometry.input_gradient(weight.storage::<f32>(), output_grad.storage::<f32>());
-        flex_vec(grad, x.shape())
+        flex_gradient(Gradient::Input, x, weight, output_grad, options)
     }
 
     fn conv2d_weight_grad(
@@ -121,12 +116,39 @@ impl Im2colConvOps for Flex {
         output_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        let Some(geometry) = Geometry::of(&x, &weight, &options) else {
-            return Self::conv2d_weight_backward(x, weight, output_grad, options);
+        flex_gradient(Gradient::Weight, x, weight, output_grad, options)
+    }
+}
+
+enum Gradient {
+    Input,
+    Weight,
+}
+
+/// One gradient of the convolution by the im2col gemms, or by Burn's rule where they do not apply.
+fn flex_gradient(
+    of: Gradient,
+    x: FlexTensor,
+    weight: FlexTensor,
+    output_grad: FlexTensor,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    let Some(geometry) = Geometry::of(&x, &weight, &options) else {
+        return match of {
+            Gradient::Input => Flex::conv2d_x_backward(x, weight, output_grad, options),
+            Gradient::Weight => Flex::conv2d_weight_backward(x, weight, output_grad, options),
         };
-        let (x, output_grad) = (x.to_contiguous(), output_grad.to_contiguous());
-        let grad = geometry.weight_gradient(x.storage::<f32>(), output_grad.storage::<f32>());
-        flex_vec(grad, weight.shape())
+    };
+    let dy = output_grad.to_contiguous();
+    match of {
+        Gradient::Input => {
+            let grad = geometry.input_gradient(weight.to_contiguous().storage::<f32>(), dy.storage::<f32>());
+            flex_vec(grad, x.shape())
+        }
+        Gradient::Weight => {
+            let grad = geometry.weight_gradient(x.to_contiguous().storage::<f32>(), dy.storage::<f32>());
+            flex_vec(grad, weight.shape())
+        }
     }
 }
 
