@@ -286,7 +286,7 @@ impl XceptionBlock {
             let h = if u.relu_first && i > 0 { self.relu.forward(h) } else { h };
             let h = u.conv.forward(h);
             match &u.bn {
-                Some(bn) => bn.forward(h),
+                Some(bn) => bn.apply(h),
                 None => h,
             }
         });

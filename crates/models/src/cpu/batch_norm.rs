@@ -102,6 +102,11 @@ impl Planes {
             .collect()
     }
 
+    /// Per-channel values as a `[c]` tensor.
+    fn channel_tensor(&self, values: &[f64]) -> FlexTensor {
+        flex_vec(values.iter().map(|&v| v as f32).collect(), [self.channels].into())
+    }
+
     /// Fills `out` plane by plane, in parallel: `f(channel, plane offset, plane of out)`.
     fn for_each_plane(&self, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
         out.par_chunks_mut(self.plane).enumerate().for_each(|(i, plane)| f(i % self.channels, i * self.plane, plane));
@@ -134,8 +139,7 @@ impl BatchNormOps for Flex {
                 *o = (v - m) / std * gamma[c] + beta[c];
             }
         });
-        let stats = |values: &[f64]| flex_vec(values.iter().map(|&v| v as f32).collect(), [planes.channels].into());
-        (flex_vec(output, x.shape()), stats(&mean), stats(&variance))
+        (flex_vec(output, x.shape()), planes.channel_tensor(&mean), planes.channel_tensor(&variance))
     }
 
     fn batch_norm_train_direct_backward(
@@ -169,9 +173,7 @@ impl BatchNormOps for Flex {
                 *o = scale * (g - mean_dy - (v - m) * s * mean_dy_xhat);
             }
         });
-        let per_channel =
-            |values: Vec<f64>| flex_vec(values.into_iter().map(|v| v as f32).collect(), [planes.channels].into());
-        (flex_vec(x_grad, x.shape()), per_channel(gamma_grad), per_channel(beta_grad))
+        (flex_vec(x_grad, x.shape()), planes.channel_tensor(&gamma_grad), planes.channel_tensor(&beta_grad))
     }
 }
 

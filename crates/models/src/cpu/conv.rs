@@ -56,7 +56,8 @@ impl Conv2dApply for Conv2d {
 /// The backend operations behind [`Conv2dApply`].
 #[backend_extension(Flex, Autodiff)]
 pub trait Im2colConvOps: Backend {
-    /// Burn's conv2d without bias; under autodiff its weight gradient is [`Self::conv2d_weight_grad`].
+    /// Burn's conv2d without bias; under autodiff its gradients are [`Self::conv2d_input_grad`] and
+    /// [`Self::conv2d_weight_grad`].
     fn conv2d_direct(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
     }
