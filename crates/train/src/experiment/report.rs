@@ -215,7 +215,7 @@ fn fragmentation(tables: &Tables, spec: &GridSpec) -> String {
         spec,
         "Fragmentation",
         "In-plane label changes per predicted foreground voxel, mean over cases (lower is more compact; \
-         speckle raises it).",
+         speckle raises it); – where a seed's model predicted no foreground on any case.",
         fragmentation_of,
     )
 }

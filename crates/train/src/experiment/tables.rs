@@ -127,7 +127,8 @@ impl Tables<'_> {
             .iter()
             .zip(&ours)
             .map(|(t, d)| {
-                let mut f = d.map_or("–".into(), |d| self.format(d));
+                // Undefined (no foreground predicted on a seed's cases, no validation cases): "–".
+                let mut f = d.filter(|d| d.mean.is_finite()).map_or("–".into(), |d| self.format(d));
                 if let Some(p) = paper(t).filter(|_| self.real_data) {
                     let _ = write!(f, " ({p:.3})");
                 }
@@ -169,4 +170,39 @@ fn spread(values: &[f64]) -> Spread {
     let n = values.len();
     let sd = if n > 1 { (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
     Spread { mean: m, sd }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(seed: u64, fragmentation: &[f64]) -> Cell {
+        let scores = fragmentation
+            .iter()
+            .map(|&f| CaseScore {
+                site: "HK".into(),
+                case: "Case00".into(),
+                dice: 0.5,
+                hd95: 1.0,
+                asd: 1.0,
+                fragmentation: f,
+            })
+            .collect();
+        let kind = CellKind::Baseline { student: Architecture::Enet };
+        Cell { target: "HK".into(), seed, kind, scores, guidance: vec![], val_dice: f64::NAN }
+    }
+
+    #[test]
+    fn a_metric_undefined_on_some_seed_prints_a_dash_not_nan() {
+        let kind = CellKind::Baseline { student: Architecture::Enet };
+        let targets = ["HK".to_string()];
+        // Seed 1 predicted no foreground on any case: its fragmentation is undefined.
+        let cells = [cell(0, &[0.2, f64::NAN, 0.4]), cell(1, &[f64::NAN, f64::NAN])];
+        let tables = Tables { targets: &targets, seeds: &[0, 1], cells: &cells, real_data: false };
+        assert_eq!(tables.metric_row("ENet w/o", kind, fragmentation_of, |_| None), "| ENet w/o | – |\n");
+        assert_eq!(tables.metric_row("ENet w/o", kind, val_dice_of, |_| None), "| ENet w/o | – |\n");
+        // Seed 0 alone: the mean over its cases with a prediction, (0.2 + 0.4) / 2.
+        let tables = Tables { seeds: &[0], ..tables };
+        assert_eq!(tables.metric_row("ENet w/o", kind, fragmentation_of, |_| None), "| ENet w/o | 0.300 |\n");
+    }
 }

@@ -45,10 +45,17 @@ impl Stage<'_> {
     }
 }
 
+/// The training arithmetic's revision, part of the cache key: bump it whenever a code change
+/// moves what a seed trains (an op's summation order, a kernel), so that teachers trained by
+/// earlier code are retrained rather than mixed with this code's students. 2: relkd's own CPU
+/// convolution, batch norm and PReLU (issue #16), DeepLabV3+'s separable units included.
+const TRAINING_NUMERICS: u32 = 2;
+
 /// Everything that decides what a teacher learns; equal keys mean an interchangeable teacher.
 fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
     #[derive(Serialize)]
     struct Key<'a> {
+        numerics: u32,
         data: String,
         sites: &'a [String],
         split_seed: u64,
@@ -64,6 +71,7 @@ fn teacher_key(config: &ExperimentConfig, root: &Path) -> String {
     }
     let plan = config.sites.as_ref().expect("planned");
     let key = Key {
+        numerics: TRAINING_NUMERICS,
         data: match &config.data.root {
             Some(_) => root.display().to_string(),
             None => config.data.phantom.manifest(),
