@@ -115,7 +115,7 @@ impl Default for PhantomConfig {
 }
 
 /// Bumped whenever the rendering changes, so cached phantoms are regenerated.
-pub const PHANTOM_VERSION: u32 = 2;
+pub const PHANTOM_VERSION: u32 = 3;
 
 impl PhantomConfig {
     /// A line that identifies the dataset this config writes (stored as `phantom.txt`).

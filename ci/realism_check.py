@@ -1,0 +1,132 @@
+"""The phantom judged by a real prostate model (issue #27).
+
+TAPS (PyPI `lavlab-taps`, MIT) is a MONAI SegResNetDS trained on real T2-weighted prostate MRI.
+This runs TAPS's own `segment` (its preprocessing, sliding window, logit blur, threshold and
+inversion to the source grid) on phantom cases and scores the mask against the phantom's label.
+Nothing here feeds back into the phantom: the generator never reads TAPS or its model.
+
+    python ci/realism_check.py DATA_ROOT OUT_DIR [--cases N] [--sites RUNMC,BMC,...]
+
+Writes OUT_DIR/cases.tsv (one row per case), OUT_DIR/summary.md (per-site table) and TAPS's
+masks under OUT_DIR/masks/. With the phantom's `--tissues` volumes present it also reports the
+fraction of the peripheral zone and of the central gland that TAPS covered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+# The site folders in paper order and the mask spelling of each (SPEC §2).
+SITES = ["RUNMC", "BMC", "HCRUDB", "UCL", "BIDMC", "HK"]
+# `--tissues` codes of the phantom's zones (crates/relkd-core/src/phantom/anatomy.rs).
+PERIPHERAL_ZONE = 24
+CENTRAL_GLAND = (25, 26, 27, 28)  # transition zone, glandular and stromal nodules, anterior stroma
+FOUND = 0.5
+
+
+def label_path(site_dir: Path, case: str) -> Path:
+    for suffix in ("_segmentation", "_Segmentation"):
+        path = site_dir / f"{case}{suffix}.nii.gz"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{site_dir}: no label for {case}")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 2.0 * float((a & b).sum()) / float(total) if total else 1.0
+
+
+def segment_case(image: Path, out: Path):
+    """TAPS's mask as a boolean array on the image's grid, or None when TAPS finds nothing."""
+    from taps.inference import BlankMaskError, segment
+
+    try:
+        written = segment(image, out, None, device="cpu", exact=True)
+    except BlankMaskError:
+        return None
+    return np.asarray(nib.load(written).dataobj) > 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="phantom root (train phantom --out DATA --tissues)")
+    parser.add_argument("out", type=Path, help="folder for the tables and TAPS's masks")
+    parser.add_argument("--cases", type=int, default=3, help="cases per site (default 3)")
+    parser.add_argument("--sites", default=",".join(SITES), help="comma-separated site folders")
+    args = parser.parse_args()
+    import taps.inference  # sets its logger to INFO on import: quieten it after
+
+    # TAPS's QC warnings (volume range, holes, border) would interleave with the progress lines.
+    logging.getLogger(taps.inference.__name__).setLevel(logging.ERROR)
+
+    masks = args.out / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    rows = []
+    header = "site\tcase\tdice\tfound\tblank\tpredicted_cc\tlabel_cc\tpz_covered\tcg_covered\tseconds"
+    table = args.out / "cases.tsv"
+    with table.open("w") as tsv:
+        print(header, file=tsv, flush=True)
+        for site in args.sites.split(","):
+            site_dir = args.data / site
+            cases = sorted(p.name[: -len(".nii.gz")] for p in site_dir.glob("Case??.nii.gz"))[: args.cases]
+            if not cases:
+                print(f"{site_dir}: no CaseNN.nii.gz", file=sys.stderr)
+                return 1
+            for case in cases:
+                start = time.monotonic()
+                image = site_dir / f"{case}.nii.gz"
+                label_img = nib.load(label_path(site_dir, case))
+                label = np.asarray(label_img.dataobj) > 0
+                voxel_cc = abs(float(np.linalg.det(label_img.affine[:3, :3]))) / 1000.0
+                predicted = segment_case(image, masks / f"{site}_{case}.nii.gz")
+                blank = predicted is None
+                if blank:
+                    predicted = np.zeros_like(label)
+                score = dice(predicted, label)
+                pz = cg = float("nan")
+                tissues = args.data / "tissues" / site / f"{case}_tissues.nii.gz"
+                if tissues.is_file():
+                    codes = np.asarray(nib.load(tissues).dataobj)
+                    in_pz, in_cg = codes == PERIPHERAL_ZONE, np.isin(codes, CENTRAL_GLAND)
+                    pz = float((predicted & in_pz).sum()) / max(int(in_pz.sum()), 1)
+                    cg = float((predicted & in_cg).sum()) / max(int(in_cg.sum()), 1)
+                row = (site, case, score, score > FOUND, blank, predicted.sum() * voxel_cc, label.sum() * voxel_cc, pz, cg)
+                seconds = time.monotonic() - start
+                rows.append(row)
+                print(
+                    f"{site}\t{case}\t{score:.3f}\t{int(row[3])}\t{int(blank)}\t{row[5]:.1f}\t{row[6]:.1f}"
+                    f"\t{pz:.2f}\t{cg:.2f}\t{seconds:.0f}",
+                    file=tsv,
+                    flush=True,
+                )
+                print(f"{site} {case}: Dice {score:.3f}{' (blank)' if blank else ''}, {seconds:.0f} s", flush=True)
+
+    lines = ["| site | cases | found (Dice > 0.5) | mean Dice | blank |", "|---|---|---|---|---|"]
+    for site in dict.fromkeys(r[0] for r in rows):
+        of_site = [r for r in rows if r[0] == site]
+        lines.append(
+            f"| {site} | {len(of_site)} | {sum(r[3] for r in of_site)} | "
+            f"{np.mean([r[2] for r in of_site]):.2f} | {sum(r[4] for r in of_site)} |"
+        )
+    found = sum(r[3] for r in rows)
+    lines.append(
+        f"| all | {len(rows)} | {found} ({100.0 * found / len(rows):.0f}%) | "
+        f"{np.mean([r[2] for r in rows]):.2f} | {sum(r[4] for r in rows)} |"
+    )
+    summary = "\n".join(lines) + "\n"
+    (args.out / "summary.md").write_text(summary)
+    print(summary)
+    print(f"per case: {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
