@@ -12,7 +12,10 @@
 //! - fat bright on fast spin echo (J-coupling; T2 ≈ 130–180 ms, ibid.);
 //! - peripheral zone bright, transition zone darker and heterogeneous (BPH nodules: glandular
 //!   bright, stromal dark), anterior fibromuscular stroma and capsule dark (PI-RADS v2.1,
-//!   Turkbey et al., Eur Urol 2019; prostate T2 ≈ 75–90 ms overall, de Bazelaire 2004);
+//!   Turkbey et al., Eur Urol 2019; prostate T2 ≈ 75–90 ms overall, de Bazelaire 2004). The
+//!   transition zone's T2 is about two thirds of the peripheral zone's (T2 mapping of the
+//!   normal gland, e.g. Gibbs et al., MRM 2001), which at TE 100 ms puts its signal at about
+//!   three quarters of the peripheral zone's: darker, not dark;
 //! - skeletal muscle dark (T2 ≈ 30–45 ms; Stanisz et al., MRM 2005); cortical bone darkest;
 //!   fatty marrow bright; seminal vesicle fluid and the periprostatic venous plexus bright.
 
@@ -161,7 +164,7 @@ fn tissue(s: Structure) -> (f32, f32, f32) {
         RectalFluid => (0.85, 600.0, 0.02),
         SeminalVesicle => (0.88, 300.0, 0.18),
         PeripheralZone => (0.58, 150.0, 0.10),
-        TransitionZone => (0.36, 90.0, 0.14),
+        TransitionZone => (0.44, 100.0, 0.14),
         GlandularNodule => (0.55, 120.0, 0.10),
         StromalNodule => (0.26, 60.0, 0.08),
         AnteriorStroma => (0.20, 45.0, 0.05),
