@@ -2,9 +2,9 @@
 # The phantom judged by a real prostate model (issue #27): generates a phantom, runs TAPS
 # (PyPI lavlab-taps 1.1.2, a MONAI SegResNetDS trained on real T2-weighted MRI) with its own
 # `segment` on each case, and writes a per-case table and a per-site summary. A development
-# tool, not part of `ci/test.sh`: about 2 minutes a case on 2 cores, 36 minutes for 3 cases of
-# each of the 6 sites, and a 6 GB virtual environment (PyPI's torch wheel brings CUDA's
-# libraries) under ${RELKD_CACHE:-~/.cache/relkd}/taps-venv, made once.
+# tool, not part of `ci/test.sh`: 16 s to 3 minutes a case on 2 cores, about 26 minutes for 3
+# cases of each of the 6 sites, and a 6 GB virtual environment (PyPI's torch wheel brings
+# CUDA's libraries) under ${RELKD_CACHE:-~/.cache/relkd}/taps-venv, made once.
 #
 #   bash ci/realism-check.sh [--seed 11] [--cases 3] [--size 128|native] [--sites RUNMC,HK] [--out DIR] [--window]
 #
