@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-# The site folders in paper order and the mask spelling of each (SPEC §2).
+# The site folders in paper order (SPEC §2).
 SITES = ["RUNMC", "BMC", "HCRUDB", "UCL", "BIDMC", "HK"]
 # `--tissues` codes of the phantom's zones (crates/relkd-core/src/phantom/anatomy.rs).
 PERIPHERAL_ZONE = 24
@@ -144,14 +144,15 @@ def main() -> int:
                 return 1
             for case in cases:
                 start = time.monotonic()
-                image = site_dir / f"{case}.nii.gz"
-                label_img = nib.load(label_path(site_dir, case))
-                label = np.asarray(label_img.dataobj) > 0
-                voxel_cc = abs(float(np.linalg.det(label_img.affine[:3, :3]))) / 1000.0
+                image, label_file = site_dir / f"{case}.nii.gz", label_path(site_dir, case)
                 if args.window:
-                    predicted, label = window_case(image, label_path(site_dir, case))
+                    # Scored on TAPS's grid: the label comes back resampled with the image.
+                    predicted, label = window_case(image, label_file)
                     voxel_cc = float(np.prod(taps.inference.VOXEL_SPACING)) / 1000.0
                 else:
+                    label_img = nib.load(label_file)
+                    label = np.asarray(label_img.dataobj) > 0
+                    voxel_cc = abs(float(np.linalg.det(label_img.affine[:3, :3]))) / 1000.0
                     predicted = segment_case(image, masks / f"{site}_{case}.nii.gz")
                 blank = predicted is None
                 if blank:

@@ -287,9 +287,10 @@ struct VoxelSamples {
 
 impl VoxelSamples {
     /// 2×2 in-plane sub-pixels for pixels coarser than [`Self::IN_PLANE_MM`] (every site's
-    /// field at 128 px but BIDMC's), through-slice strata at most 1 mm apart (up to 4). Rather than their product, each sample takes its own stratum, as in
-    /// a Latin hypercube: `max(in-plane², strata)` samples cover both, so that a 128 px matrix
-    /// costs no more samples than the through-slice partial volume alone did.
+    /// field at 128 px but BIDMC's), through-slice strata at most 1 mm apart (up to 4). Rather
+    /// than their product, each sample takes its own stratum, as in a Latin hypercube:
+    /// `max(in-plane², strata)` samples cover both, so that a 128 px matrix costs no more
+    /// samples than the through-slice partial volume alone did.
     const IN_PLANE_MM: f32 = 1.0;
 
     fn new(pixel: f32, thickness: f32) -> Self {
@@ -439,10 +440,13 @@ mod tests {
         for d in 0..3 {
             assert!(mean(&coarse, d).abs() < 1e-6, "axis {d} off centre");
         }
-        for side in [-0.45f32, 0.45] {
-            let row: Vec<f32> = coarse.offsets.iter().filter(|o| o[1] == side).map(|o| o[2]).collect();
-            assert_eq!(row.len(), 2);
-            assert!(row[0].signum() != row[1].signum(), "row {side} samples one half of the slice: {row:?}");
+        for (axis, side) in [0, 1].into_iter().flat_map(|axis| [(axis, -0.45f32), (axis, 0.45)]) {
+            let line: Vec<f32> = coarse.offsets.iter().filter(|o| o[axis] == side).map(|o| o[2]).collect();
+            assert_eq!(line.len(), 2);
+            assert!(
+                line[0].signum() != line[1].signum(),
+                "axis {axis} at {side} samples one half of the slice: {line:?}"
+            );
         }
         // 0.6 mm pixels (native): no in-plane sub-pixels; 1.25 mm slices: two strata.
         let fine = VoxelSamples::new(0.6, 1.25);
