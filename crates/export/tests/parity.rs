@@ -12,9 +12,18 @@ use relkd_export::{
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter, trainable_params};
 use relkd_runs::card::ModelCard;
 
+/// The flex device's random stream is shared by the tests of this binary, which run in
+/// parallel: a test that needs the same draws every run holds this while it seeds and draws.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A network whose parameters and batch-norm statistics are all away from their initial
 /// values (one Adam step on random data), so that folding is really exercised.
 fn trained(architecture: Architecture, width: f64, in_channels: usize) -> Network {
+    let _draws = lock_device_rng();
     let device = Device::flex().autodiff();
     device.seed(7);
     let net = NetworkConfig::new(architecture).with_width(width).with_in_channels(in_channels).init(&device);
@@ -233,6 +242,7 @@ fn disks(n: usize, device: &Device) -> (Tensor<4>, Vec<i64>) {
 /// A network that has learned to find the disks (60 Adam steps), so that its logits have the
 /// margins of a trained model rather than an initialisation's.
 fn fitted(architecture: Architecture, width: f64) -> Network {
+    let _draws = lock_device_rng();
     let device = Device::flex().autodiff();
     device.seed(3);
     let mut net = NetworkConfig::new(architecture).with_width(width).init(&device);
@@ -259,12 +269,15 @@ fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
     let net = fitted(Architecture::Enet, 1.0);
     let card = card(&net, Architecture::Enet, 1.0, 1);
     let device = Device::flex();
-    device.seed(11);
     let dir = tempfile::tempdir().unwrap();
     let (full, int8) = (dir.path().join("f32.onnx"), dir.path().join("int8.onnx"));
     // Calibrated on some images, checked on others of the same kind.
-    let calibration: Vec<Probe> = (0..4).map(|_| disk_probe(8, &device)).collect();
-    let probes = [disk_probe(8, &device)];
+    let (calibration, probes) = {
+        let _draws = lock_device_rng();
+        device.seed(11);
+        let calibration: Vec<Probe> = (0..4).map(|_| disk_probe(8, &device)).collect();
+        (calibration, [disk_probe(8, &device)])
+    };
     export(&net, &card, &full, &Options::fp32(), &probes, &device).unwrap();
     let options =
         Int8Options { opset: 17, calibration: &calibration, acceptance: Acceptance::Masks(INT8_MASK_DISAGREEMENT) };

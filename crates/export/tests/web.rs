@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use burn::tensor::Device;
 use relkd_core::nifti_io::{read_volume, write_volume};
-use relkd_core::phantom::{Extras, Matrix, PhantomConfig, generate};
+use relkd_core::phantom::{CaseCount, Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{Options, Probe, export, web};
 use relkd_infer::model::Model;
@@ -127,7 +127,7 @@ fn site(dir: &Path) -> PathBuf {
     export(&net, &card, &site.join(web::MODEL_FILE), &Options::fp32(), &[probe], &device).unwrap();
     web::write_site(&site, &web::ort_web_dir().unwrap()).unwrap();
     generate(
-        &PhantomConfig { sites: 1, cases: 1, size: Matrix::Pixels(40), seed: 4 },
+        &PhantomConfig { sites: 1, cases: CaseCount::Each(1), size: Matrix::Pixels(40), seed: 4, eval_cases: 0 },
         &site.join("data"),
         &Extras::default(),
         &|_, _| {},

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use relkd_core::metrics::dice;
 use relkd_core::nifti_io::read_volume;
-use relkd_core::phantom::{Extras, Matrix, PhantomConfig, generate};
+use relkd_core::phantom::{CaseCount, Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::{binarize, zscore};
 
 fn tiny_model() -> PathBuf {
@@ -52,7 +52,7 @@ fn expected_mask(data: &[f32], [nx, ny, nz]: [usize; 3]) -> Vec<u8> {
 fn phantom(dir: &Path) -> PathBuf {
     let root = dir.join("phantom");
     generate(
-        &PhantomConfig { sites: 1, cases: 2, size: Matrix::Pixels(32), seed: 3 },
+        &PhantomConfig { sites: 1, cases: CaseCount::Each(2), size: Matrix::Pixels(32), seed: 3, eval_cases: 0 },
         &root,
         &Extras::default(),
         &|_, _| {},

@@ -25,6 +25,9 @@ pub const PAPER_SITES: [(&str, &str, &[&str]); 6] = [
     ("S6", "HK", &["HK"]),
 ];
 
+/// Cases per site in the distributed dataset, in the order of [`PAPER_SITES`] (SPEC §2).
+pub const SAML_CASES: [usize; 6] = [30, 30, 19, 13, 12, 12];
+
 /// The paper's id ("S1"…"S6") and canonical name of a site folder, if it is one of the six.
 pub fn paper_site(folder: &str) -> Option<(&'static str, &'static str)> {
     PAPER_SITES

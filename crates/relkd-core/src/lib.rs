@@ -13,5 +13,6 @@ pub mod nifti_io;
 pub mod phantom;
 pub mod png;
 pub mod segment;
+pub mod stats;
 pub mod timing;
 pub mod transforms;

@@ -174,17 +174,47 @@ pub struct Augmentation {
     pub intensity_scale: f32,
     /// Largest additive intensity change, in z-score units.
     pub intensity_shift: f32,
+    /// Largest zoom about the centre (0.3 = ×0.7…×1.3): the sites' fields of view differ by up
+    /// to 2.5× (SPEC §2), so one site's gland is another's at a different pixel size.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub zoom: f32,
+    /// Largest |ln γ| of a gamma curve on the sample's own min–max range (0.4 = γ in
+    /// e^±0.4): the tissue contrast that the sites' echo times and coils change nonlinearly.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub gamma: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Default for Augmentation {
     fn default() -> Self {
-        Self { flip_lr: 0.5, flip_ud: 0.0, rotate_deg: 10.0, shift: 0.05, intensity_scale: 0.1, intensity_shift: 0.1 }
+        Self {
+            flip_lr: 0.5,
+            flip_ud: 0.0,
+            rotate_deg: 10.0,
+            shift: 0.05,
+            intensity_scale: 0.1,
+            intensity_shift: 0.1,
+            zoom: 0.0,
+            gamma: 0.0,
+        }
     }
 }
 
 impl Augmentation {
     pub fn none() -> Self {
-        Self { flip_lr: 0.0, flip_ud: 0.0, rotate_deg: 0.0, shift: 0.0, intensity_scale: 0.0, intensity_shift: 0.0 }
+        Self {
+            flip_lr: 0.0,
+            flip_ud: 0.0,
+            rotate_deg: 0.0,
+            shift: 0.0,
+            intensity_scale: 0.0,
+            intensity_shift: 0.0,
+            zoom: 0.0,
+            gamma: 0.0,
+        }
     }
 
     /// Augments a square sample in place. The same geometric transform goes to the image
@@ -197,10 +227,14 @@ impl Augmentation {
         let (tx, ty) = (symmetric(rng, self.shift) * size as f32, symmetric(rng, self.shift) * size as f32);
         let gain = 1.0 + symmetric(rng, self.intensity_scale);
         let bias = symmetric(rng, self.intensity_shift);
+        // Drawn last, and only when switched on, so the earlier draws are those of configs
+        // without them.
+        let zoom = 1.0 + symmetric(rng, self.zoom);
+        let gamma = symmetric(rng, self.gamma).exp();
 
-        let identity = !flip_lr && !flip_ud && angle == 0.0 && tx == 0.0 && ty == 0.0;
+        let identity = !flip_lr && !flip_ud && angle == 0.0 && tx == 0.0 && ty == 0.0 && zoom == 1.0;
         if !identity {
-            let warp = Warp::new(size, angle, tx, ty, flip_lr, flip_ud);
+            let warp = Warp::new(size, angle, tx, ty, zoom, flip_lr, flip_ud);
             let plane = size * size;
             let channels = sample.image.len() / plane;
             let mut image = Vec::with_capacity(sample.image.len());
@@ -210,9 +244,20 @@ impl Augmentation {
             sample.image = image;
             sample.mask = warp.nearest(&sample.mask);
         }
+        if gamma != 1.0 {
+            apply_gamma(&mut sample.image, gamma);
+        }
         if gain != 1.0 || bias != 0.0 {
             sample.image.iter_mut().for_each(|v| *v = *v * gain + bias);
         }
+    }
+}
+
+/// `v ↦ lo + (hi − lo)·((v − lo)/(hi − lo))^γ` over the values' own range [lo, hi].
+fn apply_gamma(values: &mut [f32], gamma: f32) {
+    let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if hi > lo {
+        values.iter_mut().for_each(|v| *v = lo + (hi - lo) * ((*v - lo) / (hi - lo)).powf(gamma));
     }
 }
 
@@ -220,10 +265,11 @@ fn symmetric<R: Rng>(rng: &mut R, range: f32) -> f32 {
     if range > 0.0 { rng.random_range(-range..=range) } else { 0.0 }
 }
 
-/// Inverse mapping from destination to source pixel centres: rotation about the centre,
-/// then shift, then flips.
+/// Inverse mapping from destination to source pixel centres: rotation and zoom about the
+/// centre, then shift, then flips.
 struct Warp {
     size: usize,
+    /// cos and sin of the angle, divided by the zoom.
     cos: f32,
     sin: f32,
     tx: f32,
@@ -233,8 +279,8 @@ struct Warp {
 }
 
 impl Warp {
-    fn new(size: usize, angle: f32, tx: f32, ty: f32, flip_lr: bool, flip_ud: bool) -> Self {
-        Self { size, cos: angle.cos(), sin: angle.sin(), tx, ty, flip_lr, flip_ud }
+    fn new(size: usize, angle: f32, tx: f32, ty: f32, zoom: f32, flip_lr: bool, flip_ud: bool) -> Self {
+        Self { size, cos: angle.cos() / zoom, sin: angle.sin() / zoom, tx, ty, flip_lr, flip_ud }
     }
 
     fn source(&self, r: usize, c: usize) -> (f32, f32) {
@@ -342,7 +388,7 @@ mod tests {
     #[test]
     fn rotation_by_90_degrees_by_hand() {
         // Destination (r, c) reads source (y, x) = (2 − c, r): rows become reversed columns.
-        let warp = Warp::new(3, 90f32.to_radians(), 0.0, 0.0, false, false);
+        let warp = Warp::new(3, 90f32.to_radians(), 0.0, 0.0, 1.0, false, false);
         let src: Vec<f32> = (0..9).map(|v| v as f32).collect();
         let out = warp.bilinear(&src);
         for (got, want) in out.iter().zip([6.0, 3.0, 0.0, 7.0, 4.0, 1.0, 8.0, 5.0, 2.0]) {
@@ -350,6 +396,47 @@ mod tests {
         }
         let mask = warp.nearest(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(mask, vec![0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn zoom_by_two_reads_the_central_half() {
+        // Size 5, centre 2: destination column c reads source column 2 + (c − 2)/2.
+        let warp = Warp::new(5, 0.0, 0.0, 0.0, 2.0, false, false);
+        let src: Vec<f32> = (0..25).map(|v| (v % 5) as f32).collect();
+        let row: Vec<f32> = warp.bilinear(&src)[10..15].to_vec();
+        for (got, want) in row.iter().zip([1.0, 1.5, 2.0, 2.5, 3.0]) {
+            assert!((got - want).abs() < 1e-5, "{row:?}");
+        }
+    }
+
+    #[test]
+    fn gamma_by_hand_on_the_samples_range() {
+        // Range [−1, 3]: 1 is halfway, 0.5² = 0.25 of the way with γ 2; the ends stay.
+        let mut v = [-1.0, 1.0, 3.0];
+        apply_gamma(&mut v, 2.0);
+        for (got, want) in v.iter().zip([-1.0, 0.0, 3.0]) {
+            assert!((got - want).abs() < 1e-6, "{v:?}");
+        }
+        let mut flat = [0.5; 3];
+        apply_gamma(&mut flat, 2.0);
+        assert_eq!(flat, [0.5; 3]);
+    }
+
+    #[test]
+    fn zoom_and_gamma_switched_off_leave_the_other_draws_as_they_were() {
+        let base = Slice2d { image: (0..64).map(|v| v as f32).collect(), mask: vec![1; 64], z: 0 };
+        let run = |aug: Augmentation| {
+            let mut s = base.clone();
+            aug.apply(&mut s, 8, &mut ChaCha8Rng::seed_from_u64(3));
+            s
+        };
+        let default = Augmentation::default();
+        let explicit = Augmentation { zoom: 0.0, gamma: 0.0, ..default };
+        assert_eq!(run(default), run(explicit));
+        assert_ne!(run(default), run(Augmentation { zoom: 0.3, gamma: 0.4, ..default }));
+        // Switched off, they are left out of a written config, which keeps its hash.
+        let yaml = serde_yaml::to_string(&default).unwrap();
+        assert!(!yaml.contains("zoom") && !yaml.contains("gamma"), "{yaml}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use relkd_core::dataset::{CaseFiles, Dataset, load_case};
 use relkd_core::nifti_io::{Volume, new_header, read_volume, write_volume};
-use relkd_core::phantom::{Extras, MANIFEST, Matrix, PhantomConfig, SITES, Structure, TISSUES, generate};
+use relkd_core::phantom::{CaseCount, Extras, MANIFEST, Matrix, PhantomConfig, SITES, Structure, TISSUES, generate};
 use relkd_core::transforms::{Preprocessing, case_slices};
 
 fn write(config: &PhantomConfig, extras: &Extras) -> tempfile::TempDir {
@@ -19,7 +19,8 @@ fn write(config: &PhantomConfig, extras: &Extras) -> tempfile::TempDir {
 fn dataset() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let config = PhantomConfig { sites: 6, cases: 3, size: Matrix::Pixels(64), seed: 11 };
+        let config =
+            PhantomConfig { sites: 6, cases: CaseCount::Each(3), size: Matrix::Pixels(64), seed: 11, eval_cases: 0 };
         let dir = tempfile::tempdir().unwrap();
         let extras = Extras { tissues: true, preview: Some(dir.path().join("preview")) };
         generate(&config, dir.path(), &extras, &|_, _| {}).unwrap();
@@ -192,7 +193,8 @@ fn each_site_acquires_as_spec_section_2_says() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
-    let config = PhantomConfig { sites: 2, cases: 1, size: Matrix::Pixels(24), seed: 5 };
+    let config =
+        PhantomConfig { sites: 2, cases: CaseCount::Each(1), size: Matrix::Pixels(24), seed: 5, eval_cases: 0 };
     let (a, b) = (write(&config, &Extras::default()), write(&config, &Extras::default()));
     let c = write(&PhantomConfig { seed: 6, ..config }, &Extras::default());
     let file = "BMC/Case00.nii.gz";
@@ -239,7 +241,10 @@ fn image_and_mask_must_share_shape_and_affine() {
 
 #[test]
 fn training_slices_keep_only_foreground_and_evaluation_takes_all() {
-    let dir = write(&PhantomConfig { sites: 1, cases: 1, size: Matrix::Pixels(32), seed: 4 }, &Extras::default());
+    let dir = write(
+        &PhantomConfig { sites: 1, cases: CaseCount::Each(1), size: Matrix::Pixels(32), seed: 4, eval_cases: 0 },
+        &Extras::default(),
+    );
     let data = Dataset::discover(dir.path()).unwrap();
     let case = load_case("RUNMC", &data.sites[0].cases[0]).unwrap();
     let prep = Preprocessing { size: 16, context: 1 };

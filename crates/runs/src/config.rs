@@ -44,6 +44,10 @@ pub struct ExperimentConfig {
     pub foreground_only: bool,
     #[serde(default)]
     pub augmentation: Augmentation,
+    /// The teacher's own augmentation when it differs from the students' (e.g. stronger zoom
+    /// and contrast, so that a teacher trained on one site guides the students on theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_augmentation: Option<Augmentation>,
     /// Seeds the split of every site's cases into training, validation and test. Apart from
     /// `training.seed`, so that runs over several training seeds score the same test cases and
     /// their differences pair up.
@@ -266,6 +270,11 @@ impl ExperimentConfig {
             serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { path: origin.into(), source })?;
         config.validate().map_err(|message| ConfigError::Invalid { path: origin.into(), message })?;
         Ok(config)
+    }
+
+    /// The augmentation the teacher trains with.
+    pub fn teacher_augmentation(&self) -> Augmentation {
+        self.teacher_augmentation.unwrap_or(self.augmentation)
     }
 
     pub fn teacher_network(&self) -> NetworkConfig {

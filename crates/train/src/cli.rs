@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use relkd_core::dataset::Dataset;
-use relkd_core::phantom::{self, Extras, Matrix, PhantomConfig};
+use relkd_core::phantom::{self, CaseCount, Extras, Matrix, PhantomConfig};
 
 use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
@@ -105,9 +105,10 @@ pub enum Command {
         /// Sites, taken in paper order: RUNMC, BMC, HCRUDB, UCL, BIDMC, HK.
         #[arg(long, default_value_t = PhantomConfig::default().sites)]
         sites: usize,
-        /// Cases per site.
+        /// Cases per site, or `saml`: each site's count in the real dataset (RUNMC 30, BMC 30,
+        /// HCRUDB 19, UCL 13, BIDMC 12, HK 12).
         #[arg(long, default_value_t = PhantomConfig::default().cases)]
-        cases: usize,
+        cases: CaseCount,
         /// In-plane matrix: a pixel count (each site's field of view resampled) or `native`
         /// (384×384, as the real data).
         #[arg(long, default_value_t = PhantomConfig::default().size)]
@@ -115,6 +116,10 @@ pub enum Command {
         /// Random seed; the same seed writes the same files.
         #[arg(long, default_value_t = PhantomConfig::default().seed)]
         seed: u64,
+        /// Also write an evaluation pool of this many cases per site, under OUT/eval/SITE/, from
+        /// their own random stream: test cases for scoring only.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        eval_cases: usize,
         /// Also write one PNG per site into this folder: axial, sagittal and coronal slices
         /// through the gland of its first case, with the mask's outline.
         #[arg(long, value_name = "DIR")]
@@ -141,7 +146,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         train experiment configs/experiments/quick-seeds.yaml       # three seeds, paired (CPU)\n  \
         train experiment configs/experiments/table3-quick.yaml      # the ablation on the phantom (CPU)\n  \
-        train experiment configs/experiments/table2.yaml --data /data/prostate --device cuda\n\n\
+        train experiment configs/experiments/table2.yaml --data /data/prostate --device cuda\n  \
+        train experiment configs/experiments/table2-quick.yaml configs/experiments/table2-quick-loso.yaml   # one after the other\n\n\
         An experiment file names a base run configuration and the grid:\n  \
         base: ../quick.yaml\n  \
         teachers: [deeplabv3plus]\n  \
@@ -150,12 +156,15 @@ pub enum Command {
         distillers: [lm, aam, kmm, lm+kmm, lm+aam, kmm+aam, lm+kmm+aam, hinton, attention]\n  \
         seeds: [0, 1, 2]              # optional; the split stays the same for every seed")]
     Experiment {
-        /// The experiment YAML (see configs/experiments/).
-        file: PathBuf,
+        /// The experiment YAML files (see configs/experiments/), run one after the other; every
+        /// file is checked before the first cell trains.
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// Dataset root; default: the base configuration's data (the phantom when it has none).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
-        /// Output folder; default experiments/FILE-STEM. Rerunning continues it.
+        /// Output folder (with a single file); default experiments/FILE-STEM. Rerunning
+        /// continues it.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Where to compute: cpu, cuda, cuda:N or auto.
@@ -230,13 +239,29 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     match command {
-        Command::Phantom { out, sites, cases, size, seed, preview, tissues } => {
-            write_phantom(&PhantomConfig { sites, cases, size, seed }, &out, &Extras { tissues, preview })?;
+        Command::Phantom { out, sites, cases, size, seed, eval_cases, preview, tissues } => {
+            write_phantom(&PhantomConfig { sites, cases, size, seed, eval_cases }, &out, &Extras { tissues, preview })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { root } => data_summary(&root),
-        Command::Experiment { file, data, out, device, devices } => {
-            crate::experiment::run_grid(&crate::experiment::GridRequest { file, data, out, device, devices })?;
+        Command::Experiment { files, data, out, device, devices } => {
+            ensure!(
+                out.is_none() || files.len() == 1,
+                "--out names one grid's folder; give one experiment file with it"
+            );
+            for file in &files {
+                crate::experiment::GridSpec::load(file)?;
+            }
+            for file in files {
+                let request = crate::experiment::GridRequest {
+                    file,
+                    data: data.clone(),
+                    out: out.clone(),
+                    device,
+                    devices: devices.clone(),
+                };
+                crate::experiment::run_grid(&request)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { size } => {
@@ -269,14 +294,18 @@ fn write_phantom(config: &PhantomConfig, out: &Path, extras: &Extras) -> anyhow:
             bail!("{} already exists and is not empty; choose another folder or remove it first", dir.display());
         }
     }
-    let bar = progress_bar((config.sites * config.cases) as u64, "phantom");
+    let bar = progress_bar(config.total_cases() as u64, "phantom");
     let started = std::time::Instant::now();
     let written = phantom::generate(config, out, extras, &|done, _| bar.set_position(done as u64))
         .with_context(|| format!("writing the phantom to {}", out.display()))?;
     bar.finish();
     let n = config.size.pixels();
+    let pool = match config.eval_cases {
+        0 => String::new(),
+        n => format!(", with an evaluation pool of {n} a site in {}", out.join(phantom::EVAL_POOL).display()),
+    };
     println!(
-        "wrote {written} cases ({} sites × {}, {n}×{n} in-plane) to {} in {:.1} s",
+        "wrote {written} cases ({} sites × {}, {n}×{n} in-plane{pool}) to {} in {:.1} s",
         config.sites,
         config.cases,
         out.display(),

@@ -79,12 +79,29 @@ fn shipped_grids_load_with_their_base_configs() {
             assert_ne!(base.losses, quick.losses, "{name}");
             assert_eq!((grid.seeds.len(), grid.targets.as_slice()), (3, &["HK".to_string()][..]), "{name}");
         }
+        if name.starts_with("evidence-") {
+            // Table 2 quick on the evaluation pool, seeds enough for a ±0.03 interval.
+            assert_eq!(grid.teachers.len() * grid.students.len(), 6, "{name}");
+            assert_eq!((grid.distillers.as_slice(), grid.seeds.len()), (&[Variant::ALL_THREE][..], 8), "{name}");
+            assert_eq!(base.data.phantom.eval_cases, 40, "{name}");
+            let quick = if name.ends_with("-loso") { "quick-loso.yaml" } else { "quick.yaml" };
+            let mut plain = base.clone();
+            plain.data.phantom.eval_cases = 0;
+            plain.teacher_augmentation = None;
+            let quick = ExperimentConfig::load(&configs_dir().join(quick)).unwrap();
+            assert_eq!(plain.to_yaml(), quick.to_yaml(), "{name}: the quick configuration and the pool");
+            assert_eq!(base.teacher_augmentation.is_some(), name.ends_with("-teacher-aug"), "{name}");
+        }
         names.push(name);
     }
     names.sort();
     assert_eq!(
         names,
         [
+            "evidence-table2",
+            "evidence-table2-loso",
+            "evidence-table2-teacher-aug",
+            "pool-quick",
             "quick-loso-seeds",
             "quick-seeds",
             "select-balanced",

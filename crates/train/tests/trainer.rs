@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Device;
 use relkd_core::dataset::{Case, Dataset, load_case};
-use relkd_core::phantom::{Extras, Matrix, PhantomConfig, generate};
+use relkd_core::phantom::{CaseCount, Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
 use relkd_train::config::LossConfig;
@@ -19,7 +19,7 @@ const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
 fn tiny_cases() -> Vec<Case> {
     let dir = tempfile::tempdir().unwrap();
     generate(
-        &PhantomConfig { sites: 1, cases: 3, size: Matrix::Pixels(32), seed: 2 },
+        &PhantomConfig { sites: 1, cases: CaseCount::Each(3), size: Matrix::Pixels(32), seed: 2, eval_cases: 0 },
         dir.path(),
         &Extras::default(),
         &|_, _| {},

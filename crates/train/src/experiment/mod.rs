@@ -14,6 +14,7 @@
 //! `NAME.yaml` per cell, `scores/NAME.yaml` and `metrics.csv`; then `report.md`, `scores.csv` and
 //! `dice_TEACHER_STUDENT.png` for the whole grid.
 
+mod evidence;
 mod report;
 mod tables;
 

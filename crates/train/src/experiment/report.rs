@@ -1,4 +1,4 @@
-//! The grid's report: Table 2 (teachers, w/o and w/ per student, one column per target site),
+//! The grid's report: the paired effects with their intervals ([`super::evidence`]), Table 2 (teachers, w/o and w/ per student, one column per target site),
 //! the paired differences w/ − w/o seed by seed, fragmentation, each teacher's Dice on the
 //! students' sites, Table 3 (the ablation of LM, AAM and KMM), the comparison distillers of
 //! Table 4, a per-site bar chart per teacher–student pair, and every case's scores.
@@ -19,10 +19,10 @@ use crate::evaluate::CaseScore;
 use crate::report::{mean, paper_table2};
 
 /// A row of Table 3: (LM, KMM, AAM) switched on, label, the paper's Dice S1…S6.
-type AblationRow = ((bool, bool, bool), &'static str, [f64; 6]);
+pub(super) type AblationRow = ((bool, bool, bool), &'static str, [f64; 6]);
 
 /// Table 3 of the paper (ENet student, DeepLabV3+ teacher), row by row in its order.
-const TABLE3: [AblationRow; 8] = [
+pub(super) const TABLE3: [AblationRow; 8] = [
     ((false, false, false), "baseline (w/o)", [0.714, 0.604, 0.539, 0.782, 0.701, 0.772]),
     ((true, false, false), "+LM", [0.691, 0.571, 0.505, 0.741, 0.619, 0.721]),
     ((false, false, true), "+AAM", [0.700, 0.599, 0.648, 0.780, 0.691, 0.740]),
@@ -33,7 +33,7 @@ const TABLE3: [AblationRow; 8] = [
     ((true, true, true), "all three (LM + KMM + AAM)", [0.810, 0.642, 0.734, 0.881, 0.796, 0.876]),
 ];
 
-fn paper_column(site: &str) -> Option<usize> {
+pub(super) fn paper_column(site: &str) -> Option<usize> {
     Some(paper_site(site)?.0.strip_prefix('S')?.parse::<usize>().ok()? - 1)
 }
 
@@ -79,7 +79,9 @@ pub fn write(
              real data).\n\n",
         );
     }
+    let (evidence, evidence_files) = super::evidence::write(out, &tables, spec)?;
     let summary = [
+        evidence,
         table2(&tables, spec),
         paired_differences(&tables, spec),
         fragmentation(&tables, spec),
@@ -93,6 +95,7 @@ pub fn write(
 
     md.push_str("\n## Per-site Dice\n\n");
     let mut files = vec!["experiment.yaml".to_string(), "scores.csv".to_string()];
+    files.extend(evidence_files);
     for chart in bar_charts(out, &tables, spec)? {
         let _ = writeln!(md, "![{chart}]({chart})\n");
         files.push(chart);
@@ -144,8 +147,9 @@ fn table2(tables: &Tables, spec: &GridSpec) -> String {
 /// Every distilled cell against its student's baseline, paired seed by seed.
 fn paired_differences(tables: &Tables, spec: &GridSpec) -> String {
     let mut out = String::from(
-        "\n## Distilled minus baseline, paired by seed\n\nDice of w/ minus w/o on the same seed and test \
-         cases: mean ± sd over seeds, and (seeds where w/ is ahead / seeds).\n\n",
+        "\n## Distilled minus baseline, seed by seed (detail)\n\nDice of w/ minus w/o on the same seed and \
+         test cases: mean ± sd over the seeds' means, and (seeds where w/ is ahead / seeds). The interval \
+         above is the answer; this shows how the seeds spread.\n\n",
     );
     out.push_str(&tables.header("student ← teacher (distiller)"));
     for &student in &spec.students {

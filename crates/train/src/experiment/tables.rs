@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use relkd_core::dataset::paper_site;
+use relkd_core::stats::{PairedEffect, StatsError, paired_effect};
 use relkd_models::Architecture;
 
 use super::Variant;
@@ -147,6 +148,35 @@ impl Tables<'_> {
         if self.seeds.len() > 1 { format!("{:.3} ± {:.3}", s.mean, s.sd) } else { format!("{:.3}", s.mean) }
     }
 
+    /// Per-case differences `kind − baseline` of one target, a row per seed (cases matched by
+    /// site and id, in the baseline's order); `None` when a seed lacks either cell or a case.
+    pub(super) fn differences(&self, target: &str, kind: CellKind, baseline: CellKind) -> Option<Vec<Vec<f64>>> {
+        self.seeds
+            .iter()
+            .map(|&seed| {
+                let find =
+                    |k: CellKind| self.cells.iter().find(|c| c.target == target && c.seed == seed && c.kind == k);
+                let (with, without) = (find(kind)?, find(baseline)?);
+                without
+                    .scores
+                    .iter()
+                    .map(|b| Some(with.scores.iter().find(|a| a.site == b.site && a.case == b.case)?.dice - b.dice))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The paired effect of `kind` over `baseline` on `target` with its 95% interval; `None`
+    /// when the grid lacks a cell, else why it cannot be judged (one seed, one case).
+    pub(super) fn effect(
+        &self,
+        target: &str,
+        kind: CellKind,
+        baseline: CellKind,
+    ) -> Option<Result<PairedEffect, StatsError>> {
+        self.differences(target, kind, baseline).map(|d| paired_effect(&d))
+    }
+
     /// The paired difference `kind − baseline` of one target: per seed, then its mean ± sd and
     /// on how many seeds it is positive, e.g. `+0.034 ± 0.020 (3/3)`.
     pub(super) fn paired(&self, target: &str, kind: CellKind, baseline: CellKind) -> String {
@@ -204,5 +234,50 @@ mod tests {
         // Seed 0 alone: the mean over its cases with a prediction, (0.2 + 0.4) / 2.
         let tables = Tables { seeds: &[0], ..tables };
         assert_eq!(tables.metric_row("ENet w/o", kind, fragmentation_of, |_| None), "| ENet w/o | 0.300 |\n");
+    }
+
+    #[test]
+    fn differences_pair_each_case_with_its_twin_seed_by_seed() {
+        let score = |case: &str, dice| CaseScore {
+            site: "HK".into(),
+            case: case.into(),
+            dice,
+            hd95: 1.0,
+            asd: 1.0,
+            fragmentation: 0.3,
+        };
+        let baseline = CellKind::Baseline { student: Architecture::Enet };
+        let distilled = CellKind::Distilled {
+            student: Architecture::Enet,
+            teacher: Architecture::Unetpp,
+            variant: Variant::ALL_THREE,
+        };
+        let cell = |seed, kind, scores: Vec<CaseScore>| Cell {
+            target: "HK".into(),
+            seed,
+            kind,
+            scores,
+            guidance: vec![],
+            val_dice: 0.8,
+        };
+        // The distilled cells list their cases in another order.
+        let cells = [
+            cell(0, baseline, vec![score("Pool00", 0.5), score("Pool01", 0.7)]),
+            cell(0, distilled, vec![score("Pool01", 0.6), score("Pool00", 0.8)]),
+            cell(1, baseline, vec![score("Pool00", 0.4), score("Pool01", 0.9)]),
+            cell(1, distilled, vec![score("Pool01", 0.95), score("Pool00", 0.5)]),
+        ];
+        let targets = ["HK".to_string()];
+        let tables = Tables { targets: &targets, seeds: &[0, 1], cells: &cells, real_data: false };
+        let d = tables.differences("HK", distilled, baseline).unwrap();
+        let expected = [[0.3, -0.1], [0.1, 0.05]];
+        for (row, want) in d.iter().zip(expected) {
+            assert!(row.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{d:?}");
+        }
+        let effect = tables.effect("HK", distilled, baseline).unwrap().unwrap();
+        assert!((effect.mean - 0.0875).abs() < 1e-12);
+        // A seed without its distilled cell: no comparison.
+        let tables = Tables { seeds: &[0, 1, 2], ..tables };
+        assert!(tables.differences("HK", distilled, baseline).is_none());
     }
 }

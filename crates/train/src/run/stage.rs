@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use indicatif::ProgressBar;
 use relkd_core::dataset::Case;
 use relkd_core::files::write_atomic;
-use relkd_core::transforms::{Slice2d, case_slices};
+use relkd_core::transforms::{Augmentation, Slice2d, case_slices};
 use relkd_models::device::DeviceChoice;
 use relkd_models::{Network, Segmenter, trainable_params};
 
@@ -132,7 +132,7 @@ impl Stage<'_> {
             return Ok(());
         }
         let c = self.config;
-        let ModelData { train_cases, val_cases, sites, spec, epochs } = ModelData::of(model, c, cases);
+        let ModelData { train_cases, val_cases, sites, spec, epochs, augmentation } = ModelData::of(model, c, cases);
         let samples: Vec<Slice2d> = train_cases
             .iter()
             .flat_map(|case| case_slices(&case.image, &case.mask, &c.preprocessing, c.foreground_only))
@@ -144,7 +144,7 @@ impl Stage<'_> {
             batch_size: c.training.batch_size,
             lr: c.training.lr,
             seed: c.training.seed,
-            augmentation: c.augmentation,
+            augmentation,
             segmentation: c.losses.segmentation,
             devices: self.devices.parallel.clone(),
         };
@@ -215,6 +215,7 @@ struct ModelData<'a> {
     sites: &'a [String],
     spec: ModelSpec,
     epochs: usize,
+    augmentation: Augmentation,
 }
 
 impl<'a> ModelData<'a> {
@@ -227,6 +228,7 @@ impl<'a> ModelData<'a> {
                 sites: &plan.teacher_sites,
                 spec: c.teacher,
                 epochs: c.training.teacher_epochs.unwrap_or(c.training.epochs),
+                augmentation: c.teacher_augmentation(),
             },
             RunModel::Baseline | RunModel::Student => Self {
                 train_cases: &cases.student_train,
@@ -234,6 +236,7 @@ impl<'a> ModelData<'a> {
                 sites: &plan.student_sites,
                 spec: c.student,
                 epochs: c.training.epochs,
+                augmentation: c.augmentation,
             },
         }
     }

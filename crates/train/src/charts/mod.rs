@@ -1,6 +1,9 @@
-//! Charts through plotters: training curves and per-site Dice bars, with labelled axes, a
+//! Charts through plotters: training curves, per-site Dice bars and the grid's evidence
+//! ([`evidence`]: forest plot, effect against guidance), with labelled axes, a
 //! legend and a title. Drawn in memory with an embedded font (DejaVu Sans: the build machines
 //! have no system fonts), then handed to relkd-core's canvas, which writes PNGs.
+
+mod evidence;
 
 use std::sync::Once;
 
@@ -10,6 +13,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use relkd_core::png::Canvas;
+
+pub use evidence::{ForestRow, GuidancePoint, effect_against_guidance, forest};
 
 /// One colour per model, in the order models are listed.
 pub const PALETTE: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44)];
@@ -110,12 +115,16 @@ type Chart<'a> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64,
 
 /// The series' names and swatches in a box at the upper right.
 fn legend(chart: &mut Chart) -> anyhow::Result<()> {
+    legend_at(chart, SeriesLabelPosition::UpperRight)
+}
+
+fn legend_at(chart: &mut Chart, position: SeriesLabelPosition) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
         .label_font((FONT, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
         .map_err(drawing)
 }
