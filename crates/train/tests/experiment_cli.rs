@@ -278,4 +278,32 @@ fn seeds_pair_up_on_the_same_test_cases() {
         }
         assert!(f[column("grad_kd")].is_empty(), "{line}");
     }
+
+    // The report leads with the interval: its effect is the mean over seeds × cases.
+    let evidence =
+        &report[report.find("## Does distillation help").unwrap()..report.find("## Dice per target").unwrap()];
+    let effect = row(evidence, "ENet ← UNet++ (lm+kmm+aam)");
+    assert_eq!(effect[1], "HCRUDB");
+    assert!(effect[2].starts_with(&format!("{dm:+.3} [")), "{evidence}");
+    assert_eq!(effect[4], format!("2 × {}", baseline[&0].1.len()), "{evidence}");
+    assert!(out.join("forest_HCRUDB.png").exists() && out.join("effect_vs_guidance.png").exists());
+
+    // The same grid under LOSO reuses both baselines from the cache, byte for byte, with this
+    // grid's configuration hash (a rerun finds them done) and their epochs in metrics.csv.
+    std::fs::write(dir.join("loso.yaml"), format!("{grid}overrides: {{ protocol: loso }}\n")).unwrap();
+    let o = train(dir, &["experiment", "loso.yaml"]).output().unwrap();
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert_eq!(log.matches("baseline-enet: reusing").count(), 2, "{log}");
+    assert!(!log.contains("baseline-enet epoch"), "{log}");
+    let loso = dir.join("experiments/loso");
+    for seed in [0, 1] {
+        let weights = std::fs::read(loso.join(format!("HCRUDB/seed-{seed}/baseline-enet.bpk"))).unwrap();
+        assert_eq!(weights, seed_weights(seed), "seed {seed}");
+        let metrics = std::fs::read_to_string(loso.join(format!("HCRUDB/seed-{seed}/metrics.csv"))).unwrap();
+        assert_eq!(metrics.lines().filter(|l| l.starts_with("baseline-enet,")).count(), 3, "{metrics}");
+    }
+    let o = train(dir, &["experiment", "loso.yaml"]).output().unwrap();
+    let log = text(&o);
+    assert!(o.status.success() && log.matches("baseline-enet: done earlier").count() == 2, "{log}");
 }

@@ -303,7 +303,7 @@ pub fn run_spec(
             }
             for &student in &spec.students {
                 next(&format!("{} w/o", student.display_name()));
-                cells.push(grid.baseline(student)?);
+                cells.push(grid.baseline(student, &root)?);
                 for (teacher, net) in &teachers {
                     for &variant in &spec.distillers {
                         next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
@@ -339,14 +339,12 @@ impl TargetGrid<'_> {
         self.score(&config, kind)
     }
 
-    fn baseline(&self, student: Architecture) -> anyhow::Result<Cell> {
+    fn baseline(&self, student: Architecture, root: &Path) -> anyhow::Result<Cell> {
         let mut config = self.config.clone();
         config.student.architecture = student;
         let kind = CellKind::Baseline { student };
         let make = student_trainee(&config, None);
-        self.stage(&config, &kind.stem(), |stage| {
-            stage.train(&kind.stem(), RunModel::Baseline, &make, self.cases, None)
-        })?;
+        self.stage(&config, &kind.stem(), |stage| stage.baseline(&kind.stem(), &make, root, self.cases))?;
         self.score(&config, kind)
     }
 

@@ -8,14 +8,14 @@
 //! settings), the baseline student (segmentation loss only) and the distilled student. Last,
 //! every model is scored on the held-out cases of the target site and the report is written.
 //!
-//! Where to look: `relkd_runs::data` finds the dataset and splits its cases, `teacher_cache`
+//! Where to look: `relkd_runs::data` finds the dataset and splits its cases, `model_cache`
 //! decides when a trained teacher is reused, `stage` trains one model into the run folder
 //! (with its checkpoints and progress), `outputs` scores the models and writes the report and
 //! overlays.
 
+mod model_cache;
 mod outputs;
 mod stage;
-mod teacher_cache;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,8 +37,8 @@ use crate::checkpoint::{fingerprint, load_model};
 use crate::config::ExperimentConfig;
 use crate::experiment::{GridSpec, Variant, run_spec};
 use crate::trainer::Distillation;
+use model_cache::check_teacher;
 use outputs::evaluate_and_report;
-use teacher_cache::check_teacher;
 
 /// The configuration used when `--config` is not given: CPU-sized, on the phantom.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../../configs/quick.yaml");

@@ -22,6 +22,7 @@ use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::losses::{DistillationWeights, Term};
 use crate::report::metrics_csv;
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, TraineeConfig, train};
+use relkd_runs::card::EpochLog;
 use relkd_runs::data::Cases;
 use relkd_runs::progress::progress_bar;
 
@@ -289,16 +290,21 @@ impl TrainHooks for Hooks<'_> {
         });
         self.epoch_started = Instant::now();
         // metrics.csv grows epoch by epoch, so an interrupted run still shows its curves.
-        let path = self.run_dir.join("metrics.csv");
-        let mut rows = fs::read_to_string(&path).unwrap_or_default();
-        let prefix = format!("{},", self.name);
-        let kept: Vec<&str> = rows.lines().skip(1).filter(|l| !l.starts_with(&prefix)).collect();
-        let ours = metrics_csv(&[(self.name, &state.history)]);
-        rows = std::iter::once(ours.lines().next().unwrap_or_default())
-            .chain(kept)
-            .chain(ours.lines().skip(1))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        write_atomic(&path, rows.as_bytes())
+        write_metrics(self.run_dir, self.name, &state.history)
     }
+}
+
+/// Puts `name`'s epochs into the run folder's metrics.csv, replacing its earlier rows.
+pub(super) fn write_metrics(run_dir: &Path, name: &str, history: &[EpochLog]) -> std::io::Result<()> {
+    let path = run_dir.join("metrics.csv");
+    let rows = fs::read_to_string(&path).unwrap_or_default();
+    let prefix = format!("{name},");
+    let kept: Vec<&str> = rows.lines().skip(1).filter(|l| !l.starts_with(&prefix)).collect();
+    let ours = metrics_csv(&[(name, history)]);
+    let rows: String = std::iter::once(ours.lines().next().unwrap_or_default())
+        .chain(kept)
+        .chain(ours.lines().skip(1))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(&path, rows.as_bytes())
 }

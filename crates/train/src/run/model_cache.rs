@@ -1,0 +1,178 @@
+//! When a trained model is reused: the cache keeps teachers, and the grids' baselines, by a
+//! fingerprint of everything that decides what they learn; a teacher given with
+//! `--teacher-checkpoint` must be the architecture, width and input the run asks for.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, ensure};
+use burn::tensor::Device;
+use serde::Serialize;
+
+use super::stage::{RunModel, Stage, write_metrics};
+use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model};
+use crate::config::ExperimentConfig;
+use crate::trainer::TraineeConfig;
+use relkd_core::files::write_atomic;
+use relkd_runs::data::{Cases, cache_dir};
+
+impl Stage<'_> {
+    /// Puts a trained teacher at `STEM.bpk` in the run folder: kept when already there, else
+    /// the one `given`, else the cached teacher trained with the same data, sites and
+    /// settings, else a new one (which is then cached). Says how it was obtained.
+    pub fn teacher(&self, stem: &str, root: &Path, cases: &Cases, given: Option<&Path>) -> anyhow::Result<String> {
+        let config = self.config;
+        let weights = self.run_dir.join(format!("{stem}.bpk"));
+        let cached = cache_dir().join("teachers").join(cache_key(config, root, RunModel::Teacher)).join("teacher.bpk");
+        if ModelCard::path_for(&weights).exists() {
+            println!("{stem}: done earlier in this run");
+            return Ok("(from this run)".to_string());
+        }
+        if let Some(path) = given {
+            adopt_teacher(path, &weights, config, &self.devices.main)?;
+            return Ok(format!("(given: {})", path.display()));
+        }
+        if ModelCard::path_for(&cached).exists() {
+            adopt_teacher(&cached, &weights, config, &self.devices.main)?;
+            println!("{stem}: reusing {} (same data, sites and settings)", cached.display());
+            return Ok("(reused from the cache)".to_string());
+        }
+        self.train(stem, RunModel::Teacher, &TraineeConfig::plain(config.teacher_network()), cases, None)?;
+        if let Some(dir) = cached.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        }
+        copy_model(&weights, &cached)?;
+        Ok("(trained)".to_string())
+    }
+
+    /// Puts the baseline at `STEM.bpk` in the run folder: kept when already there, else the
+    /// cached baseline trained on the same students' data with the same settings (a baseline
+    /// does not depend on the teacher, so cross, LOSO and teacher-side variants of a grid share
+    /// it), else a new one, then cached. An adopted baseline's card takes this run's id and
+    /// configuration hash; its epochs go into this run's metrics.csv.
+    pub fn baseline(&self, stem: &str, trainee: &TraineeConfig, root: &Path, cases: &Cases) -> anyhow::Result<()> {
+        let weights = self.run_dir.join(format!("{stem}.bpk"));
+        let cached =
+            cache_dir().join("baselines").join(cache_key(self.config, root, RunModel::Baseline)).join("baseline.bpk");
+        let card_path = ModelCard::path_for(&weights);
+        if !card_path.exists() && ModelCard::path_for(&cached).exists() {
+            let mut card = ModelCard::load(&ModelCard::path_for(&cached))?;
+            card.run_id = self.run_id.to_string();
+            card.config_hash = self.config_hash.to_string();
+            let bytes = fs::read(&cached).with_context(|| format!("{}", cached.display()))?;
+            write_atomic(&weights, &bytes).with_context(|| format!("{}", weights.display()))?;
+            write_metrics(self.run_dir, stem, &card.history)?;
+            let yaml = serde_yaml::to_string(&card).expect("cards serialise");
+            write_atomic(&card_path, yaml.as_bytes()).with_context(|| format!("{}", card_path.display()))?;
+            println!("{stem}: reusing {} (same students' data and settings)", cached.display());
+            return Ok(());
+        }
+        let trained_now = !card_path.exists();
+        self.train(stem, RunModel::Baseline, trainee, cases, None)?;
+        if trained_now {
+            if let Some(dir) = cached.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            }
+            copy_model(&weights, &cached)?;
+        }
+        Ok(())
+    }
+}
+
+/// The training arithmetic's revision, part of the cache key: bump it whenever a code change
+/// moves what a seed trains (an op's summation order, a kernel), so that teachers trained by
+/// earlier code are retrained rather than mixed with this code's students. 2: relkd's own CPU
+/// convolution, batch norm and PReLU (issue #16), DeepLabV3+'s separable units included.
+const TRAINING_NUMERICS: u32 = 2;
+
+/// Everything that decides what a model learns; equal keys mean an interchangeable model. The
+/// field names are those of the teachers' key before baselines were cached (`teacher` for the
+/// model), so cached teachers keep their fingerprints.
+#[derive(Serialize)]
+struct Key<'a> {
+    numerics: u32,
+    data: String,
+    sites: &'a [String],
+    split_seed: u64,
+    test_fraction: f32,
+    val_fraction: f32,
+    preprocessing: &'a relkd_core::transforms::Preprocessing,
+    foreground_only: bool,
+    augmentation: relkd_core::transforms::Augmentation,
+    #[serde(rename = "teacher")]
+    model: &'a crate::config::ModelSpec,
+    training: crate::config::TrainingConfig,
+    segmentation: &'a crate::losses::segmentation::SegmentationLoss,
+    eval_sites: &'a [String],
+}
+
+/// The cache key of the run's teacher, or of its baseline: the students' sites, augmentation,
+/// network and training, not the teacher, its sites or its epochs.
+fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel) -> String {
+    let plan = config.sites.as_ref().expect("planned");
+    let (sites, augmentation, spec, training) = match model {
+        RunModel::Teacher => (&plan.teacher_sites, config.teacher_augmentation(), &config.teacher, config.training),
+        RunModel::Baseline | RunModel::Student => {
+            let training = crate::config::TrainingConfig { teacher_epochs: None, ..config.training };
+            (&plan.student_sites, config.augmentation, &config.student, training)
+        }
+    };
+    let key = Key {
+        numerics: TRAINING_NUMERICS,
+        data: data_identity(config, root),
+        sites,
+        split_seed: config.split_seed,
+        test_fraction: config.test_fraction,
+        val_fraction: config.val_fraction,
+        preprocessing: &config.preprocessing,
+        foreground_only: config.foreground_only,
+        augmentation,
+        model: spec,
+        training,
+        segmentation: &config.losses.segmentation,
+        eval_sites: &plan.eval_sites,
+    };
+    format!("{}-{}", spec.architecture.name(), fingerprint(&serde_yaml::to_string(&key).expect("serialises")))
+}
+
+/// The dataset a model learns from: its folder, or the phantom's manifest.
+fn data_identity(config: &ExperimentConfig, root: &Path) -> String {
+    match &config.data.root {
+        Some(_) => root.display().to_string(),
+        None => config.data.phantom.manifest(),
+    }
+}
+
+/// Checks that a trained teacher's card describes the teacher this run asks for.
+pub(super) fn check_teacher(source: &Path, config: &ExperimentConfig) -> anyhow::Result<()> {
+    let card_path = ModelCard::path_for(source);
+    let card = ModelCard::load(&card_path)
+        .with_context(|| format!("teacher checkpoint {}: its model card", source.display()))?;
+    let want = &config.teacher;
+    ensure!(
+        card.architecture == want.architecture,
+        "teacher checkpoint {} is a {} (see {}), but this run's teacher is a {}",
+        source.display(),
+        card.architecture.display_name(),
+        card_path.display(),
+        want.architecture.display_name()
+    );
+    ensure!(
+        card.width == want.width && card.preprocessing == config.preprocessing,
+        "teacher checkpoint {} has width {} and input {:?}; this run needs width {} and {:?}",
+        source.display(),
+        card.width,
+        card.preprocessing,
+        want.width,
+        config.preprocessing
+    );
+    Ok(())
+}
+
+/// Copies a trained teacher into the run, byte for byte, after checking that it is the
+/// teacher asked for and that its weights load.
+fn adopt_teacher(source: &Path, weights: &Path, config: &ExperimentConfig, device: &Device) -> anyhow::Result<()> {
+    check_teacher(source, config)?;
+    load_model(source, device).with_context(|| format!("teacher checkpoint {}", source.display()))?;
+    Ok(copy_model(source, weights)?)
+}
