@@ -252,15 +252,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for file in &files {
                 crate::experiment::GridSpec::load(file)?;
             }
-            for file in files {
+            let mut grids = Vec::new();
+            for file in &files {
                 let request = crate::experiment::GridRequest {
-                    file,
+                    file: file.clone(),
                     data: data.clone(),
                     out: out.clone(),
                     device,
                     devices: devices.clone(),
                 };
-                crate::experiment::run_grid(&request)?;
+                let stem = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                grids.push((stem, crate::experiment::run_grid(&request)?));
+            }
+            if grids.len() > 1 {
+                // Beside the grids, named after them all: experiments/A+B+C/.
+                let name = grids.iter().map(|(stem, _)| stem.as_str()).collect::<Vec<_>>().join("+");
+                let report = crate::experiment::compare(&grids, &Path::new("experiments").join(name))?;
+                println!("wrote {}", report.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -303,7 +303,14 @@ fn seeds_pair_up_on_the_same_test_cases() {
         let metrics = std::fs::read_to_string(loso.join(format!("HCRUDB/seed-{seed}/metrics.csv"))).unwrap();
         assert_eq!(metrics.lines().filter(|l| l.starts_with("baseline-enet,")).count(), 3, "{metrics}");
     }
-    let o = train(dir, &["experiment", "loso.yaml"]).output().unwrap();
+    // Both grids in one command: nothing retrained, and the two side by side.
+    let o = train(dir, &["experiment", "grid.yaml", "loso.yaml"]).output().unwrap();
     let log = text(&o);
-    assert!(o.status.success() && log.matches("baseline-enet: done earlier").count() == 2, "{log}");
+    assert!(o.status.success() && log.matches("baseline-enet: done earlier").count() == 4, "{log}");
+    let both = std::fs::read_to_string(dir.join("experiments/grid+loso/report.md")).unwrap();
+    let cross_row: Vec<&str> = both.lines().find(|l| l.starts_with("| grid | enet")).unwrap().split(" | ").collect();
+    assert_eq!(cross_row[1], "enet ← unetpp (lm+kmm+aam)");
+    assert!(cross_row[3].starts_with(&format!("{dm:+.3} [")), "{both}");
+    assert!(both.contains("| loso | enet ← unetpp (lm+kmm+aam) | HCRUDB |"), "{both}");
+    assert!(dir.join("experiments/grid+loso/effect_vs_guidance.png").exists());
 }

@@ -118,7 +118,9 @@ pub(super) fn write(out: &Path, tables: &Tables, spec: &GridSpec) -> anyhow::Res
         let _ = writeln!(md, "| {} | {} | {row} |", c.label(), c.target);
     }
     md.push_str(&components_table(&comparisons));
-    let mut files = Vec::new();
+    let csv = evidence_csv(&comparisons);
+    write_atomic(&out.join(EVIDENCE_CSV), csv.as_bytes()).with_context(|| format!("{}", out.display()))?;
+    let mut files = vec![EVIDENCE_CSV.to_string()];
     for target in tables.targets {
         let rows: Vec<ForestRow> = comparisons
             .iter()
@@ -167,7 +169,42 @@ pub(super) fn write(out: &Path, tables: &Tables, spec: &GridSpec) -> anyhow::Res
     Ok((md, files))
 }
 
-fn save(out: &Path, name: &str, canvas: relkd_core::png::Canvas) -> anyhow::Result<()> {
+/// The file every grid writes its judged comparisons to, one per row; `compare` reads it.
+pub const EVIDENCE_CSV: &str = "evidence.csv";
+
+/// Columns of [`EVIDENCE_CSV`].
+pub const EVIDENCE_HEADER: &str = "student,teacher,distiller,target,seeds,cases,effect,low,high,detectable,sd_seed,sd_case,sd_interaction,df,guidance,paper";
+
+fn evidence_csv(comparisons: &[Comparison]) -> String {
+    let mut csv = format!("{EVIDENCE_HEADER}\n");
+    for c in comparisons {
+        let Some(Ok(e)) = &c.effect else { continue };
+        let k = e.components;
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3},{:.6},{}",
+            c.student.name(),
+            c.teacher.name(),
+            c.variant.name(),
+            c.target,
+            e.seeds,
+            e.cases,
+            e.mean,
+            e.low,
+            e.high,
+            e.detectable,
+            k.seed.sqrt(),
+            k.case.sqrt(),
+            k.residual.sqrt(),
+            e.df,
+            c.guidance,
+            c.paper.map_or(String::new(), |p| format!("{p:.6}"))
+        );
+    }
+    csv
+}
+
+pub(super) fn save(out: &Path, name: &str, canvas: relkd_core::png::Canvas) -> anyhow::Result<()> {
     let path = out.join(name);
     write_atomic(&path, &canvas.to_png()).with_context(|| format!("{}", path.display()))
 }

@@ -14,6 +14,7 @@
 //! `NAME.yaml` per cell, `scores/NAME.yaml` and `metrics.csv`; then `report.md`, `scores.csv` and
 //! `dice_TEACHER_STUDENT.png` for the whole grid.
 
+mod compare;
 mod evidence;
 mod report;
 mod tables;
@@ -37,6 +38,7 @@ use crate::run::{
 };
 use crate::trainer::Distillation;
 
+pub use compare::compare;
 pub use tables::{Cell, CellKind};
 
 /// An experiment file.
