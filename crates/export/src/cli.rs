@@ -262,8 +262,19 @@ fn prepare_output(cli: &Cli, out: &Path) -> anyhow::Result<Option<WebFolder>> {
 /// a finished model (its card beside it).
 fn weights_path(cli: &Cli) -> anyhow::Result<PathBuf> {
     let weights = match (&cli.checkpoint, &cli.run) {
-        (Some(file), _) => file.clone(),
-        (None, Some(dir)) => dir.join(format!("{}.bpk", cli.model.name())),
+        (Some(file), _) => {
+            ensure!(file.is_file(), "--checkpoint {}: no such file", file.display());
+            file.clone()
+        }
+        (None, Some(dir)) => {
+            ensure!(dir.is_dir(), "--run {}: no such folder", dir.display());
+            ensure!(
+                dir.join("config.yaml").is_file(),
+                "--run {}: not a run folder (no config.yaml in it); give a folder `train` wrote, such as runs/ID",
+                dir.display()
+            );
+            dir.join(format!("{}.bpk", cli.model.name()))
+        }
         (None, None) => {
             let latest = Path::new("runs").join(LATEST_RUN);
             let id = std::fs::read_to_string(&latest).with_context(|| {
@@ -388,4 +399,37 @@ fn calibration_slices(cases: &[Case], card: &ModelCard) -> Vec<Probe> {
             unpool_ties: false,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn error(args: &[&str]) -> String {
+        let cli = Cli::try_parse_from(std::iter::once("export").chain(args.iter().copied())).unwrap();
+        weights_path(&cli).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_missing_checkpoint_or_a_folder_that_is_not_a_run_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let nope = dir.path().join("nope.bpk");
+        assert_eq!(
+            error(&["--checkpoint", nope.to_str().unwrap()]),
+            format!("--checkpoint {}: no such file", nope.display())
+        );
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            error(&["--run", missing.to_str().unwrap()]),
+            format!("--run {}: no such folder", missing.display())
+        );
+        let message = error(&["--run", dir.path().to_str().unwrap()]);
+        assert!(message.contains("not a run folder (no config.yaml in it)"), "{message}");
+        // A run folder whose student is unfinished: the interrupted-run hint, as before.
+        std::fs::write(dir.path().join("config.yaml"), "").unwrap();
+        let message = error(&["--run", dir.path().to_str().unwrap()]);
+        assert!(message.contains("is not a finished model") && message.contains("train --resume"), "{message}");
+    }
 }

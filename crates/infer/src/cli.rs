@@ -71,8 +71,8 @@ pub struct SegmentArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
-    /// Intra-op threads (0: ONNX Runtime's choice).
-    #[arg(long, default_value_t = 0)]
+    /// Intra-op threads (0: ONNX Runtime's choice; at most 4 × this machine's cores).
+    #[arg(long, default_value_t = 0, value_parser = thread_count)]
     pub threads: usize,
     /// Slices per run.
     #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -87,7 +87,7 @@ pub struct SegmentArgs {
     #[arg(long, value_name = "DIR")]
     pub overlay: Option<PathBuf>,
     /// Network input size, for a model without relkd metadata (overrides the metadata).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub size: Option<usize>,
     /// Context slices each side (2.5D), for a model without relkd metadata.
     #[arg(long)]
@@ -114,14 +114,15 @@ pub struct BenchArgs {
     /// ONNX files; ratios are against the first.
     #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
     pub models: Vec<PathBuf>,
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 384, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub size: usize,
     /// Batch sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     pub batch: Vec<usize>,
     #[arg(long, value_enum, default_value_t = ProviderArg::Cpu)]
     pub provider: ProviderArg,
-    #[arg(long, default_value_t = 2)]
+    /// Intra-op threads (at most 4 × this machine's cores).
+    #[arg(long, default_value_t = 2, value_parser = thread_count)]
     pub threads: usize,
     /// Timed runs per batch size (after 3 warm-ups).
     #[arg(long, default_value_t = 20)]
@@ -480,4 +481,18 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     write_atomic(&csv_path, csv(&rows).as_bytes()).with_context(|| format!("{}", csv_path.display()))?;
     println!("wrote {} and {}", md_path.display(), csv_path.display());
     Ok(())
+}
+
+/// `--threads`: ONNX Runtime starts every thread it is given, and an absurd count grows memory
+/// for minutes before anything runs, so more than 4 × the machine's cores is refused.
+fn thread_count(text: &str) -> Result<usize, String> {
+    let threads: usize = text.parse().map_err(|_| format!("'{text}' is not a thread count"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads > 4 * cores {
+        return Err(format!(
+            "{threads} threads on a machine with {cores} cores; use at most {} (0: ONNX Runtime's choice)",
+            4 * cores
+        ));
+    }
+    Ok(threads)
 }

@@ -148,8 +148,9 @@ fn a_folder_is_segmented_case_by_case_with_a_csv() {
     assert_eq!(std::fs::read(masks.join("Case00_mask.nii.gz")).unwrap(), before);
 }
 
-/// A constant volume is segmented with a warning; `--model` naming a folder, `--batch 0` and a
-/// missing label are clear errors, an OS error printed once.
+/// A constant volume is segmented with a warning; `--model` naming a folder, `--batch 0`,
+/// `--size 0`, an absurd `--threads` and a missing label are clear errors, an OS error printed
+/// once.
 #[test]
 fn odd_inputs_are_named_plainly() {
     use relkd_core::nifti_io::write_volume;
@@ -169,9 +170,17 @@ fn odd_inputs_are_named_plainly() {
     for (args, expected) in [
         (vec!["--volume", f, "--model", folder, "--provider", "cpu", "--force"], "is a folder; give the .onnx file"),
         (vec!["--volume", f, "--model", m, "--provider", "cpu", "--size", "32", "--batch", "0"], "--batch"),
+        // Refused before ONNX Runtime sees them (a size of 0 failed inside it; 100000 threads
+        // grew memory for minutes).
+        (vec!["--volume", f, "--model", m, "--provider", "cpu", "--size", "0"], "--size"),
+        (vec!["--volume", f, "--model", m, "--provider", "cpu", "--threads", "100000"], "use at most"),
+        (vec!["bench", "--models", m, "--threads", "100000"], "use at most"),
+        (vec!["bench", "--models", m, "--size", "0"], "--size"),
     ] {
+        let started = std::time::Instant::now();
         let out = infer(dir.path(), &args);
         assert!(!out.status.success() && text(&out).contains(expected), "{args:?}: {}", text(&out));
+        assert!(started.elapsed().as_secs() < 10, "{args:?} took {:?}", started.elapsed());
     }
     let out = infer(
         dir.path(),
