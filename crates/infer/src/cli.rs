@@ -300,7 +300,15 @@ fn check_outputs(args: &SegmentArgs, volume: &Path, model: &Path, out: &Path) ->
     let mut outputs = vec![("--out", out)];
     outputs.extend(args.probabilities.as_deref().map(|p| ("--probabilities", p)));
     check_distinct_outputs(&inputs, &outputs).map_err(|e| anyhow::anyhow!(e))?;
-    for path in std::iter::once(out).chain(args.probabilities.as_deref()) {
+    for (flag, path) in
+        std::iter::once(("--out", out)).chain(args.probabilities.as_deref().map(|p| ("--probabilities", p)))
+    {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        ensure!(
+            name.ends_with(".nii.gz") || name.ends_with(".nii"),
+            "{flag} {}: volumes are written as NIfTI; name the file .nii.gz (or .nii)",
+            path.display()
+        );
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", path.display(), parent.display());
         }

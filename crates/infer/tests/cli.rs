@@ -176,6 +176,26 @@ fn odd_inputs_are_named_plainly() {
         (vec!["--volume", f, "--model", m, "--provider", "cpu", "--threads", "100000"], "use at most"),
         (vec!["bench", "--models", m, "--threads", "100000"], "use at most"),
         (vec!["bench", "--models", m, "--size", "0"], "--size"),
+        (
+            vec!["--volume", f, "--model", m, "--provider", "cpu", "--size", "32", "--out", "mask.txt"],
+            "name the file .nii.gz",
+        ),
+        (
+            vec![
+                "--volume",
+                f,
+                "--model",
+                m,
+                "--provider",
+                "cpu",
+                "--size",
+                "32",
+                "--force",
+                "--probabilities",
+                "p.raw",
+            ],
+            "--probabilities p.raw: volumes are written as NIfTI",
+        ),
     ] {
         let started = std::time::Instant::now();
         let out = infer(dir.path(), &args);
