@@ -234,10 +234,9 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     }
     let prep = model.preprocessing(args.size, args.context)?;
     println!(
-        "{} ({}, trained on {}) on {:?}; input {}×{}, {} context slice(s)",
+        "{} ({}) on {:?}; input {}×{}, {} context slice(s)",
         model.info.name,
-        if model.info.role.is_empty() { "no relkd metadata" } else { &model.info.role },
-        if model.info.training_sites.is_empty() { "?" } else { &model.info.training_sites },
+        model.info.provenance(),
         model.provider,
         prep.size,
         prep.size,

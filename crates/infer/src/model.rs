@@ -49,6 +49,20 @@ pub struct ModelInfo {
     pub target_site: String,
 }
 
+impl ModelInfo {
+    /// Where the model comes from, as far as its metadata says: `student, trained on A, B`, or
+    /// what is missing.
+    pub fn provenance(&self) -> String {
+        match (self.role.is_empty(), self.training_sites.is_empty(), self.preprocessing.is_some()) {
+            (false, false, _) => format!("{}, trained on {}", self.role, self.training_sites),
+            (false, true, _) => format!("{}, training sites not recorded", self.role),
+            (true, false, _) => format!("role not recorded, trained on {}", self.training_sites),
+            (true, true, true) => "relkd preprocessing metadata only; role and training sites not recorded".into(),
+            (true, true, false) => "no relkd metadata".into(),
+        }
+    }
+}
+
 /// A session with its metadata.
 pub struct Model {
     pub path: PathBuf,
@@ -180,5 +194,30 @@ impl Model {
         probabilities: bool,
     ) -> Result<Segmentation, ModelError> {
         segment_volume(volume, prep, batch, probabilities, &mut |shape, input| self.logits(shape, &input))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provenance_says_what_the_metadata_holds_and_what_it_lacks() {
+        let info = |role: &str, sites: &str, prep: bool| ModelInfo {
+            name: "m".into(),
+            role: role.into(),
+            in_channels: None,
+            preprocessing: prep.then_some(Preprocessing { size: 64, context: 0 }),
+            live_params: None,
+            training_sites: sites.into(),
+            target_site: String::new(),
+        };
+        assert_eq!(info("student", "BMC, UCL", true).provenance(), "student, trained on BMC, UCL");
+        assert_eq!(
+            info("", "", true).provenance(),
+            "relkd preprocessing metadata only; role and training sites not recorded"
+        );
+        assert_eq!(info("", "", false).provenance(), "no relkd metadata");
+        assert_eq!(info("teacher", "", true).provenance(), "teacher, training sites not recorded");
     }
 }
