@@ -25,9 +25,14 @@ pub enum ModelError {
     BadMetadata { path: PathBuf, key: String, value: String },
     #[error(
         "{path} expects {expected} input channel(s) ({context} context slice(s) each side), \
-         but --context {given} makes {}", 2 * given + 1
+         but {source_of_context} {given} makes {}", 2 * given + 1
     )]
-    Channels { path: PathBuf, expected: usize, context: usize, given: usize },
+    Channels { path: PathBuf, expected: usize, context: usize, given: usize, source_of_context: &'static str },
+    #[error(
+        "{path} contradicts itself: its graph takes {graph} input channel(s) but its metadata \
+         (relkd.in_channels) says {metadata}; re-export it"
+    )]
+    ChannelMetadata { path: PathBuf, graph: usize, metadata: usize },
     #[error("{path}: ONNX Runtime failed: {message}")]
     Run { path: PathBuf, message: String },
     #[error(
@@ -142,13 +147,23 @@ impl Model {
             (None, Some(size)) => Preprocessing { size, context: context.unwrap_or(0) },
             (None, None) => return Err(ModelError::NoPreprocessing { path: self.path.clone() }),
         };
-        let expected = self.info.in_channels.or_else(|| self.input_channels());
-        if let Some(expected) = expected.filter(|&c| c != prep.channels()) {
+        let graph = self.input_channels();
+        if let (Some(graph), Some(metadata)) = (graph, self.info.in_channels)
+            && graph != metadata
+        {
+            return Err(ModelError::ChannelMetadata { path: self.path.clone(), graph, metadata });
+        }
+        if let Some(expected) = self.info.in_channels.or(graph).filter(|&c| c != prep.channels()) {
             return Err(ModelError::Channels {
                 path: self.path.clone(),
                 expected,
                 context: expected.saturating_sub(1) / 2,
                 given: prep.context,
+                source_of_context: match (context, self.info.preprocessing) {
+                    (Some(_), _) => "--context",
+                    (None, Some(_)) => "its metadata's relkd.context",
+                    (None, None) => "the default context",
+                },
             });
         }
         Ok(prep)

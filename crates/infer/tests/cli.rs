@@ -373,3 +373,44 @@ fn a_killed_infer_leaves_no_half_mask_and_the_next_run_no_temporary() {
     assert!(stray.is_empty(), "temporaries left: {stray:?}");
     assert_eq!(read_volume(&mask).unwrap().dims, dims);
 }
+
+/// The tiny model (one input channel in its graph) with `entries` as relkd metadata.
+fn tiny_with_metadata(dir: &Path, name: &str, entries: &[(&str, &str)]) -> PathBuf {
+    use onnx_protobuf::{Message, ModelProto, StringStringEntryProto};
+
+    let mut model = ModelProto::parse_from_bytes(&std::fs::read(tiny_model()).unwrap()).unwrap();
+    for (key, value) in entries {
+        let mut entry = StringStringEntryProto::new();
+        entry.key = key.to_string();
+        entry.value = value.to_string();
+        model.metadata_props.push(entry);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+    path
+}
+
+/// A channel mismatch names where the context came from, and a file whose graph and metadata
+/// disagree says so instead of blaming the user's flags.
+#[test]
+fn channel_mismatches_blame_what_disagrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let volume = site.join("Case00.nii.gz");
+    let v = volume.to_str().unwrap();
+    let contradicts =
+        tiny_with_metadata(dir.path(), "contradicts.onnx", &[("relkd.input_size", "32"), ("relkd.in_channels", "3")]);
+    let context_one =
+        tiny_with_metadata(dir.path(), "context1.onnx", &[("relkd.input_size", "32"), ("relkd.context", "1")]);
+    for (model, extra, expected) in [
+        (&contradicts, &[][..], "its graph takes 1 input channel(s) but its metadata (relkd.in_channels) says 3"),
+        (&context_one, &[][..], "but its metadata's relkd.context 1 makes 3"),
+        (&context_one, &["--context", "2"][..], "but --context 2 makes 5"),
+    ] {
+        let mut args = vec!["--volume", v, "--model", model.to_str().unwrap(), "--provider", "cpu"];
+        args.extend_from_slice(extra);
+        let out = infer(dir.path(), &args);
+        let log = text(&out);
+        assert!(!out.status.success() && log.contains(expected), "{args:?}: {log}");
+    }
+}
