@@ -23,6 +23,8 @@ pub enum ModelError {
     NoPreprocessing { path: PathBuf },
     #[error("{path}: metadata {key} = '{value}' is not a number")]
     BadMetadata { path: PathBuf, key: String, value: String },
+    #[error("{path}: metadata {key} = '{value}' is not a number; give --size and --context to run it anyway")]
+    BadPreprocessing { path: PathBuf, key: String, value: String },
     #[error(
         "{path} expects {expected} input channel(s) ({context} context slice(s) each side), \
          but {source_of_context} {given} makes {}", 2 * given + 1
@@ -49,6 +51,9 @@ pub struct ModelInfo {
     pub role: String,
     pub in_channels: Option<usize>,
     pub preprocessing: Option<Preprocessing>,
+    /// A `relkd.input_size` or `relkd.context` that is not a number, as (key, value): the model
+    /// runs only with `--size`.
+    pub bad_preprocessing: Option<(String, String)>,
     pub live_params: Option<usize>,
     pub training_sites: String,
     pub target_site: String,
@@ -96,16 +101,21 @@ impl Model {
                 })
                 .transpose()
         };
-        let preprocessing = match (number("relkd.input_size")?, number("relkd.context")?) {
-            (Some(size), context) => Some(Preprocessing { size, context: context.unwrap_or(0) }),
-            (None, _) => None,
+        // A malformed size or context is an error only when no --size overrides it.
+        let (size, context, bad_preprocessing) = match (number("relkd.input_size"), number("relkd.context")) {
+            (Ok(size), Ok(context)) => (size, context, None),
+            (Err(ModelError::BadMetadata { key, value, .. }), _)
+            | (_, Err(ModelError::BadMetadata { key, value, .. })) => (None, None, Some((key, value))),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
         };
+        let preprocessing = size.map(|size| Preprocessing { size, context: context.unwrap_or(0) });
         let info = ModelInfo {
             name: get("relkd.model")
                 .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()),
             role: get("relkd.role").unwrap_or_default(),
             in_channels: number("relkd.in_channels")?,
             preprocessing,
+            bad_preprocessing,
             live_params: number("relkd.live_params")?,
             training_sites: get("relkd.training_sites").unwrap_or_default(),
             target_site: get("relkd.target_site").unwrap_or_default(),
@@ -141,6 +151,13 @@ impl Model {
     /// The preprocessing to use: the model's own, or the user's `--size`/`--context` for a
     /// model without metadata. A given value that contradicts the model's input is an error.
     pub fn preprocessing(&self, size: Option<usize>, context: Option<usize>) -> Result<Preprocessing, ModelError> {
+        if let (Some((key, value)), None) = (&self.info.bad_preprocessing, size) {
+            return Err(ModelError::BadPreprocessing {
+                path: self.path.clone(),
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
         let prep = match (self.info.preprocessing, size) {
             (Some(p), None) => Preprocessing { context: context.unwrap_or(p.context), ..p },
             (Some(p), Some(size)) => Preprocessing { size, context: context.unwrap_or(p.context) },
@@ -223,6 +240,7 @@ mod tests {
             role: role.into(),
             in_channels: None,
             preprocessing: prep.then_some(Preprocessing { size: 64, context: 0 }),
+            bad_preprocessing: None,
             live_params: None,
             training_sites: sites.into(),
             target_site: String::new(),

@@ -414,3 +414,19 @@ fn channel_mismatches_blame_what_disagrees() {
         assert!(!out.status.success() && log.contains(expected), "{args:?}: {log}");
     }
 }
+
+/// A malformed `relkd.input_size` stops a run that relies on it, and `--size` overrides it, as
+/// the help says.
+#[test]
+fn size_overrides_a_malformed_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let v = site.join("Case00.nii.gz");
+    let model = tiny_with_metadata(dir.path(), "bad-size.onnx", &[("relkd.input_size", "thirty-two")]);
+    let args = ["--volume", v.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu"];
+    let out = infer(dir.path(), &args);
+    let log = text(&out);
+    assert!(!out.status.success() && log.contains("'thirty-two' is not a number; give --size"), "{log}");
+    let out = infer(dir.path(), &[&args[..], &["--size", "32"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
