@@ -389,7 +389,7 @@ fn segment_folder(
             .expect("template")
             .progress_chars("=> "),
     );
-    let mut rows = String::from("case,dims,foreground_voxels,seconds,dice,hd95_mm,asd_mm\n");
+    let mut rows = String::from("case,dims,foreground_voxels,seconds,dice,hd95_mm,asd_mm,error\n");
     let mut failures = Vec::new();
     for path in &volumes {
         let case = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -426,9 +426,14 @@ fn segment_folder(
         match result {
             Ok(row) => {
                 rows.push_str(&row);
-                rows.push('\n');
+                rows.push_str(",\n");
             }
-            Err(e) => failures.push(format!("{case}: {e:#}")),
+            Err(e) => {
+                // Most errors already name the file; name it once.
+                let message = format!("{e:#}");
+                let _ = writeln!(rows, "{case},,,,,,,\"{}\"", message.replace('"', "'").replace('\n', " "));
+                failures.push(if message.contains(&case) { message } else { format!("{case}: {message}") });
+            }
         }
         bar.inc(1);
     }

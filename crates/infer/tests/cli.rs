@@ -146,6 +146,27 @@ fn a_folder_is_segmented_case_by_case_with_a_csv() {
     assert!(!again.status.success() && text(&again).contains("already holds 2 of these masks"), "{}", text(&again));
     assert!(!masks.join("cases.csv").exists());
     assert_eq!(std::fs::read(masks.join("Case00_mask.nii.gz")).unwrap(), before);
+
+    // A volume that cannot be read: the others are segmented, the failure has its row in
+    // cases.csv with the error, and the message names the file once.
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir(&mixed).unwrap();
+    std::fs::copy(site.join("Case00.nii.gz"), mixed.join("Case00.nii.gz")).unwrap();
+    std::fs::write(mixed.join("Case09.nii.gz"), b"not a volume").unwrap();
+    let model = model.to_str().unwrap();
+    let o = infer(
+        dir.path(),
+        &["--volume", mixed.to_str().unwrap(), "--model", model, "--provider", "cpu", "--size", "32"],
+    );
+    let log = text(&o);
+    assert!(!o.status.success() && log.contains("1 volume(s) failed"), "{log}");
+    let failure = log.lines().find(|l| l.contains("Case09.nii.gz")).unwrap();
+    assert_eq!(failure.matches("Case09.nii.gz").count(), 1, "{log}");
+    let csv = std::fs::read_to_string(dir.path().join("mixed_masks/cases.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].ends_with(",error") && rows[1].starts_with("Case00.nii.gz,") && rows[1].ends_with(','), "{csv}");
+    assert!(rows[2].starts_with("Case09.nii.gz,,,,,,,\"") && rows[2].len() > 30, "{csv}");
 }
 
 /// A constant volume is segmented with a warning; `--model` naming a folder, `--batch 0`,
