@@ -43,10 +43,12 @@ pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
     for site in &dataset.sites {
         problems.extend(site.problems.iter().cloned());
         ignored.extend(site.ignored.iter().cloned());
+        // An image without its mask (or a mask without its image) is a case too, and a bad one.
+        let unpaired: BTreeSet<&str> = site.problems.iter().map(|p| p.case.as_str()).collect();
         let mut s = SiteSummary {
             label: site.label(),
-            cases: site.cases.len(),
-            unusable: 0,
+            cases: site.cases.len() + unpaired.len(),
+            unusable: unpaired.len(),
             slices: 0,
             shapes: BTreeSet::new(),
             depth: (usize::MAX, 0),
@@ -71,6 +73,7 @@ pub fn summarize(dataset: &Dataset, tick: &dyn Fn()) -> Report {
                         .iter()
                         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
                     if low == high {
+                        s.unusable += 1;
                         problems.push(Problem {
                             site: site.name.clone(),
                             case: files.id.clone(),

@@ -60,6 +60,8 @@ fn data_reports_every_problem_and_fails() {
     assert!(text.contains("UCL/Case01: no mask"), "{text}");
     assert!(text.contains("HK/Case00") && text.contains("gzip"), "{text}");
     assert!(row(&text, "S6 HK").contains("(1 bad)"), "{text}");
+    // The case without its mask still counts, as a bad one.
+    assert!(row(&text, "S4 UCL").contains("2 (1 bad)"), "{text}");
 }
 
 #[test]
@@ -112,6 +114,7 @@ fn infer_outputs_are_left_out_and_constant_images_are_problems() {
     let text = stdout(&out);
     assert!(!out.status.success());
     assert!(text.contains("UCL/Case01: the image is constant"), "{text}");
+    assert!(row(&text, "S4 UCL").contains("(1 bad)"), "{text}");
     let bidmc = row(&text, "S5 BIDMC");
     assert!(!bidmc.contains("inf") && !bidmc.contains("0.00×0.00"), "{bidmc}");
 
