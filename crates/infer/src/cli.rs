@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use relkd_core::dataset::grid_mismatch;
 use relkd_core::files::{LATEST_EXPORT, check_distinct_outputs, write_atomic};
 use relkd_core::metrics::{dice, surface_distances};
 use relkd_core::nifti_io::{read_volume, write_mask, write_volume};
@@ -250,6 +251,17 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let image = read_volume(volume)?;
     warn_if_constant(volume, &image);
+    // The label is read and checked before anything is written, so a bad one leaves nothing.
+    let truth = match &args.label {
+        Some(label) => {
+            let labels = read_volume(label)?;
+            if let Some(mismatch) = grid_mismatch(&image, &labels, "label") {
+                bail!("{}: {mismatch}; a label must be on the volume's grid", label.display());
+            }
+            Some(binarize(&labels.data))
+        }
+        None => None,
+    };
     let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
     write_mask(&out, &seg.mask, &image)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -266,23 +278,10 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         write_volume(path, foreground, image.dims, &image.header)?;
         println!("wrote {} (foreground probability, float32)", path.display());
     }
-    let truth = match &args.label {
-        Some(label) => {
-            let labels = read_volume(label)?;
-            ensure!(
-                labels.dims == image.dims,
-                "{}: label shape {:?} differs from the volume's {:?}",
-                label.display(),
-                labels.dims,
-                image.dims
-            );
-            let truth = binarize(&labels.data);
-            let d = surface_distances(&seg.mask, &truth, image.dims, image.spacing);
-            println!("Dice {:.4}  HD95 {:.2} mm  ASD {:.2} mm", dice(&seg.mask, &truth), d.hd95, d.asd);
-            Some(truth)
-        }
-        None => None,
-    };
+    if let Some(truth) = &truth {
+        let d = surface_distances(&seg.mask, truth, image.dims, image.spacing);
+        println!("Dice {:.4}  HD95 {:.2} mm  ASD {:.2} mm", dice(&seg.mask, truth), d.hd95, d.asd);
+    }
     if let Some(dir) = &args.overlay {
         let written = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask)?;
         println!("wrote {written} overlay(s) to {}", dir.display());

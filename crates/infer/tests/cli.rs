@@ -451,3 +451,51 @@ fn size_overrides_a_malformed_input_size() {
     let out = infer(dir.path(), &[&args[..], &["--size", "32"]].concat());
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A label that is unreadable or on another grid (12 mm away) stops `infer` before it writes
+/// anything: no mask, no probabilities, and a rerun with a good label is not refused.
+#[test]
+fn a_bad_label_is_refused_before_any_output() {
+    use relkd_core::nifti_io::write_volume;
+
+    let dir = tempfile::tempdir().unwrap();
+    let site = phantom(dir.path());
+    let label = read_volume(&site.join("Case00_segmentation.nii.gz")).unwrap();
+    let mut header = label.header.clone();
+    header.srow_x[3] += 12.0;
+    header.quatern_x += 12.0;
+    let shifted = dir.path().join("shifted.nii.gz");
+    write_volume(&shifted, &label.data, label.dims, &header).unwrap();
+    let truncated = dir.path().join("truncated.nii.gz");
+    std::fs::write(&truncated, b"not a label").unwrap();
+    let model = tiny_model();
+    let v = site.join("Case00.nii.gz");
+    for (bad, expected) in [(&shifted, "affines differ by up to 12.0000 mm"), (&truncated, "truncated.nii.gz")] {
+        let args = [
+            "--volume",
+            v.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--provider",
+            "cpu",
+            "--size",
+            "32",
+            "--out",
+            "m.nii.gz",
+            "--probabilities",
+            "p.nii.gz",
+            "--label",
+            bad.to_str().unwrap(),
+        ];
+        let out = infer(dir.path(), &args);
+        let log = text(&out);
+        assert!(!out.status.success() && log.contains(expected), "{log}");
+        assert!(!log.contains("wrote"), "{log}");
+        assert!(!dir.path().join("m.nii.gz").exists() && !dir.path().join("p.nii.gz").exists());
+    }
+    let good = site.join("Case00_segmentation.nii.gz");
+    let args =
+        ["--volume", v.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu", "--size", "32"];
+    let out = infer(dir.path(), &[&args[..], &["--out", "m.nii.gz", "--label", good.to_str().unwrap()]].concat());
+    assert!(out.status.success() && text(&out).contains("Dice"), "{}", text(&out));
+}

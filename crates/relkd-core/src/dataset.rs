@@ -223,13 +223,11 @@ pub struct Case {
 /// Largest difference tolerated between the image's and the mask's affine entries (mm).
 const AFFINE_TOLERANCE: f64 = 1e-3;
 
-/// Reads a case and checks that image and mask share shape and affine.
-pub fn load_case(site: &str, files: &CaseFiles) -> Result<Case, Problem> {
-    let problem = |message: String| Problem { site: site.into(), case: files.id.clone(), message };
-    let image = read_volume(&files.image).map_err(|e| problem(e.to_string()))?;
-    let labels = read_volume(&files.mask).map_err(|e| problem(e.to_string()))?;
+/// Why a label volume (called `what`) is not on the image's grid: another shape, or an affine
+/// that differs by more than [`AFFINE_TOLERANCE`]; `None` when it is.
+pub fn grid_mismatch(image: &Volume, labels: &Volume, what: &str) -> Option<String> {
     if image.dims != labels.dims {
-        return Err(problem(format!("image shape {:?} but mask shape {:?}", image.dims, labels.dims)));
+        return Some(format!("image shape {:?} but {what} shape {:?}", image.dims, labels.dims));
     }
     let max_diff = image
         .affine
@@ -238,8 +236,16 @@ pub fn load_case(site: &str, files: &CaseFiles) -> Result<Case, Problem> {
         .zip(labels.affine.iter().flatten())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
-    if max_diff > AFFINE_TOLERANCE {
-        return Err(problem(format!("image and mask affines differ by up to {max_diff:.4} mm")));
+    (max_diff > AFFINE_TOLERANCE).then(|| format!("image and {what} affines differ by up to {max_diff:.4} mm"))
+}
+
+/// Reads a case and checks that image and mask share shape and affine.
+pub fn load_case(site: &str, files: &CaseFiles) -> Result<Case, Problem> {
+    let problem = |message: String| Problem { site: site.into(), case: files.id.clone(), message };
+    let image = read_volume(&files.image).map_err(|e| problem(e.to_string()))?;
+    let labels = read_volume(&files.mask).map_err(|e| problem(e.to_string()))?;
+    if let Some(mismatch) = grid_mismatch(&image, &labels, "mask") {
+        return Err(problem(mismatch));
     }
     let mut label_values: Vec<i32> = labels.data.iter().map(|&v| v.round() as i32).collect();
     label_values.sort_unstable();
