@@ -263,7 +263,10 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
+    // What this run writes is removed again if it fails before the end.
+    let mut written = Written(Vec::new());
     write_mask(&out, &seg.mask, &image)?;
+    written.0.push(out.clone());
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "wrote {} ({}×{}×{}, {} foreground voxels): {seconds:.2} s from reading to writing, {:.2} s of it in ONNX Runtime",
@@ -276,6 +279,7 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     );
     if let (Some(path), Some(foreground)) = (&args.probabilities, &seg.foreground) {
         write_volume(path, foreground, image.dims, &image.header)?;
+        written.0.push(path.clone());
         println!("wrote {} (foreground probability, float32)", path.display());
     }
     if let Some(truth) = &truth {
@@ -283,10 +287,23 @@ fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         println!("Dice {:.4}  HD95 {:.2} mm  ASD {:.2} mm", dice(&seg.mask, truth), d.hd95, d.asd);
     }
     if let Some(dir) = &args.overlay {
-        let written = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask)?;
-        println!("wrote {written} overlay(s) to {}", dir.display());
+        let count = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask, &mut written.0)?;
+        println!("wrote {count} overlay(s) to {}", dir.display());
     }
+    written.0.clear();
     Ok(())
+}
+
+/// Output files of a run that has not finished: removed when dropped unless cleared, so a
+/// command that fails leaves none of them behind.
+struct Written(Vec<PathBuf>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// Outputs are checked before any work: their folders exist, nothing is overwritten unasked,
@@ -307,18 +324,30 @@ fn check_outputs(args: &SegmentArgs, volume: &Path, model: &Path, out: &Path) ->
             "{flag} {}: volumes are written as NIfTI; name the file .nii.gz (or .nii)",
             path.display()
         );
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", path.display(), parent.display());
-        }
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        ensure!(parent.is_dir(), "the folder of {}, {}, does not exist", path.display(), parent.display());
+        check_writable(flag, parent)?;
         refuse_overwrite(path, args.force)?;
     }
     if let Some(dir) = &args.overlay {
         ensure!(dir.is_dir() || !dir.exists(), "--overlay {} is not a folder", dir.display());
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            ensure!(parent.is_dir(), "the folder of --overlay {}, {}, does not exist", dir.display(), parent.display());
-        }
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        ensure!(parent.is_dir(), "the folder of --overlay {}, {}, does not exist", dir.display(), parent.display());
+        check_writable("--overlay", if dir.is_dir() { dir } else { parent })?;
     }
     Ok(())
+}
+
+/// Creates and removes a file in `dir`, so that an output that cannot be written fails the
+/// command before its first output rather than after.
+fn check_writable(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".relkd-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .with_context(|| format!("{flag}: cannot write in {}", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("removing {}", probe.display()))
 }
 
 fn write_overlays(
@@ -327,6 +356,7 @@ fn write_overlays(
     image: &relkd_core::nifti_io::Volume,
     truth: Option<&[u8]>,
     mask: &[u8],
+    written: &mut Vec<PathBuf>,
 ) -> anyhow::Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let [nx, ny, nz] = image.dims;
@@ -334,7 +364,7 @@ fn write_overlays(
     let stem =
         sibling(volume, dir, "").file_name().map(|n| n.to_string_lossy().replace(".nii.gz", "")).unwrap_or_default();
     let zoom = (256 / nx.max(ny)).max(1);
-    let mut written = 0;
+    let mut count = 0;
     for z in 0..nz {
         let m = &mask[z * plane..][..plane];
         let t = truth.map(|t| &t[z * plane..][..plane]);
@@ -343,9 +373,10 @@ fn write_overlays(
         }
         let path = dir.join(format!("{stem}_z{z:03}.png"));
         overlay(image.slice(z), t, m, ny, nx, zoom).save(&path).with_context(|| format!("{}", path.display()))?;
-        written += 1;
+        written.push(path);
+        count += 1;
     }
-    Ok(written)
+    Ok(count)
 }
 
 fn segment_folder(

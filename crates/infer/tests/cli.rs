@@ -493,6 +493,27 @@ fn a_bad_label_is_refused_before_any_output() {
         assert!(!log.contains("wrote"), "{log}");
         assert!(!dir.path().join("m.nii.gz").exists() && !dir.path().join("p.nii.gz").exists());
     }
+    // An output folder nothing can be written in (/proc, even for root): refused before the mask.
+    if Path::new("/proc").is_dir() {
+        let args = [
+            "--volume",
+            v.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--provider",
+            "cpu",
+            "--size",
+            "32",
+            "--out",
+            "m.nii.gz",
+            "--probabilities",
+            "/proc/p.nii.gz",
+        ];
+        let out = infer(dir.path(), &args);
+        let log = text(&out);
+        assert!(!out.status.success() && log.contains("--probabilities: cannot write in /proc"), "{log}");
+        assert!(!dir.path().join("m.nii.gz").exists(), "{log}");
+    }
     let good = site.join("Case00_segmentation.nii.gz");
     let args =
         ["--volume", v.to_str().unwrap(), "--model", model.to_str().unwrap(), "--provider", "cpu", "--size", "32"];
