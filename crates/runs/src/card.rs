@@ -133,6 +133,11 @@ impl ModelCard {
 /// Writes a finished network and its card (card last).
 pub fn save_model(weights: &Path, net: &Network, card: &ModelCard) -> Result<(), CheckpointError> {
     save_record(weights, net.clone().into_record())?;
+    save_card(weights, card)
+}
+
+/// Writes the card beside `weights`, which makes the model final.
+pub fn save_card(weights: &Path, card: &ModelCard) -> Result<(), CheckpointError> {
     let yaml = serde_yaml::to_string(card).expect("cards serialise");
     let card_path = ModelCard::path_for(weights);
     write_atomic(&card_path, yaml.as_bytes()).map_err(io(&card_path))

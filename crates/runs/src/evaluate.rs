@@ -74,6 +74,12 @@ pub fn score(case: &Case, prediction: &[u8]) -> CaseScore {
     }
 }
 
+/// Dice of `with` minus `without`, case by case in `without`'s order, cases matched by site and
+/// id; `None` for a case `with` lacks.
+pub fn paired_dice_differences(with: &[CaseScore], without: &[CaseScore]) -> Vec<Option<f64>> {
+    without.iter().map(|b| Some(with.iter().find(|a| a.site == b.site && a.case == b.case)?.dice - b.dice)).collect()
+}
+
 /// Mean Dice per site, in order of first appearance.
 pub fn mean_dice_per_site(scores: &[CaseScore]) -> Vec<(String, f64)> {
     let mut sites: Vec<(String, f64, usize)> = Vec::new();

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use relkd_core::files::partial_path;
-pub use relkd_runs::card::{CheckpointError, ModelCard, copy_model, fingerprint, load_model, save_model};
+pub use relkd_runs::card::{CheckpointError, ModelCard, copy_model, fingerprint, load_model, save_card, save_model};
 use relkd_runs::card::{invalid, io, load_into, save_record};
 
 use crate::trainer::{Resume, TrainState, Trainee};

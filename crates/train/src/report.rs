@@ -9,7 +9,7 @@ use relkd_models::Architecture;
 
 use crate::charts::{LinePanel, Series, line_panels};
 use crate::checkpoint::ModelCard;
-use crate::evaluate::CaseScore;
+use crate::evaluate::{CaseScore, paired_dice_differences};
 use crate::losses::Term;
 use crate::trainer::EpochLog;
 
@@ -173,11 +173,7 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
 fn one_seed_difference(models: &[Evaluated]) -> String {
     let find = |role: &str| models.iter().find(|m| m.card.model == role);
     let (Some(with), Some(without)) = (find("student"), find("baseline")) else { return String::new() };
-    let differences: Vec<f64> = without
-        .scores
-        .iter()
-        .filter_map(|b| Some(with.scores.iter().find(|a| a.site == b.site && a.case == b.case)?.dice - b.dice))
-        .collect();
+    let differences: Vec<f64> = paired_dice_differences(&with.scores, &without.scores).into_iter().flatten().collect();
     format!(
         "## Distilled minus baseline\n\nw/ − w/o on the same {} case(s): {:+.3}. One training seed is an anecdote: \
          seeds alone move a student by up to 0.25 on the phantom. For a 95% interval over seeds and cases, run \

@@ -26,19 +26,24 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let mut lines = text.lines();
     ensure!(lines.next() == Some(EVIDENCE_HEADER), "{}: not an evidence table of this version", path.display());
+    // Columns by their names in the header, so the table's column order is stated once.
+    let column = |name: &str| EVIDENCE_HEADER.split(',').position(|c| c == name).expect("a column of the header");
     lines
         .map(|line| {
             let f: Vec<&str> = line.split(',').collect();
-            let number = |i: usize| -> anyhow::Result<f64> {
-                f.get(i).and_then(|v| v.parse().ok()).with_context(|| format!("{}: bad row {line}", path.display()))
+            let field = |name: &str| {
+                f.get(column(name)).copied().with_context(|| format!("{}: short row {line}", path.display()))
+            };
+            let number = |name: &str| -> anyhow::Result<f64> {
+                field(name)?.parse().with_context(|| format!("{}: {name} in {line}", path.display()))
             };
             Ok(Row {
-                label: format!("{} ← {} ({})", f[0], f[1], f[2]),
-                target: f[3].to_string(),
-                effect: number(6)?,
-                low: number(7)?,
-                high: number(8)?,
-                guidance: number(14)?,
+                label: format!("{} ← {} ({})", field("student")?, field("teacher")?, field("distiller")?),
+                target: field("target")?.to_string(),
+                effect: number("effect")?,
+                low: number("low")?,
+                high: number("high")?,
+                guidance: number("guidance")?,
             })
         })
         .collect()

@@ -9,7 +9,7 @@ use relkd_models::Architecture;
 
 use super::Variant;
 use crate::charts::Spread;
-use crate::evaluate::CaseScore;
+use crate::evaluate::{CaseScore, paired_dice_differences};
 use crate::report::mean;
 
 /// What a trained model of the grid is.
@@ -157,11 +157,7 @@ impl Tables<'_> {
                 let find =
                     |k: CellKind| self.cells.iter().find(|c| c.target == target && c.seed == seed && c.kind == k);
                 let (with, without) = (find(kind)?, find(baseline)?);
-                without
-                    .scores
-                    .iter()
-                    .map(|b| Some(with.scores.iter().find(|a| a.site == b.site && a.case == b.case)?.dice - b.dice))
-                    .collect()
+                paired_dice_differences(&with.scores, &without.scores).into_iter().collect()
             })
             .collect()
     }

@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use super::stage::{RunModel, Stage, write_metrics};
-use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model};
+use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model, save_card};
 use crate::config::ExperimentConfig;
 use crate::trainer::TraineeConfig;
 use relkd_core::files::write_atomic;
@@ -62,8 +62,7 @@ impl Stage<'_> {
             let bytes = fs::read(&cached).with_context(|| format!("{}", cached.display()))?;
             write_atomic(&weights, &bytes).with_context(|| format!("{}", weights.display()))?;
             write_metrics(self.run_dir, stem, &card.history)?;
-            let yaml = serde_yaml::to_string(&card).expect("cards serialise");
-            write_atomic(&card_path, yaml.as_bytes()).with_context(|| format!("{}", card_path.display()))?;
+            save_card(&weights, &card)?;
             println!("{stem}: reusing {} (same students' data and settings)", cached.display());
             return Ok(());
         }
