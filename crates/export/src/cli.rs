@@ -71,6 +71,10 @@ pub struct Cli {
     /// Replace an existing --out file (or the files of an existing --web folder).
     #[arg(long)]
     pub force: bool,
+    /// Also print ONNX Runtime's own log during the checks: -v its warnings and errors, -vv
+    /// also information, -vvv everything.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -92,6 +96,7 @@ impl Model {
 
 /// Exports, verifies and reports; returns the verification of each probe.
 pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
+    relkd_infer::runtime::set_log_verbosity(cli.verbose);
     let weights = weights_path(&cli)?;
     let run_dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
     let out = match (&cli.web, &cli.out) {

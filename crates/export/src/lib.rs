@@ -18,7 +18,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
 use ort::session::Session;
 use ort::value::TensorRef;
-use relkd_core::files::{LATEST_EXPORT, partial_path, remove_stale_partials, write_atomic};
+use relkd_core::files::{LATEST_EXPORT, Pending, remove_stale_partials, write_atomic};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Network, Segmenter};
 use relkd_runs::card::ModelCard;
@@ -280,7 +280,7 @@ pub fn export_int8(
     let net = net.valid();
     let model = to_onnx(&net, card, Precision::F32, opset);
     remove_stale_partials(out);
-    let ranges = quantize::calibrate(&model, calibration, &partial_path(out))?;
+    let ranges = quantize::calibrate(&model, calibration, &Pending::beside(out))?;
     let mut int8 = quantize::Quantizer::quantize(&model, &ranges);
     let slices: usize = calibration.iter().map(|p| p.shape[0]).sum();
     for entry in int8.metadata_props.iter_mut() {
@@ -310,7 +310,7 @@ fn write_verified(
 ) -> Result<Vec<Check>, ExportError> {
     let bytes = model.write_to_bytes().map_err(|e| ExportError::Io { path: out.into(), message: e.to_string() })?;
     remove_stale_partials(out);
-    let staging = partial_path(out);
+    let staging = Pending::beside(out);
     let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
     std::fs::write(&staging, &bytes).map_err(io)?;
     let checks = probes
@@ -319,11 +319,7 @@ fn write_verified(
             Check::compare(probe, &burn_logits(net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)
         })
         .collect::<Result<Vec<_>, _>>();
-    let result = checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&staging);
-    }
-    result
+    checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io))
 }
 
 /// Records `model` as the most recent export in a runs folder (read by `infer`).

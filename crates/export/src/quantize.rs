@@ -51,7 +51,8 @@ fn activation_tensors(graph: &GraphProto) -> Vec<String> {
 }
 
 /// Runs the float32 `model` (ONNX Runtime, CPU) on the calibration inputs, every tensor to be
-/// quantised exposed as an output, and returns their ranges. `scratch` is a file it may write.
+/// quantised exposed as an output, and returns their ranges. `scratch` is a file it may write;
+/// the caller removes it.
 pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result<Ranges, ExportError> {
     let mut probed = model.clone();
     let graph = probed.graph.as_mut().expect("a graph");
@@ -60,10 +61,7 @@ pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result
     let io = |message: String| ExportError::Io { path: scratch.into(), message };
     let bytes = probed.write_to_bytes().map_err(|e| io(e.to_string()))?;
     std::fs::write(scratch, bytes).map_err(|e| io(e.to_string()))?;
-    // The scratch file goes whether the runs succeed or not.
-    let ranges = observe_ranges(scratch, &names, inputs);
-    let _ = std::fs::remove_file(scratch);
-    ranges
+    observe_ranges(scratch, &names, inputs)
 }
 
 /// The minimum and maximum of each of `names` over the runs of the model in `path` on `inputs`.

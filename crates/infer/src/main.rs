@@ -2,6 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = relkd_infer::cli::Cli::parse();
+    relkd_core::files::remove_pending_on_interrupt();
     match relkd_infer::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

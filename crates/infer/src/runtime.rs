@@ -6,10 +6,12 @@
 //! in a `OnceLock` and every session shares it.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use ort::environment::Environment;
 use ort::ep;
+use ort::logging::LogLevel;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
@@ -69,9 +71,45 @@ pub fn candidates() -> Vec<PathBuf> {
     out
 }
 
+/// How much of ONNX Runtime's own log to print: 0 (default) only its fatal messages, 1 also
+/// warnings and errors, 2 also information, 3 everything. An error ONNX Runtime returns
+/// reaches the user once, in relkd's own message; its logger would print it a second time,
+/// with terminal colour codes, so by default it stays quiet.
+static LOG_VERBOSITY: AtomicU8 = AtomicU8::new(0);
+
+/// Sets how much of ONNX Runtime's log to print (`-v` counts); takes effect at once, also on
+/// a runtime already loaded.
+pub fn set_log_verbosity(verbosity: u8) {
+    LOG_VERBOSITY.store(verbosity, Ordering::Relaxed);
+    if let Some(Ok(runtime)) = RUNTIME.get() {
+        runtime.environment.set_log_level(log_level());
+    }
+}
+
+fn log_level() -> LogLevel {
+    match LOG_VERBOSITY.load(Ordering::Relaxed) {
+        0 => LogLevel::Fatal,
+        1 => LogLevel::Warning,
+        2 => LogLevel::Info,
+        _ => LogLevel::Verbose,
+    }
+}
+
+/// ONNX Runtime's log lines as plain text on stderr (its own sink adds colour codes even when
+/// stderr is a file). Filtered here too: the environment is created logging everything and
+/// only then lowered to the chosen level.
+fn print_log_line(level: LogLevel, _category: &str, _id: &str, location: &str, message: &str) {
+    if level < log_level() {
+        return;
+    }
+    let level = format!("{level:?}").to_lowercase();
+    eprintln!("onnxruntime {level}: {message} [{location}]");
+}
+
+static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
+
 /// The process-wide runtime, loading the library on first use.
 pub fn runtime() -> Result<&'static Runtime, RuntimeError> {
-    static RUNTIME: OnceLock<Result<Runtime, RuntimeError>> = OnceLock::new();
     RUNTIME.get_or_init(load).as_ref().map_err(Clone::clone)
 }
 
@@ -88,8 +126,10 @@ fn load() -> Result<Runtime, RuntimeError> {
     let environment = ort::init_from(&library)
         .map_err(|e| load_error(e.to_string()))?
         .with_name("relkd")
+        .with_logger(Arc::new(print_log_line))
         .build()
         .map_err(|e| load_error(e.to_string()))?;
+    environment.set_log_level(log_level());
     Ok(Runtime { library, environment })
 }
 

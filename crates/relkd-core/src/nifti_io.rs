@@ -322,22 +322,20 @@ pub fn write_volume<T: VoxelType>(
     let stem = stem.strip_suffix(".nii").unwrap_or(stem).replace('.', "_");
     let extension = if gz { "nii.gz" } else { "nii" };
     crate::files::remove_stale_partials(&path.with_file_name(format!("{stem}.{extension}")));
-    let tmp = path.with_file_name(format!("{}-{stem}.{extension}", crate::files::partial_stem()));
+    let tmp = crate::files::Pending::claim(
+        path.with_file_name(format!("{}-{stem}.{extension}", crate::files::partial_stem())),
+    );
     // Fast deflate: masks are mostly zeros and compress well at any level, and writing stays
     // a small part of `infer`'s time.
     let options = nifti::writer::WriterOptions::new(&tmp).reference_header(&header);
     let options = if gz { options.compression_level(flate2::Compression::fast()) } else { options };
-    let result = options
+    options
         .write_nifti(&array)
         .map_err(|e| match e {
             nifti::NiftiError::Io(source) => NiftiError::Io { path: path.into(), source },
             other => NiftiError::Other { path: path.into(), detail: other.to_string() },
         })
-        .and_then(|()| fs::rename(&tmp, path).map_err(|source| NiftiError::Io { path: path.into(), source }));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        .and_then(|()| fs::rename(&tmp, path).map_err(|source| NiftiError::Io { path: path.into(), source }))
 }
 
 /// Writes a binary mask as uint8 on the grid of `source` (same shape, pixdim, qform and sform).

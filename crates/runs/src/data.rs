@@ -80,14 +80,14 @@ pub fn data_root(data: &DataConfig) -> anyhow::Result<PathBuf> {
     let parent = dir.parent().expect("cache subfolder");
     fs::create_dir_all(parent).with_context(|| format!("creating the cache folder {}", parent.display()))?;
     // Generated beside its final name and renamed, so an interrupted generation is never used.
-    let staging = relkd_core::files::partial_path(&dir);
+    let staging = relkd_core::files::Pending::beside(&dir);
     let bar = progress_bar(p.total_cases() as u64, "phantom");
     phantom::generate(p, &staging, &phantom::Extras::default(), &|done, _| bar.set_position(done as u64))
         .with_context(|| format!("generating the phantom into {}", staging.display()))?;
     bar.finish_and_clear();
     if let Err(e) = fs::rename(&staging, &dir) {
-        // Another process finished first; its copy is identical (same seed).
-        let _ = fs::remove_dir_all(&staging);
+        // Another process finished first; its copy is identical (same seed). Dropping
+        // `staging` removes ours.
         ensure!(dir.join(phantom::MANIFEST).exists(), "moving the phantom into {}: {e}", dir.display());
     }
     println!("phantom data: {}", dir.display());

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-use relkd_core::files::partial_path;
+use relkd_core::files::Pending;
 pub use relkd_runs::card::{CheckpointError, ModelCard, copy_model, fingerprint, load_model, save_card, save_model};
 use relkd_runs::card::{invalid, io, load_into, save_record};
 
@@ -46,7 +46,7 @@ impl StageCheckpoints {
             save_record(&self.best(), trainee.clone().into_record())?;
         }
         let last = self.last();
-        let staging = partial_path(&last);
+        let staging = Pending::beside(&last);
         fs::create_dir(&staging).map_err(io(&staging))?;
         save_record(&staging.join("trainee.bpk"), trainee.clone().into_record())?;
         let opt = staging.join("optimizer.bpk");

@@ -2,6 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = relkd_train::cli::Cli::parse();
+    relkd_core::files::remove_pending_on_interrupt();
     match relkd_train::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

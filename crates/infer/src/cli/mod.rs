@@ -30,6 +30,10 @@ pub struct Cli {
     pub command: Option<Sub>,
     #[command(flatten)]
     pub segment: SegmentArgs,
+    /// Also print ONNX Runtime's own log: -v its warnings and errors, -vv also information,
+    /// -vvv everything. Without it, an error of ONNX Runtime is reported once, by infer.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,8 +141,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::runtime::set_log_verbosity(cli.verbose);
     match cli.command {
-        Some(Sub::Bench(args)) => bench(&args),
+        Some(Sub::Bench(args)) => bench(&args, cli.verbose),
         Some(Sub::BenchOne(args)) => {
             let row = measure(&args.models[0], &plan(&args))?;
             println!("{}", row.to_line());
@@ -182,7 +187,7 @@ fn model_path(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+fn bench(args: &BenchArgs, verbose: u8) -> anyhow::Result<()> {
     let (md_path, csv_path) = (args.out.with_extension("md"), args.out.with_extension("csv"));
     refuse_overwrite(&md_path, args.force)?;
     refuse_overwrite(&csv_path, args.force)?;
@@ -212,6 +217,7 @@ fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         if let Some(v) = &args.volume {
             command.arg("--volume").arg(v);
         }
+        command.args(std::iter::repeat_n("--verbose", verbose.into()));
         let output = command.output().context("running the benchmark child")?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let row = stdout.lines().find_map(BenchRow::parse);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
 use relkd_core::dataset::grid_mismatch;
-use relkd_core::files::{check_distinct_outputs, write_atomic};
+use relkd_core::files::{Pending, check_distinct_outputs, write_atomic};
 use relkd_core::metrics::{dice, surface_distances};
 use relkd_core::nifti_io::{read_volume, write_mask, write_volume};
 use relkd_core::png::overlay;
@@ -93,10 +93,10 @@ pub(super) fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let seg = model.segment(&image, &prep, args.batch, args.probabilities.is_some())?;
-    // What this run writes is removed again if it fails before the end.
-    let mut written = Written(Vec::new());
+    // What this run writes is removed again if it fails or is interrupted before the end.
+    let mut written = Vec::new();
     write_mask(&out, &seg.mask, &image)?;
-    written.0.push(out.clone());
+    written.push(Pending::claim(out.clone()));
     let seconds = start.elapsed().as_secs_f64();
     println!(
         "wrote {} ({}×{}×{}, {} foreground voxels): {seconds:.2} s from reading to writing, {:.2} s of it in ONNX Runtime",
@@ -109,7 +109,7 @@ pub(super) fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
     );
     if let (Some(path), Some(foreground)) = (&args.probabilities, &seg.foreground) {
         write_volume(path, foreground, image.dims, &image.header)?;
-        written.0.push(path.clone());
+        written.push(Pending::claim(path.clone()));
         println!("wrote {} (foreground probability, float32)", path.display());
     }
     if let Some(truth) = &truth {
@@ -117,23 +117,11 @@ pub(super) fn segment(args: &SegmentArgs) -> anyhow::Result<()> {
         println!("Dice {:.4}  HD95 {:.2} mm  ASD {:.2} mm", dice(&seg.mask, truth), d.hd95, d.asd);
     }
     if let Some(dir) = &args.overlay {
-        let count = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask, &mut written.0)?;
+        let count = write_overlays(dir, volume, &image, truth.as_deref(), &seg.mask, &mut written)?;
         println!("wrote {count} overlay(s) to {}", dir.display());
     }
-    written.0.clear();
+    written.into_iter().for_each(Pending::keep);
     Ok(())
-}
-
-/// Output files of a run that has not finished: removed when dropped unless cleared, so a
-/// command that fails leaves none of them behind.
-struct Written(Vec<PathBuf>);
-
-impl Drop for Written {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 /// Outputs are checked before any work: their folders exist, nothing is overwritten unasked,
@@ -186,8 +174,11 @@ fn write_overlays(
     image: &relkd_core::nifti_io::Volume,
     truth: Option<&[u8]>,
     mask: &[u8],
-    written: &mut Vec<PathBuf>,
+    written: &mut Vec<Pending>,
 ) -> anyhow::Result<usize> {
+    if !dir.exists() {
+        written.push(Pending::claim(dir.to_path_buf()));
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let [nx, ny, nz] = image.dims;
     let plane = nx * ny;
@@ -202,8 +193,9 @@ fn write_overlays(
             continue;
         }
         let path = dir.join(format!("{stem}_z{z:03}.png"));
+        // Atomic, and claimed only once saved, so a failure never removes what was there.
         overlay(image.slice(z), t, m, ny, nx, zoom).save(&path).with_context(|| format!("{}", path.display()))?;
-        written.push(path);
+        written.push(Pending::claim(path));
         count += 1;
     }
     Ok(count)

@@ -6,6 +6,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod pending;
+
+pub use pending::{Pending, remove_pending_on_interrupt};
+
 /// In a runs folder (`runs/`): the file naming the most recent run, written by `train`.
 pub const LATEST_RUN: &str = "latest";
 /// In a runs folder: the file holding the path of the most recent ONNX export, read by `infer`.
@@ -49,12 +53,8 @@ pub fn remove_stale_partials(path: &Path) {
 /// Writes `contents` to `path` atomically (temporary sibling, then rename).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     remove_stale_partials(path);
-    let tmp = partial_path(path);
-    let result = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let tmp = Pending::beside(path);
+    fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, path))
 }
 
 /// Runs `write` on a temporary sibling of `path` and renames it over `path` when it succeeds;
@@ -64,12 +64,8 @@ where
     E: From<io::Error>,
 {
     remove_stale_partials(path);
-    let tmp = partial_path(path);
-    let result = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(E::from));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let tmp = Pending::beside(path);
+    write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(E::from))
 }
 
 /// `path` made absolute with its symbolic links resolved, for comparing paths that may not
