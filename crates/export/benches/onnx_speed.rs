@@ -10,7 +10,7 @@ use onnx_protobuf::Message;
 use ort::value::TensorRef;
 use relkd_core::timing::time_runs;
 use relkd_core::transforms::Preprocessing;
-use relkd_export::{Precision, to_onnx};
+use relkd_export::{Outputs, Precision, to_onnx};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Architecture, NetworkConfig};
 use relkd_runs::card::ModelCard;
@@ -31,7 +31,7 @@ fn main() {
         let net = NetworkConfig::new(architecture).init(&device);
         let card = ModelCard::untrained("benchmark", architecture, &net, Preprocessing { size: 384, context: 0 });
         let path = dir.join(format!("{}.onnx", architecture.name()));
-        let bytes = to_onnx(&net, &card, Precision::F32, 17).write_to_bytes().unwrap();
+        let bytes = to_onnx(&net, &card, Precision::F32, 17, Outputs::Logits).write_to_bytes().unwrap();
         std::fs::write(&path, &bytes).unwrap();
         drop(net);
         let (mut session, _) = rt.session(&path, Provider::Cpu, 2).unwrap();

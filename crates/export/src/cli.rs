@@ -18,7 +18,7 @@ use relkd_runs::evaluate::predict_volume;
 
 use crate::{
     Acceptance, Check, FP16_MASK_DISAGREEMENT, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, OnnxPredictor,
-    Options, Precision, Probe, export, export_int8, record_latest, web,
+    Options, Outputs, Precision, Probe, export, export_int8, record_latest, web,
 };
 
 #[derive(Debug, Parser)]
@@ -68,6 +68,10 @@ pub struct Cli {
     /// Serve the folder with any static server, e.g. `python3 -m http.server -d DIR`.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub web: Option<PathBuf>,
+    /// Also output the distillation tap (`features`), so the file can serve as a teacher that
+    /// distillation runs on ONNX Runtime (`teacher: { onnx: FILE }`).
+    #[arg(long, conflicts_with_all = ["int8", "fp16", "web"])]
+    pub with_features: bool,
     /// Replace an existing --out file (or the files of an existing --web folder).
     #[arg(long)]
     pub force: bool,
@@ -152,7 +156,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Vec<Check>> {
         };
         export_int8(&net, &card, &out, &options, &real, &device)
     } else {
-        export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance }, &probes, &device)
+        let outputs = if cli.with_features { Outputs::LogitsAndFeatures } else { Outputs::Logits };
+        export(&net, &card, &out, &Options { precision, opset: cli.opset, acceptance, outputs }, &probes, &device)
     };
     let checks = checks
         .inspect_err(|_| {

@@ -47,12 +47,18 @@ pub struct Options {
     pub precision: Precision,
     pub opset: i64,
     pub acceptance: Acceptance,
+    pub outputs: Outputs,
 }
 
 impl Options {
     /// Float32 weights, opset 17, logits within [`FP32_TOLERANCE`].
     pub fn fp32() -> Self {
-        Self { precision: Precision::F32, opset: 17, acceptance: Acceptance::Logits(FP32_TOLERANCE) }
+        Self {
+            precision: Precision::F32,
+            opset: 17,
+            acceptance: Acceptance::Logits(FP32_TOLERANCE),
+            outputs: Outputs::Logits,
+        }
     }
 }
 
@@ -156,9 +162,27 @@ impl Check {
     }
 }
 
+/// What an exported graph outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// `logits`, what inference needs.
+    Logits,
+    /// `logits` and the distillation tap as `features` ([`onnx::FEATURES_OUTPUT`]): a teacher
+    /// that distillation runs on ONNX Runtime.
+    LogitsAndFeatures,
+}
+
 /// The ONNX model of `net` with the card's metadata.
-pub fn to_onnx(net: &Network, card: &ModelCard, precision: Precision, opset: i64) -> onnx_protobuf::ModelProto {
-    let mut model = onnx::OnnxGraph::model(net, card.in_channels, card.classes, precision, opset);
+pub fn to_onnx(
+    net: &Network,
+    card: &ModelCard,
+    precision: Precision,
+    opset: i64,
+    outputs: Outputs,
+) -> onnx_protobuf::ModelProto {
+    let features = outputs == Outputs::LogitsAndFeatures;
+    let mut model = onnx::OnnxGraph::model(net, card.in_channels, card.classes, precision, opset, features);
+    let tap = net.tap();
     let p = &card.preprocessing;
     onnx::metadata(
         &mut model,
@@ -190,6 +214,10 @@ pub fn to_onnx(net: &Network, card: &ModelCard, precision: Precision, opset: i64
             ),
         ],
     );
+    if features {
+        let description = format!("{} ({} channels, stride {})", tap.name, tap.channels, tap.stride);
+        onnx::metadata(&mut model, &[("relkd.features", description)]);
+    }
     model
 }
 
@@ -214,12 +242,17 @@ impl OnnxPredictor {
 
     /// Logits of `data` with shape `[n, c, h, w]`, flat, with their shape.
     pub fn run(&self, shape: [usize; 4], data: &[f32]) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+        self.output(shape, data, "logits")
+    }
+
+    /// The graph output `name` for `data` with shape `[n, c, h, w]`, flat, with its shape.
+    pub fn output(&self, shape: [usize; 4], data: &[f32], name: &str) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
         let fail = |e: ort::Error| ExportError::Runtime(e.to_string());
         let input = TensorRef::from_array_view((shape, data)).map_err(fail)?;
         let mut session = self.session.lock().expect("no panic while running");
         let outputs = session.run(ort::inputs!["image" => input]).map_err(fail)?;
-        let (out_shape, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(fail)?;
-        Ok((out_shape.iter().map(|&d| d as usize).collect(), logits.to_vec()))
+        let (out_shape, values) = outputs[name].try_extract_tensor::<f32>().map_err(fail)?;
+        Ok((out_shape.iter().map(|&d| d as usize).collect(), values.to_vec()))
     }
 
     /// The same, tensor in, tensor out (on the input's device), to stand in for a Burn network.
@@ -229,6 +262,23 @@ impl OnnxPredictor {
         let (dims, logits) = self.run(shape, &data).expect("the exported graph runs on inputs it was verified on");
         Tensor::from_data(TensorData::new(logits, [dims[0], dims[1], dims[2], dims[3]]), &device)
     }
+}
+
+/// The tapped feature of a file exported with [`Outputs::LogitsAndFeatures`] against Burn's, on
+/// one probe: within [`FP32_TOLERANCE`] or a mismatch.
+fn check_features(net: &Network, model: &Path, probe: &Probe, device: &Device) -> Result<(), ExportError> {
+    let x = Tensor::<4>::from_data(TensorData::new(probe.data.clone(), probe.shape), device);
+    let burn = net.forward_features(x).feature.into_data().try_into_vec::<f32>().expect("float features");
+    let (_, onnx) = OnnxPredictor::new(model, 2)?.output(probe.shape, &probe.data, onnx::FEATURES_OUTPUT)?;
+    let mismatch = |detail: String| ExportError::Mismatch { what: format!("{} (features)", probe.what), detail };
+    if onnx.len() != burn.len() {
+        return Err(mismatch(format!("{} feature values, Burn gives {}", onnx.len(), burn.len())));
+    }
+    let max = burn.iter().zip(&onnx).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    if max.is_finite() && max <= FP32_TOLERANCE {
+        return Ok(());
+    }
+    Err(mismatch(format!("features differ by up to {max:.3e} (tolerance {FP32_TOLERANCE:.0e})")))
 }
 
 /// ONNX Runtime's logits for a probe, on the CPU provider with `threads` threads.
@@ -248,7 +298,7 @@ pub fn export(
     device: &Device,
 ) -> Result<Vec<Check>, ExportError> {
     let net = net.valid();
-    let model = to_onnx(&net, card, options.precision, options.opset);
+    let model = to_onnx(&net, card, options.precision, options.opset, options.outputs);
     write_verified(&net, &model, out, options.acceptance, probes, device)
 }
 
@@ -278,7 +328,7 @@ pub fn export_int8(
 ) -> Result<Vec<Check>, ExportError> {
     let Int8Options { opset, calibration, acceptance } = *options;
     let net = net.valid();
-    let model = to_onnx(&net, card, Precision::F32, opset);
+    let model = to_onnx(&net, card, Precision::F32, opset, Outputs::Logits);
     remove_stale_partials(out);
     let ranges = quantize::calibrate(&model, calibration, &Pending::beside(out))?;
     let mut int8 = quantize::Quantizer::quantize(&model, &ranges);
@@ -313,10 +363,16 @@ fn write_verified(
     let staging = Pending::beside(out);
     let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
     std::fs::write(&staging, &bytes).map_err(io)?;
+    let with_features = model.graph.output.iter().any(|o| o.name == onnx::FEATURES_OUTPUT);
     let checks = probes
         .iter()
         .map(|probe| {
-            Check::compare(probe, &burn_logits(net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)
+            let check =
+                Check::compare(probe, &burn_logits(net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)?;
+            if with_features {
+                check_features(net, &staging, probe, device)?;
+            }
+            Ok(check)
         })
         .collect::<Result<Vec<_>, _>>();
     checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io))

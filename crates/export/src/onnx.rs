@@ -20,6 +20,9 @@ use onnx_protobuf::{
 use relkd_models::Segmenter;
 use relkd_models::lower::{Graph, Value};
 
+/// The graph output holding the distillation tap's feature, in files exported with features.
+pub const FEATURES_OUTPUT: &str = "features";
+
 /// How weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -197,13 +200,16 @@ impl OnnxGraph {
     }
 
     /// The whole model: `image [N, C, H, W]` → `logits [N, K, H, W]`, padded to `net`'s stride
-    /// inside and cropped back.
+    /// inside and cropped back; with `features`, also the distillation tap as a second output
+    /// `features [N, C_tap, H_pad / stride, W_pad / stride]` (at the padded size, as Burn's
+    /// `forward_features` gives it).
     pub fn model(
         net: &dyn Segmenter,
         in_channels: usize,
         classes: usize,
         precision: Precision,
         opset: i64,
+        features: bool,
     ) -> ModelProto {
         let mut g = Self::new(precision);
         let image = Value("image".into());
@@ -217,10 +223,13 @@ impl OnnxGraph {
         let zeros = g.ints("pad_begin", &[0, 0, 0, 0, 0, 0]);
         let pads = g.node1("Concat", &[&zeros, &pad_hw.0], vec![attr_int("axis", 0)]);
         let padded = g.node1("Pad", &[&image.0, &pads.0], vec![attr_string("mode", "constant")]);
-        let logits = net.lower_aligned(&mut g, &padded);
+        let lowered = net.lower_aligned(&mut g, &padded);
         let starts = g.ints("crop_start", &[0, 0]);
         let axes = g.ints("crop_axes", &[2, 3]);
-        g.named_node("Slice", &[&logits.0, &starts, &hw.0, &axes], vec!["logits".into()], vec![]);
+        g.named_node("Slice", &[&lowered.logits.0, &starts, &hw.0, &axes], vec!["logits".into()], vec![]);
+        if features {
+            g.named_node("Identity", &[&lowered.feature.0], vec![FEATURES_OUTPUT.into()], vec![]);
+        }
 
         let mut graph = GraphProto::new();
         graph.name = "relkd".into();
@@ -228,6 +237,10 @@ impl OnnxGraph {
         graph.initializer = g.initializers;
         graph.input = vec![float_tensor_info("image", Some(["N", &in_channels.to_string(), "H", "W"]))];
         graph.output = vec![float_tensor_info("logits", Some(["N", &classes.to_string(), "H", "W"]))];
+        if features {
+            let channels = net.tap().channels.to_string();
+            graph.output.push(float_tensor_info(FEATURES_OUTPUT, Some(["N", &channels, "h_tap", "w_tap"])));
+        }
         let mut model = ModelProto::new();
         model.ir_version = 8; // ONNX 1.10+, what opset 17 pairs with
         let mut op = OperatorSetIdProto::new();

@@ -6,8 +6,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{
-    Acceptance, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, Options, Precision, Probe, export, export_int8,
-    to_onnx,
+    Acceptance, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, Options, Outputs, Precision, Probe, export,
+    export_int8, to_onnx,
 };
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter, trainable_params};
 use relkd_runs::card::ModelCard;
@@ -157,6 +157,33 @@ fn deeplabv3plus_matches_burn() {
     check(Architecture::Deeplabv3plus, 0.125, 1);
 }
 
+/// `Outputs::LogitsAndFeatures`: the tap as a second output `features`, which `export` checks
+/// against Burn's `forward_features` (within 1e-4) before writing; its shape is the tap's
+/// channels at the padded size over the tap's stride.
+#[test]
+fn teachers_export_their_tap_as_a_second_output() {
+    for architecture in [Architecture::Unetpp, Architecture::Deeplabv3plus] {
+        let net = trained(architecture, 0.125, 1);
+        let card = card(&net, architecture, 0.125, 1);
+        let device = Device::flex();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("teacher.onnx");
+        let probes = [Probe::random([2, 1, 32, 48], &device), Probe::random([1, 1, 37, 45], &device)];
+        let options = Options { outputs: Outputs::LogitsAndFeatures, ..Options::fp32() };
+        export(&net, &card, &out, &options, &probes, &device).unwrap_or_else(|e| panic!("{architecture}: {e}"));
+        let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+        let names: Vec<&str> = model.graph.output.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["logits", "features"], "{architecture}");
+        let tap = net.tap();
+        let (shape, _) = relkd_export::OnnxPredictor::new(&out, 1)
+            .unwrap()
+            .output([1, 1, 37, 45], &probes[1].data, "features")
+            .unwrap();
+        let padded = |n: usize| n.next_multiple_of(net.total_stride());
+        assert_eq!(shape, [1, tap.channels, padded(37) / tap.stride, padded(45) / tap.stride], "{architecture}");
+    }
+}
+
 #[test]
 fn half_precision_halves_the_file_and_stays_close() {
     let net = trained(Architecture::Enet, 0.5, 1);
@@ -170,7 +197,12 @@ fn half_precision_halves_the_file_and_stays_close() {
         &net,
         &card,
         &half,
-        &Options { precision: Precision::F16, opset: 17, acceptance: Acceptance::Masks(0.01) },
+        &Options {
+            precision: Precision::F16,
+            opset: 17,
+            acceptance: Acceptance::Masks(0.01),
+            outputs: Outputs::Logits,
+        },
         &probes,
         &device,
     )
@@ -193,7 +225,12 @@ fn a_graph_that_disagrees_is_not_written() {
         &net,
         &card,
         &out,
-        &Options { precision: Precision::F16, opset: 17, acceptance: Acceptance::Logits(1e-7) },
+        &Options {
+            precision: Precision::F16,
+            opset: 17,
+            acceptance: Acceptance::Logits(1e-7),
+            outputs: Outputs::Logits,
+        },
         &[probe],
         &device,
     )
@@ -208,7 +245,7 @@ fn paper_width_files_are_within_5_percent_of_4_bytes_per_live_parameter() {
     for architecture in Architecture::ALL {
         let net = NetworkConfig::new(architecture).init(&device);
         let card = card(&net, architecture, 1.0, 1);
-        let bytes = to_onnx(&net, &card, Precision::F32, 17).write_to_bytes().unwrap().len() as f64;
+        let bytes = to_onnx(&net, &card, Precision::F32, 17, Outputs::Logits).write_to_bytes().unwrap().len() as f64;
         let raw = 4.0 * card.live_params as f64;
         assert!(bytes <= 1.05 * raw, "{architecture}: {bytes} bytes for {} live parameters", card.live_params);
         if architecture == Architecture::Enet {

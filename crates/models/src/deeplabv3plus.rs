@@ -21,7 +21,7 @@ use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::layers::{batch_norm, conv_same, resize_bilinear, scaled};
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-5;
@@ -94,7 +94,7 @@ impl Segmenter for DeepLabV3Plus {
         Tap { name: "backbone output", channels, stride: 8 }
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered {
         let (c1, c4) = self.backbone.lower(g, x); // [b, 128, h/4, w/4], [b, 2048, h/8, w/8]
         let low = self.c1_block.lower(g, &c1); // [b, 48, h/4, w/4]
         let aspp = self.aspp.lower(g, &c4);
@@ -103,7 +103,8 @@ impl Segmenter for DeepLabV3Plus {
         let y = self.decoder1.lower(g, &cat);
         let y = self.decoder2.lower(g, &y); // [b, 256, h/4, w/4]
         let classes = g.conv(&y, &self.classifier, None);
-        g.resize_bilinear_like(&classes, x) // [b, classes, h, w]
+        let logits = g.resize_bilinear_like(&classes, x); // [b, classes, h, w]
+        Lowered { logits, feature: c4 }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_same, conv_transpose,
     max_pool2x2_with_indices, max_unpool2d, prelu, scaled,
 };
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-5;
@@ -135,7 +135,7 @@ impl Segmenter for Enet {
         Tap { name: "stage3 (bottleneck3_8)", channels, stride: 8 }
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered {
         let x = if self.repeat_input { g.concat(&[x.clone(), x.clone(), x.clone()]) } else { x.clone() };
         let x = self.initial.lower(g, &x); // [b, 16, h/2, w/2]
         let hw2 = x.clone();
@@ -143,12 +143,14 @@ impl Segmenter for Enet {
         let x = self.stage1.iter().fold(x, |x, b| b.lower(g, &x));
         let hw4 = x.clone();
         let (x, indices2) = self.bottleneck2_0.lower_down(g, &x); // [b, 128, h/8, w/8]
-        let x = self.stage2.iter().chain(&self.stage3).fold(x, |x, b| b.lower(g, &x));
-        let x = self.bottleneck4_0.lower(g, &x, &indices2, &hw4); // [b, 64, h/4, w/4]
+        let x = self.stage2.iter().fold(x, |x, b| b.lower(g, &x));
+        let feature = self.stage3.iter().fold(x, |x, b| b.lower(g, &x)); // [b, 128, h/8, w/8]
+        let x = self.bottleneck4_0.lower(g, &feature, &indices2, &hw4); // [b, 64, h/4, w/4]
         let x = self.stage4.iter().fold(x, |x, b| b.lower(g, &x));
         let x = self.bottleneck5_0.lower(g, &x, &indices1, &hw2); // [b, 16, h/2, w/2]
         let x = self.bottleneck5_1.lower(g, &x);
-        g.conv_transpose(&x, &self.fullconv, None) // [b, classes, h, w]
+        let logits = g.conv_transpose(&x, &self.fullconv, None); // [b, classes, h, w]
+        Lowered { logits, feature }
     }
 }
 

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor};
 use crate::layers::{
     Activation, DownsamplerBlock, Dropout2d, Dropout2dConfig, batch_norm, conv, conv_transpose, scaled,
 };
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-3;
@@ -103,17 +103,18 @@ impl Segmenter for Erfnet {
         Tap { name: "encoder output", channels, stride: 8 }
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered {
         let x = self.initial_block.lower(g, x); // [b, 16, h/2, w/2]
         let x = self.down1.lower(g, &x); // [b, 64, h/4, w/4]
         let x = self.stage1.iter().fold(x, |x, b| b.lower(g, &x));
         let x = self.down2.lower(g, &x); // [b, 128, h/8, w/8]
-        let x = self.stage2.iter().fold(x, |x, b| b.lower(g, &x));
-        let x = self.up1.lower(g, &x); // [b, 64, h/4, w/4]
+        let feature = self.stage2.iter().fold(x, |x, b| b.lower(g, &x)); // [b, 128, h/8, w/8]
+        let x = self.up1.lower(g, &feature); // [b, 64, h/4, w/4]
         let x = self.decoder1.iter().fold(x, |x, b| b.lower(g, &x));
         let x = self.up2.lower(g, &x); // [b, 16, h/2, w/2]
         let x = self.decoder2.iter().fold(x, |x, b| b.lower(g, &x));
-        g.conv_transpose(&x, &self.output_conv, None) // [b, classes, h, w]
+        let logits = g.conv_transpose(&x, &self.output_conv, None); // [b, classes, h, w]
+        Lowered { logits, feature }
     }
 }
 

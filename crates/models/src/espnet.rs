@@ -16,7 +16,7 @@ use burn::tensor::ops::AvgPoolOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::layers::{batch_norm, conv_same, conv_transpose, prelu, scaled};
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 const BN_EPS: f64 = 1e-3;
@@ -147,7 +147,7 @@ impl Segmenter for Espnet {
         Tap { name: "output2_cat", channels, stride: 8 }
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered {
         let input = if self.repeat_input { g.concat(&[x.clone(), x.clone(), x.clone()]) } else { x.clone() };
         let output0 = self.level1.lower(g, &input); // [b, 16, h/2, w/2]
         let inp1 = g.avg_pool(&input, 3, 2, 1); // [b, c3, h/2, w/2]
@@ -173,7 +173,8 @@ impl Segmenter for Espnet {
         let comb_l2_l3 = g.prelu(&up, &self.up_l2_br.act); // [b, k, h/2, w/2]
         let cat = g.concat(&[comb_l2_l3, output0_cat]);
         let concat = self.conv.lower(g, &cat); // [b, k, h/2, w/2]
-        g.conv_transpose(&concat, &self.final_up, None) // [b, k, h, w]
+        let logits = g.conv_transpose(&concat, &self.final_up, None); // [b, k, h, w]
+        Lowered { logits, feature }
     }
 }
 

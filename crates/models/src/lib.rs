@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 
 use crate::flops::MacGraph;
 use crate::layers::{crop, pad_to_multiple};
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 
 /// What a forward pass gives training: the logits and the distillation feature.
 #[derive(Debug, Clone)]
@@ -52,9 +52,9 @@ pub trait Segmenter {
     /// The distillation tap.
     fn tap(&self) -> Tap;
 
-    /// [`Segmenter::forward_aligned`]'s logits as operations on `g` (inference semantics: see
-    /// [`lower`]).
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value;
+    /// [`Segmenter::forward_aligned`] as operations on `g`: its logits and tapped feature
+    /// (inference semantics: see [`lower`]).
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered;
 
     /// Forward on any input size: padded at the bottom and right to the total stride, and the
     /// logits cropped back, so they always have the input's height and width.
@@ -256,7 +256,7 @@ impl Segmenter for Network {
         self.inner().tap()
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, x: &Value) -> Lowered {
         self.inner().lower_aligned(g, x)
     }
 }

@@ -14,6 +14,14 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Value(pub String);
 
+/// What a lowering gives, as `forward_aligned` does: the logits and the distillation tap's
+/// feature (which an exporter may expose as a second output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lowered {
+    pub logits: Value,
+    pub feature: Value,
+}
+
 /// The operations the five networks are made of, in NCHW layout. Spatial sizes are never
 /// fixed: an exporter keeps height and width symbolic.
 pub trait Graph {

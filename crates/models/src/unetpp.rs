@@ -16,7 +16,7 @@ use burn::nn::{BatchNorm, Relu};
 use burn::tensor::{Device, Tensor};
 
 use crate::layers::{batch_norm, conv_same, max_pool2x2_with_indices, resize_bilinear};
-use crate::lower::{Graph, Value};
+use crate::lower::{Graph, Lowered, Value};
 use crate::{SegOutput, Segmenter, Tap};
 
 /// Encoder depth: X⁰⁰ … X⁴⁰.
@@ -108,7 +108,7 @@ impl Segmenter for Unetpp {
         Tap { name: "x3_0", channels, stride: 1 << TAP_LEVEL }
     }
 
-    fn lower_aligned(&self, g: &mut dyn Graph, input: &Value) -> Value {
+    fn lower_aligned(&self, g: &mut dyn Graph, input: &Value) -> Lowered {
         let mut x: Vec<Vec<Value>> = vec![Vec::new(); LEVELS];
         let first = self.nodes[0][0].lower(g, input);
         x[0].push(first);
@@ -125,7 +125,8 @@ impl Segmenter for Unetpp {
                 x[level].push(node);
             }
         }
-        g.conv(&x[0][LEVELS - 1], &self.head, None)
+        let logits = g.conv(&x[0][LEVELS - 1], &self.head, None);
+        Lowered { logits, feature: x[TAP_LEVEL][0].clone() }
     }
 }
 

@@ -85,6 +85,32 @@ pub struct ModelSpec {
     /// Channel multiplier (UNet++: base filters = 64 × width); 1.0 is the paper's network.
     #[serde(default = "default_width")]
     pub width: f64,
+    /// Where the frozen teacher runs while it distils (teachers only). How a teacher is run is
+    /// not what it is: its training and cache key ignore this.
+    #[serde(default, skip_serializing_if = "TeacherRuntime::is_auto")]
+    pub runtime: TeacherRuntime,
+}
+
+/// What computes a frozen teacher's outputs during distillation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherRuntime {
+    /// ONNX Runtime when training on the CPU and its library is found (the faster there, and
+    /// equal within 1e-4), else Burn; the run says which.
+    #[default]
+    Auto,
+    /// Burn, on the student's device.
+    Burn,
+    /// ONNX Runtime on the CPU, from the teacher's export with its tap as a second output
+    /// (checked against Burn's logits and feature within 1e-4 when written); an error where
+    /// its library is missing.
+    Onnx,
+}
+
+impl TeacherRuntime {
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -322,6 +348,10 @@ impl ExperimentConfig {
             ),
             (self.teacher.width > 0.0, format!("teacher.width must be positive, got {}", self.teacher.width)),
             (self.student.width > 0.0, format!("student.width must be positive, got {}", self.student.width)),
+            (
+                self.student.runtime.is_auto(),
+                "student.runtime: only the frozen teacher has a runtime (teacher.runtime)".to_string(),
+            ),
             (
                 self.losses.temperature > 0.0,
                 format!("losses.temperature must be positive, got {}", self.losses.temperature),

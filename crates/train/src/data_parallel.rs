@@ -127,7 +127,7 @@ impl DataParallel {
             devices
                 .iter()
                 .map(|device| {
-                    let teacher = d.teacher.clone().fork(&device.clone().without_autodiff());
+                    let teacher = d.teacher.fork(&device.clone().without_autodiff());
                     (device.clone(), Distillation { teacher, ..d.clone() })
                 })
                 .collect()

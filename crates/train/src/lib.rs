@@ -11,6 +11,7 @@ pub mod report;
 pub mod run;
 pub mod step_time;
 pub mod summary;
+pub mod teacher;
 pub mod trainer;
 
 // What a run is made of lives below the trainer, in `relkd-runs` (shared with `export`).

@@ -25,6 +25,7 @@ use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, Gate, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
+use crate::teacher::Teacher;
 
 /// Cards (in `relkd-runs`) keep each epoch's log; the loop writes it.
 pub use relkd_runs::card::EpochLog;
@@ -80,8 +81,8 @@ impl TraineeConfig {
 /// The frozen teacher and how its knowledge is weighed.
 #[derive(Debug, Clone)]
 pub struct Distillation {
-    /// A validation snapshot (`Module::valid`): no autodiff, batch norm on running statistics.
-    pub teacher: Network,
+    /// Frozen: no autodiff, batch norm on running statistics.
+    pub teacher: Teacher,
     pub weights: DistillationWeights,
     /// Softmax temperature of the logits module (LM).
     pub temperature: f64,
@@ -95,7 +96,7 @@ pub struct Distillation {
 
 impl Distillation {
     /// The distillation `losses` configures, from `teacher`.
-    pub fn new(teacher: Network, losses: &LossConfig) -> Self {
+    pub fn new(teacher: Teacher, losses: &LossConfig) -> Self {
         Self {
             teacher,
             weights: losses.weights(),

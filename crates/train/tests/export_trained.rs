@@ -99,6 +99,27 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
     assert_eq!(dice(&back, &case.mask), a);
 
     int8_and_web_exports(dir.path(), &run_dir, case, &onnx_mask);
+    teacher_with_features(dir.path(), &run_dir);
+}
+
+/// On the CPU with ONNX Runtime provisioned, `teacher.runtime: auto` ran the run's teacher on
+/// ONNX Runtime (its export in the run folder, said in the report), and `export --model teacher
+/// --with-features` writes the same two outputs.
+fn teacher_with_features(dir: &std::path::Path, run_dir: &std::path::Path) {
+    use onnx_protobuf::Message;
+
+    let report = std::fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(report.contains("teacher on ONNX Runtime"), "{report}");
+    let outputs = |path: &std::path::Path| -> Vec<String> {
+        let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
+        model.graph.output.iter().map(|o| o.name.clone()).collect()
+    };
+    assert_eq!(outputs(&run_dir.join("teacher-features.onnx")), ["logits", "features"]);
+    let out = dir.join("teacher.onnx");
+    let args = ["export", "--run", run_dir.to_str().unwrap(), "--model", "teacher", "--with-features", "--out"];
+    let cli = relkd_export::cli::Cli::try_parse_from(args.iter().copied().chain([out.to_str().unwrap()])).unwrap();
+    relkd_export::cli::run(cli).unwrap();
+    assert_eq!(outputs(&out), ["logits", "features"]);
 }
 
 /// `infer`'s mask of `case` with the model in `path`.

@@ -12,6 +12,7 @@ use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::schedule::CyclicLrConfig;
+use relkd_train::teacher::Teacher;
 use relkd_train::trainer::{Distillation, Quiet, TrainHooks, TrainOptions, Trainee, train};
 
 const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
@@ -79,9 +80,12 @@ fn distillation_trains_the_adapter_against_a_frozen_teacher() {
     trainee.kmm = Some(KernelMatrixConfig::new(s_tap.channels, t_tap.channels).init(&device));
     trainee.aam = Some(AffinityConfig::new(2).with_adaptive(true).init(&device));
     let adapter_before = trainee.kmm.as_ref().unwrap().adapter.weight.val().into_data();
-    let distillation = Distillation::new(teacher, &LossConfig::default());
+    let distillation = Distillation::new(Teacher::Burn(teacher), &LossConfig::default());
     // Every weight and batch-norm statistic of the teacher, as saved.
-    let teacher_bytes = || distillation.teacher.clone().into_record().into_bytes().unwrap().to_vec();
+    let teacher_bytes = || {
+        let Teacher::Burn(net) = &distillation.teacher else { unreachable!("a Burn teacher") };
+        net.clone().into_record().into_bytes().unwrap().to_vec()
+    };
     let teacher_before = teacher_bytes();
 
     let train_samples = samples(&cases[..2]);
@@ -139,7 +143,7 @@ fn data_parallel_step_sums_the_share_weighted_gradients_of_its_parts() {
     let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
     let kmm = KernelMatrixConfig::new(net.tap().channels, teacher.tap().channels).init(&device);
     let trainee = Trainee { net, kmm: Some(kmm), aam: Some(AffinityConfig::new(2).init(&device)) };
-    let distillation = Distillation::new(teacher, &LossConfig::default());
+    let distillation = Distillation::new(Teacher::Burn(teacher), &LossConfig::default());
     let segmentation = SegmentationLoss::default();
 
     let parallel = DataParallel::new(&[device.clone(), device.clone()], segmentation, Some(&distillation));
@@ -197,7 +201,7 @@ fn distillation_weights_ramp_up_linearly() {
     device.seed(5);
     let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
     let losses = LossConfig { ramp_epochs: 4.0, ..LossConfig::default() };
-    let distillation = Distillation::new(teacher, &losses);
+    let distillation = Distillation::new(Teacher::Burn(teacher), &losses);
     for (epochs, factor) in [(0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (9.5, 1.0)] {
         assert_eq!(distillation.ramp(epochs), factor, "after {epochs} epochs");
     }
@@ -205,7 +209,7 @@ fn distillation_weights_ramp_up_linearly() {
     assert_eq!(immediate.ramp(0.0), 1.0, "no ramp: full weight from the first step");
 
     let net = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device);
-    let kmm = KernelMatrixConfig::new(net.tap().channels, distillation.teacher.tap().channels).init(&device);
+    let kmm = KernelMatrixConfig::new(net.tap().channels, distillation.teacher.feature_channels()).init(&device);
     let trainee = Trainee { net, kmm: Some(kmm), aam: Some(AffinityConfig::new(2).init(&device)) };
     let batch: Vec<Slice2d> = samples(&tiny_cases()).into_iter().take(2).collect();
     let (images, labels) = to_batch(&batch, &PREP, &device);

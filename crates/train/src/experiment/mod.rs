@@ -36,6 +36,7 @@ use crate::evaluate::CaseScore;
 use crate::run::{
     Cases, Devices, RunModel, Stage, data_root, prepare, progress_bar, score_cases, set_data_root, student_trainee,
 };
+use crate::teacher::Teacher;
 use crate::trainer::Distillation;
 
 pub use compare::compare;
@@ -300,16 +301,20 @@ pub fn run_spec(
             for &teacher in &spec.teachers {
                 next(&format!("teacher {}", teacher.display_name()));
                 cells.push(grid.teacher(teacher, &root)?);
-                let weights = dir.join(CellKind::Teacher { teacher }.stem()).with_extension("bpk");
-                teachers.push((teacher, load_model(&weights, &devices.main)?.0.valid()));
+                let stem = CellKind::Teacher { teacher }.stem();
+                let (net, card) = load_model(&dir.join(&stem).with_extension("bpk"), &devices.main)?;
+                let net = net.valid();
+                let onnx_path = dir.join(format!("{stem}-features.onnx"));
+                let frozen = Teacher::of_network(&net, &card, config.teacher.runtime, devices.cpu, &onnx_path)?;
+                teachers.push((teacher, net, frozen));
             }
             for &student in &spec.students {
                 next(&format!("{} w/o", student.display_name()));
                 cells.push(grid.baseline(student, &root)?);
-                for (teacher, net) in &teachers {
+                for (teacher, net, frozen) in &teachers {
                     for &variant in &spec.distillers {
                         next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
-                        cells.push(grid.distilled(student, *teacher, variant, net)?);
+                        cells.push(grid.distilled(student, *teacher, variant, net, frozen)?);
                     }
                 }
             }
@@ -356,6 +361,7 @@ impl TargetGrid<'_> {
         teacher: Architecture,
         variant: Variant,
         net: &relkd_models::Network,
+        frozen: &Teacher,
     ) -> anyhow::Result<Cell> {
         let mut config = self.config.clone();
         config.student.architecture = student;
@@ -363,7 +369,7 @@ impl TargetGrid<'_> {
         config.losses = variant.losses(&self.config.losses);
         let kind = CellKind::Distilled { student, teacher, variant };
         let make = student_trainee(&config, Some(net));
-        let distillation = Distillation::new(net.clone(), &config.losses);
+        let distillation = Distillation::new(frozen.clone(), &config.losses);
         self.stage(&config, &kind.stem(), |stage| {
             stage.train(&kind.stem(), RunModel::Student, &make, self.cases, Some(&distillation))
         })?;

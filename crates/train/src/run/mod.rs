@@ -36,6 +36,7 @@ pub use stage::{Devices, RunModel, Stage, student_trainee};
 use crate::checkpoint::{fingerprint, load_model};
 use crate::config::ExperimentConfig;
 use crate::experiment::{GridSpec, Variant, run_spec};
+use crate::teacher::Teacher;
 use crate::trainer::Distillation;
 use model_cache::check_teacher;
 use outputs::evaluate_and_report;
@@ -123,7 +124,9 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
 
     // Distilled student: eq. 8 with the frozen teacher.
     let started = Instant::now();
-    let distillation = Distillation::new(teacher.clone(), &config.losses);
+    let onnx_path = run_dir.join("teacher-features.onnx");
+    let frozen = Teacher::of_network(&teacher, &teacher_card, config.teacher.runtime, devices.cpu, &onnx_path)?;
+    let distillation = Distillation::new(frozen, &config.losses);
     stage.train(
         "student",
         RunModel::Student,
@@ -131,7 +134,11 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         &cases,
         Some(&distillation),
     )?;
-    timings.push(("student".to_string(), started.elapsed().as_secs_f64(), String::new()));
+    let how = match distillation.teacher {
+        Teacher::Burn(_) => String::new(),
+        Teacher::Onnx(_) => "(teacher on ONNX Runtime: teacher-features.onnx)".to_string(),
+    };
+    timings.push(("student".to_string(), started.elapsed().as_secs_f64(), how));
     let _ = fs::remove_dir(run_dir.join("checkpoints")); // only when empty: every model is final
 
     evaluate_and_report(&stage, &root, &cases, &teacher, &teacher_card, timings)?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::stage::{RunModel, Stage, write_metrics};
 use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model, save_card};
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, ModelSpec, TeacherRuntime};
 use crate::trainer::TraineeConfig;
 use relkd_core::files::write_atomic;
 use relkd_runs::data::{Cases, cache_dir};
@@ -126,7 +126,7 @@ fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel) -> String 
         preprocessing: &config.preprocessing,
         foreground_only: config.foreground_only,
         augmentation,
-        model: spec,
+        model: &ModelSpec { runtime: TeacherRuntime::Auto, ..*spec },
         training,
         segmentation: &config.losses.segmentation,
         eval_sites: &plan.eval_sites,

@@ -72,18 +72,22 @@ pub struct Devices {
     pub main: Device,
     pub parallel: Vec<Device>,
     pub description: String,
+    /// Every device is the CPU.
+    pub cpu: bool,
 }
 
 impl Devices {
     /// `--devices` when given (every entry must work: no fallback), else `--device`.
     pub fn resolve(single: DeviceChoice, many: &[DeviceChoice]) -> anyhow::Result<Self> {
         if many.len() < 2 {
-            let resolved = many.first().copied().unwrap_or(single).resolve()?;
+            let choice = many.first().copied().unwrap_or(single);
+            let resolved = choice.resolve()?;
             if let Some(reason) = &resolved.fallback {
                 eprintln!("warning: --device auto falls back to the CPU: {reason}");
             }
             let main = resolved.device.autodiff();
-            return Ok(Self { main, parallel: vec![], description: resolved.description });
+            let cpu = choice == DeviceChoice::Cpu || resolved.fallback.is_some();
+            return Ok(Self { main, parallel: vec![], description: resolved.description, cpu });
         }
         ensure!(!many.contains(&DeviceChoice::Auto), "--devices takes cpu, cuda or cuda:N entries, not auto");
         let resolved = many.iter().map(|c| c.resolve()).collect::<Result<Vec<_>, _>>()?;
@@ -93,7 +97,8 @@ impl Devices {
             resolved.iter().map(|r| r.description.as_str()).collect::<Vec<_>>().join(", ")
         );
         let parallel: Vec<Device> = resolved.into_iter().map(|r| r.device.autodiff()).collect();
-        Ok(Self { main: parallel[0].clone(), parallel, description })
+        let cpu = many.iter().all(|c| *c == DeviceChoice::Cpu);
+        Ok(Self { main: parallel[0].clone(), parallel, description, cpu })
     }
 }
 
