@@ -27,7 +27,8 @@ use crate::lower::{Graph, Lowered, Value};
 pub struct SegOutput {
     /// `[b, classes, h, w]`, the input's height and width.
     pub logits: Tensor<4>,
-    /// `[b, tap.channels, ⌈h/stride⌉, ⌈w/stride⌉]`.
+    /// `[b, tap.channels, h'/stride, w'/stride]`, with `h'` and `w'` the input's height and
+    /// width padded to the network's total stride.
     pub feature: Tensor<4>,
 }
 

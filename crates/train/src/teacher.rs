@@ -12,6 +12,7 @@ use ort::session::Session;
 use ort::value::{Outlet, TensorRef};
 use relkd_export::onnx::FEATURES_OUTPUT;
 use relkd_export::{Options, Outputs, Probe, export};
+use relkd_infer::model::{Model, ModelError};
 use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Network, SegOutput, Segmenter};
 use relkd_runs::card::ModelCard;
@@ -91,6 +92,81 @@ impl Teacher {
     }
 }
 
+/// Classes of every label relkd trains on: background and prostate.
+const CLASSES: usize = 2;
+
+fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The model in `bytes`, checked to take slices of `channels` channels, with `name` among its
+/// graph outputs: as it is when it already is one, else the node output of that name appended
+/// (float, shape left to ONNX Runtime).
+fn checked_graph(bytes: &[u8], name: &str, channels: usize) -> Result<Vec<u8>, String> {
+    use onnx_protobuf::{Message, ModelProto, ValueInfoProto};
+
+    let mut model = ModelProto::parse_from_bytes(bytes).map_err(|e| format!("not an ONNX model ({e})"))?;
+    let Some(graph) = model.graph.as_mut().filter(|g| !g.node.is_empty()) else {
+        return Err("not an ONNX model (no graph)".into());
+    };
+    let input = graph.input.first().and_then(declared_dims).unwrap_or_default();
+    if !input.is_empty() && input.len() != 4 {
+        return Err(format!(
+            "its input has rank {} (a 3D model?); a teacher must take slices [N, C, H, W], as the students do",
+            input.len()
+        ));
+    }
+    if let Some(&declared) = input.get(1).filter(|&&c| c > 0 && c as usize != channels) {
+        return Err(format!(
+            "its input takes {declared} channel(s), the students' slices have {channels} (2 × preprocessing.context + 1)"
+        ));
+    }
+    if !graph.output.iter().any(|o| o.name == name) {
+        if !graph.node.iter().any(|n| n.output.iter().any(|o| o == name)) {
+            let some: Vec<&str> = graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).take(8).collect();
+            return Err(format!(
+                "it has no tensor named '{name}' to distil from; its node outputs include {}",
+                some.join(", ")
+            ));
+        }
+        let mut output = ValueInfoProto::new();
+        output.name = name.to_string();
+        graph.output.push(output);
+    }
+    model.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// The dimensions a graph input declares (0 where symbolic), when it declares a shape.
+fn declared_dims(value: &onnx_protobuf::ValueInfoProto) -> Option<Vec<i64>> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as Dim;
+
+    match value.type_.as_ref()?.value.as_ref()? {
+        onnx_protobuf::type_proto::Value::TensorType(tensor) => Some(
+            tensor
+                .shape
+                .as_ref()?
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Dim::DimValue(v)) => v,
+                    _ => 0,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// infer's contract error reworded for a teacher; other errors as they are.
+fn contract_message(e: ModelError) -> String {
+    match e {
+        ModelError::Contract { problem, .. } => {
+            format!("{problem}; a teacher must take [N, C, H, W] and give logits [N, {CLASSES}, H, W]")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Whether ONNX Runtime's library loads, for `teacher.runtime: auto`.
 fn runtime_library() -> anyhow::Result<()> {
     runtime().map(drop).map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or_default()))
@@ -124,15 +200,30 @@ impl OnnxTeacher {
         let options = Options { outputs: Outputs::LogitsAndFeatures, ..Options::fp32() };
         export(net, card, path, &options, &probes, &device)
             .with_context(|| format!("exporting the teacher to {} for ONNX Runtime", path.display()))?;
-        Self::open(path, FEATURES_OUTPUT, [1, c, s, s])
+        let (session, _) = runtime()?.session(path, Provider::Cpu, cpu_threads())?;
+        Self::with_session(path, session, FEATURES_OUTPUT, [1, c, s, s])
     }
 
-    /// Opens the graph in `path` on the CPU provider, with `feature` the output (or inner
-    /// tensor) to distil from; `probe_shape` is an input it must accept, run once to learn the
-    /// feature's channels.
-    pub fn open(path: &Path, feature: &str, probe_shape: [usize; 4]) -> anyhow::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let (session, _) = runtime()?.session(path, Provider::Cpu, threads)?;
+    /// Any ONNX segmentation model as a teacher: `feature` names the tensor to distil from (a
+    /// graph output or any node's output, which is then exposed as an output), and the edited
+    /// graph is written to `staged`. Checked before any training: an ONNX file, the named
+    /// tensor present, an input `[N, C, H, W]` that takes `input` (the students' batches),
+    /// logits `[N, 2, H, W]` at the input's height and width, a feature of rank 4.
+    pub fn from_file(source: &Path, feature: &str, staged: &Path, input: [usize; 4]) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(source).with_context(|| format!("reading the teacher {}", source.display()))?;
+        let model = checked_graph(&bytes, feature, input[1])
+            .map_err(|e| anyhow::anyhow!("teacher {}: {e}", source.display()))?;
+        relkd_core::files::write_atomic(staged, &model).with_context(|| format!("{}", staged.display()))?;
+        let opened = Model::open(staged, Provider::Cpu, cpu_threads())
+            .map_err(|e| anyhow::anyhow!("teacher {}: {}", source.display(), contract_message(e)))?;
+        let teacher = Self::with_session(staged, opened.session, feature, input)
+            .map_err(|e| anyhow::anyhow!("teacher {}: {e:#}", source.display()))?;
+        Ok(Self { path: source.to_path_buf(), ..teacher })
+    }
+
+    /// `session` as a teacher distilling from its output `feature`; `probe_shape` is an input
+    /// it must accept, run once to check the outputs and learn the feature's channels.
+    fn with_session(path: &Path, session: Session, feature: &str, probe_shape: [usize; 4]) -> anyhow::Result<Self> {
         let name = |i: &Outlet| i.name().to_string();
         let input = session.inputs().first().map(name).context("the graph has no input")?;
         let logits = session.outputs().first().map(name).context("the graph has no output")?;
@@ -145,8 +236,17 @@ impl OnnxTeacher {
             feature_channels: 0,
         };
         let probe = Tensor::<4>::zeros(probe_shape, &Device::flex());
-        let [_, channels, _, _] = teacher.run(probe).map_err(anyhow::Error::msg)?.feature.dims();
-        teacher.feature_channels = channels;
+        let out = teacher.run(probe).map_err(anyhow::Error::msg)?;
+        let [n, _, h, w] = probe_shape;
+        let [ln, classes, lh, lw] = out.logits.dims();
+        anyhow::ensure!(
+            [ln, lh, lw] == [n, h, w] && classes == CLASSES,
+            "for an input {probe_shape:?} its logits ('{}') are {:?}; a teacher must give [N, {CLASSES}, H, W] at \
+             the input's height and width (background and prostate, as the labels)",
+            teacher.logits,
+            out.logits.dims()
+        );
+        teacher.feature_channels = out.feature.dims()[1];
         Ok(teacher)
     }
 

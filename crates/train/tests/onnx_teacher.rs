@@ -16,8 +16,17 @@ use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::teacher::{OnnxTeacher, Teacher};
 use relkd_train::trainer::{Distillation, Trainee, loss_terms, teacher_outputs};
 
+/// The flex device's random stream is shared by this binary's tests, which run in parallel; the
+/// loss comparison needs the same dropout draws twice, so each test holds this while it draws.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
+    let _draws = lock_device_rng();
     let device = Device::flex().autodiff();
     device.seed(3);
     let plain = device.clone().without_autodiff();
@@ -66,5 +75,119 @@ fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
                 );
             }
         }
+    }
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+/// An ONNX file from elsewhere, distilled from by a node's name: relkd's own UNet++ exported
+/// with logits only, its tap named by the tensor it has inside, gives the same outputs as the
+/// export with the tap as an output.
+#[test]
+fn any_onnx_model_distils_through_a_named_tensor() {
+    use onnx_protobuf::Message;
+    use relkd_export::{Options, Probe, export};
+
+    let _draws = lock_device_rng();
+
+    let device = Device::flex().autodiff();
+    device.seed(4);
+    let plain = device.clone().without_autodiff();
+    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
+    let prep = Preprocessing { size: 32, context: 0 };
+    let card = ModelCard { width: 0.125, ..ModelCard::untrained("teacher", Architecture::Unetpp, &teacher, prep) };
+    let dir = tempfile::tempdir().unwrap();
+    let (logits_only, own) = (dir.path().join("logits-only.onnx"), dir.path().join("own.onnx"));
+    export(&teacher, &card, &logits_only, &Options::fp32(), &[Probe::random([1, 1, 32, 32], &plain)], &plain).unwrap();
+    let own = OnnxTeacher::export(&teacher, &card, &own).unwrap();
+    // The tap's name inside the graph: what the features export's Identity reads.
+    let with_features =
+        onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(dir.path().join("own.onnx")).unwrap()).unwrap();
+    let identity = with_features.graph.node.iter().find(|n| n.output == ["features"]).unwrap();
+    let tap = identity.input[0].clone();
+
+    let staged = dir.path().join("teacher-features.onnx");
+    let foreign = OnnxTeacher::from_file(&logits_only, &tap, &staged, [2, 1, 32, 32]).unwrap();
+    assert_eq!(foreign.feature_channels, teacher.tap().channels);
+    let images = Tensor::<4>::random([2, 1, 40, 36], Distribution::Normal(0.0, 1.0), &plain);
+    let (a, b) = (Teacher::Onnx(Arc::new(foreign)), Teacher::Onnx(Arc::new(own)));
+    let (a, b) = (a.forward_features(images.clone()), b.forward_features(images));
+    let same = |x: Tensor<4>, y: Tensor<4>| (x - y).abs().max().into_scalar::<f32>() == 0.0;
+    assert!(same(a.logits, b.logits) && same(a.feature, b.feature));
+}
+
+/// Every teacher relkd cannot distil from is refused before training with the file and the
+/// cause: not ONNX, no tensor of the given name, a 3D model, logits of another class count or
+/// size, an input relkd cannot give.
+#[test]
+fn bad_teachers_are_refused_with_their_cause() {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as Dim;
+    use onnx_protobuf::type_proto::Value;
+    use onnx_protobuf::{Message, ModelProto, NodeProto};
+
+    let _draws = lock_device_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let edited = |name: &str, edit: &dyn Fn(&mut ModelProto)| {
+        let mut model = ModelProto::parse_from_bytes(&std::fs::read(fixture("tiny_conv.onnx")).unwrap()).unwrap();
+        edit(&mut model);
+        let path = dir.path().join(name);
+        std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+        path
+    };
+    let input_dims = |model: &mut ModelProto, dims: Vec<Dim>| {
+        let input = &mut model.graph.as_mut().unwrap().input[0];
+        let Some(Value::TensorType(tensor)) = &mut input.type_.as_mut().unwrap().value else { panic!("a tensor") };
+        let shape = tensor.shape.as_mut().unwrap();
+        shape.dim = dims
+            .into_iter()
+            .map(|v| {
+                let mut d = onnx_protobuf::tensor_shape_proto::Dimension::new();
+                d.value = Some(v);
+                d
+            })
+            .collect();
+    };
+    let text = dir.path().join("notes.onnx");
+    std::fs::write(&text, "these are notes, not a model").unwrap();
+    let volumetric = edited("volumetric.onnx", &|m| {
+        let p = |s: &str| Dim::DimParam(s.into());
+        input_dims(m, vec![p("N"), Dim::DimValue(1), p("D"), p("H"), p("W")]);
+    });
+    let three_channels = edited("rgb.onnx", &|m| {
+        let p = |s: &str| Dim::DimParam(s.into());
+        input_dims(m, vec![p("N"), Dim::DimValue(3), p("H"), p("W")]);
+    });
+    // Three classes: the image concatenated three times.
+    let three_classes = edited("three-classes.onnx", &|m| {
+        let graph = m.graph.as_mut().unwrap();
+        let mut concat = NodeProto::new();
+        concat.op_type = "Concat".into();
+        concat.input = vec!["image".into(), "image".into(), "image".into()];
+        concat.output = vec!["logits".into()];
+        let mut axis = onnx_protobuf::AttributeProto::new();
+        axis.name = "axis".into();
+        axis.i = 1;
+        axis.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+        concat.attribute = vec![axis];
+        graph.node = vec![concat];
+        graph.initializer.clear();
+        graph.output[0].type_ = Default::default();
+    });
+    let cases = [
+        (&text, "logits", "not an ONNX model"),
+        (&fixture("tiny_conv.onnx"), "x3_0", "no tensor named 'x3_0'"),
+        (&volumetric, "logits", "its input has rank 5 (a 3D model?)"),
+        (&three_classes, "logits", "a teacher must give [N, 2, H, W]"),
+        (&fixture("tiny_strided.onnx"), "logits", "at the input's height and width"),
+        (&three_channels, "logits", "its input takes 3 channel(s), the students' slices have 1"),
+    ];
+    for (i, (file, feature, cause)) in cases.into_iter().enumerate() {
+        let staged = dir.path().join(format!("staged-{i}.onnx"));
+        let err = OnnxTeacher::from_file(file, feature, &staged, [2, 1, 32, 32]).unwrap_err();
+        let message = format!("{err:#}");
+        let name = file.file_name().unwrap().to_string_lossy();
+        assert!(message.contains(&*name) && message.contains(cause), "{name}: {message}");
     }
 }
