@@ -64,8 +64,9 @@ fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
                 let value = terms.get(term).unwrap_or_else(|| panic!("{distiller:?} computes no {term:?}"));
                 value.clone().into_scalar::<f32>() as f64
             };
-            // ENet's channel dropout: its first draw after `device.seed` differed from every later
-            // one under the same seed (flex, Burn 0.22.1), so one discarded step comes first.
+            // With ENet (channel dropout) the first step after `device.seed` differed from every
+            // later one under the same seed (flex, Burn 0.22.1; a dropout-free student did not),
+            // so one discarded step comes first.
             value(&burn, distilled[0]);
             for &term in distilled {
                 let (b, o) = (value(&burn, term), value(&ort, term));
