@@ -221,11 +221,16 @@ pub fn to_onnx(
     model
 }
 
-/// Burn's logits for a probe (`net` in inference mode).
-pub fn burn_logits(net: &Network, probe: &Probe, device: &Device) -> Vec<f32> {
+/// Burn's logits and tapped feature for a probe (`net` in inference mode), flat.
+fn burn_outputs(net: &Network, probe: &Probe, device: &Device) -> (Vec<f32>, Vec<f32>) {
     let x = Tensor::<4>::from_data(TensorData::new(probe.data.clone(), probe.shape), device);
-    net.forward(x).into_data().try_into_vec::<f32>().expect("float logits")
+    let out = net.forward_features(x);
+    let flat = |t: Tensor<4>| t.into_data().try_into_vec::<f32>().expect("float outputs");
+    (flat(out.logits), flat(out.feature))
 }
+
+/// One graph output: its shape and its values, flat.
+pub type GraphOutput = (Vec<usize>, Vec<f32>);
 
 /// An exported file opened with ONNX Runtime on the CPU, as a logits function.
 pub struct OnnxPredictor {
@@ -241,18 +246,28 @@ impl OnnxPredictor {
     }
 
     /// Logits of `data` with shape `[n, c, h, w]`, flat, with their shape.
-    pub fn run(&self, shape: [usize; 4], data: &[f32]) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+    pub fn run(&self, shape: [usize; 4], data: &[f32]) -> Result<GraphOutput, ExportError> {
         self.output(shape, data, "logits")
     }
 
     /// The graph output `name` for `data` with shape `[n, c, h, w]`, flat, with its shape.
-    pub fn output(&self, shape: [usize; 4], data: &[f32], name: &str) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+    pub fn output(&self, shape: [usize; 4], data: &[f32], name: &str) -> Result<GraphOutput, ExportError> {
+        Ok(self.outputs(shape, data, &[name])?.remove(0))
+    }
+
+    /// The graph outputs `names`, in that order, from one run on `data` (shape `[n, c, h, w]`).
+    pub fn outputs(&self, shape: [usize; 4], data: &[f32], names: &[&str]) -> Result<Vec<GraphOutput>, ExportError> {
         let fail = |e: ort::Error| ExportError::Runtime(e.to_string());
         let input = TensorRef::from_array_view((shape, data)).map_err(fail)?;
         let mut session = self.session.lock().expect("no panic while running");
         let outputs = session.run(ort::inputs!["image" => input]).map_err(fail)?;
-        let (out_shape, values) = outputs[name].try_extract_tensor::<f32>().map_err(fail)?;
-        Ok((out_shape.iter().map(|&d| d as usize).collect(), values.to_vec()))
+        names
+            .iter()
+            .map(|&name| {
+                let (out_shape, values) = outputs[name].try_extract_tensor::<f32>().map_err(fail)?;
+                Ok((out_shape.iter().map(|&d| d as usize).collect(), values.to_vec()))
+            })
+            .collect()
     }
 
     /// The same, tensor in, tensor out (on the input's device), to stand in for a Burn network.
@@ -264,26 +279,18 @@ impl OnnxPredictor {
     }
 }
 
-/// The tapped feature of a file exported with [`Outputs::LogitsAndFeatures`] against Burn's, on
-/// one probe: within [`FP32_TOLERANCE`] or a mismatch.
-fn check_features(net: &Network, model: &Path, probe: &Probe, device: &Device) -> Result<(), ExportError> {
-    let x = Tensor::<4>::from_data(TensorData::new(probe.data.clone(), probe.shape), device);
-    let burn = net.forward_features(x).feature.into_data().try_into_vec::<f32>().expect("float features");
-    let (_, onnx) = OnnxPredictor::new(model, 2)?.output(probe.shape, &probe.data, onnx::FEATURES_OUTPUT)?;
+/// The tapped feature of a file exported with [`Outputs::LogitsAndFeatures`] (`onnx`) against
+/// Burn's (`burn`), on one probe: within [`FP32_TOLERANCE`] or a mismatch.
+fn check_features(probe: &Probe, burn: &[f32], onnx: &[f32]) -> Result<(), ExportError> {
     let mismatch = |detail: String| ExportError::Mismatch { what: format!("{} (features)", probe.what), detail };
     if onnx.len() != burn.len() {
         return Err(mismatch(format!("{} feature values, Burn gives {}", onnx.len(), burn.len())));
     }
-    let max = burn.iter().zip(&onnx).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let max = burn.iter().zip(onnx).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     if max.is_finite() && max <= FP32_TOLERANCE {
         return Ok(());
     }
     Err(mismatch(format!("features differ by up to {max:.3e} (tolerance {FP32_TOLERANCE:.0e})")))
-}
-
-/// ONNX Runtime's logits for a probe, on the CPU provider with `threads` threads.
-pub fn onnx_logits(model: &Path, probe: &Probe, threads: usize) -> Result<Vec<f32>, ExportError> {
-    Ok(OnnxPredictor::new(model, threads)?.run(probe.shape, &probe.data)?.1)
 }
 
 /// Writes `net` to `out` as ONNX after checking, on every probe, that ONNX Runtime's logits
@@ -364,18 +371,23 @@ fn write_verified(
     let io = |e: std::io::Error| ExportError::Io { path: out.into(), message: e.to_string() };
     std::fs::write(&staging, &bytes).map_err(io)?;
     let with_features = model.graph.output.iter().any(|o| o.name == onnx::FEATURES_OUTPUT);
+    let names: &[&str] = if with_features { &["logits", onnx::FEATURES_OUTPUT] } else { &["logits"] };
+    // One session for every probe, one run of each graph per probe (a failure drops `staging`).
+    let predictor = OnnxPredictor::new(&staging, 2)?;
     let checks = probes
         .iter()
         .map(|probe| {
-            let check =
-                Check::compare(probe, &burn_logits(net, probe, device), &onnx_logits(&staging, probe, 2)?, acceptance)?;
+            let (burn_logits, burn_feature) = burn_outputs(net, probe, device);
+            let onnx = predictor.outputs(probe.shape, &probe.data, names)?;
+            let check = Check::compare(probe, &burn_logits, &onnx[0].1, acceptance)?;
             if with_features {
-                check_features(net, &staging, probe, device)?;
+                check_features(probe, &burn_feature, &onnx[1].1)?;
             }
             Ok(check)
         })
-        .collect::<Result<Vec<_>, _>>();
-    checks.and_then(|checks| std::fs::rename(&staging, out).map(|()| checks).map_err(io))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::rename(&staging, out).map_err(io)?;
+    Ok(checks)
 }
 
 /// Records `model` as the most recent export in a runs folder (read by `infer`).

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use ort::session::Session;
 use ort::value::{Outlet, TensorRef};
+use relkd_core::files::Pending;
 use relkd_export::onnx::FEATURES_OUTPUT;
 use relkd_export::{Options, Outputs, Probe, export};
 use relkd_infer::model::{Model, ModelError};
@@ -214,10 +215,13 @@ impl OnnxTeacher {
         let model = checked_graph(&bytes, feature, input[1])
             .map_err(|e| anyhow::anyhow!("teacher {}: {e}", source.display()))?;
         relkd_core::files::write_atomic(staged, &model).with_context(|| format!("{}", staged.display()))?;
+        // A teacher refused below leaves no edited graph behind.
+        let written = Pending::claim(staged.to_path_buf());
         let opened = Model::open(staged, Provider::Cpu, cpu_threads())
             .map_err(|e| anyhow::anyhow!("teacher {}: {}", source.display(), contract_message(e)))?;
         let teacher = Self::with_session(staged, opened.session, feature, input)
             .map_err(|e| anyhow::anyhow!("teacher {}: {e:#}", source.display()))?;
+        written.keep();
         Ok(Self { path: source.to_path_buf(), ..teacher })
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use relkd_core::transforms::Preprocessing;
-use relkd_models::{Architecture, NetworkConfig, Segmenter};
+use relkd_models::{Architecture, Network, NetworkConfig, Segmenter};
 use relkd_runs::card::ModelCard;
 use relkd_train::config::{Distiller, LossConfig};
 use relkd_train::losses::Term;
@@ -24,6 +24,14 @@ fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
     DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// An untrained teacher at width 0.125 (frozen) and its card, for 32×32 single-channel slices.
+fn small_teacher(architecture: Architecture, device: &Device) -> (Network, ModelCard) {
+    let teacher = NetworkConfig::new(architecture).with_width(0.125).init(device).valid();
+    let prep = Preprocessing { size: 32, context: 0 };
+    let card = ModelCard { width: 0.125, ..ModelCard::untrained("teacher", architecture, &teacher, prep) };
+    (teacher, card)
+}
+
 #[test]
 fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
     let _draws = lock_device_rng();
@@ -31,9 +39,7 @@ fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
     device.seed(3);
     let plain = device.clone().without_autodiff();
     for architecture in [Architecture::Unetpp, Architecture::Deeplabv3plus] {
-        let teacher = NetworkConfig::new(architecture).with_width(0.125).init(&device).valid();
-        let prep = Preprocessing { size: 32, context: 0 };
-        let card = ModelCard { width: 0.125, ..ModelCard::untrained("teacher", architecture, &teacher, prep) };
+        let (teacher, card) = small_teacher(architecture, &device);
         let dir = tempfile::tempdir().unwrap();
         let onnx = OnnxTeacher::export(&teacher, &card, &dir.path().join("teacher.onnx")).unwrap();
         assert_eq!(onnx.feature_channels, teacher.tap().channels, "{architecture}");
@@ -96,9 +102,7 @@ fn any_onnx_model_distils_through_a_named_tensor() {
     let device = Device::flex().autodiff();
     device.seed(4);
     let plain = device.clone().without_autodiff();
-    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device).valid();
-    let prep = Preprocessing { size: 32, context: 0 };
-    let card = ModelCard { width: 0.125, ..ModelCard::untrained("teacher", Architecture::Unetpp, &teacher, prep) };
+    let (teacher, card) = small_teacher(Architecture::Unetpp, &device);
     let dir = tempfile::tempdir().unwrap();
     let (logits_only, own) = (dir.path().join("logits-only.onnx"), dir.path().join("own.onnx"));
     export(&teacher, &card, &logits_only, &Options::fp32(), &[Probe::random([1, 1, 32, 32], &plain)], &plain).unwrap();
@@ -190,5 +194,6 @@ fn bad_teachers_are_refused_with_their_cause() {
         let message = format!("{err:#}");
         let name = file.file_name().unwrap().to_string_lossy();
         assert!(message.contains(&*name) && message.contains(cause), "{name}: {message}");
+        assert!(!staged.exists(), "{name}: a refused teacher left {}", staged.display());
     }
 }

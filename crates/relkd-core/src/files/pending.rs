@@ -47,7 +47,8 @@ impl Pending {
     /// The command finished with this path: it stays.
     pub fn keep(self) {
         self.forget();
-        std::mem::forget(self);
+        // Skip `Drop` (which would remove the file) but free the path.
+        drop(std::mem::take(&mut std::mem::ManuallyDrop::new(self).0));
     }
 
     fn forget(&self) {

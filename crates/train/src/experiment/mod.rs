@@ -303,18 +303,17 @@ pub fn run_spec(
                 cells.push(grid.teacher(teacher, &root)?);
                 let stem = CellKind::Teacher { teacher }.stem();
                 let (net, card) = load_model(&dir.join(&stem).with_extension("bpk"), &devices.main)?;
-                let net = net.valid();
                 let onnx_path = dir.join(format!("{stem}-features.onnx"));
-                let frozen = Teacher::of_network(&net, &card, config.teacher.runtime, devices.cpu, &onnx_path)?;
-                teachers.push((teacher, net, frozen));
+                let frozen = Teacher::of_network(&net.valid(), &card, config.teacher.runtime, devices.cpu, &onnx_path)?;
+                teachers.push((teacher, frozen));
             }
             for &student in &spec.students {
                 next(&format!("{} w/o", student.display_name()));
                 cells.push(grid.baseline(student, &root)?);
-                for (teacher, net, frozen) in &teachers {
+                for (teacher, frozen) in &teachers {
                     for &variant in &spec.distillers {
                         next(&format!("{} w/ {} ({})", student.display_name(), teacher.display_name(), variant.name()));
-                        cells.push(grid.distilled(student, *teacher, variant, net, frozen)?);
+                        cells.push(grid.distilled(student, *teacher, variant, frozen)?);
                     }
                 }
             }
@@ -360,7 +359,6 @@ impl TargetGrid<'_> {
         student: Architecture,
         teacher: Architecture,
         variant: Variant,
-        net: &relkd_models::Network,
         frozen: &Teacher,
     ) -> anyhow::Result<Cell> {
         let mut config = self.config.clone();
@@ -368,7 +366,7 @@ impl TargetGrid<'_> {
         config.teacher.architecture = teacher;
         config.losses = variant.losses(&self.config.losses);
         let kind = CellKind::Distilled { student, teacher, variant };
-        let make = student_trainee(&config, Some(net));
+        let make = student_trainee(&config, Some(frozen));
         let distillation = Distillation::new(frozen.clone(), &config.losses);
         self.stage(&config, &kind.stem(), |stage| {
             stage.train(&kind.stem(), RunModel::Student, &make, self.cases, Some(&distillation))

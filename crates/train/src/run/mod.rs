@@ -130,7 +130,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     stage.train(
         "student",
         RunModel::Student,
-        &student_trainee(&config, Some(&teacher)),
+        &student_trainee(&config, Some(&distillation.teacher)),
         &cases,
         Some(&distillation),
     )?;

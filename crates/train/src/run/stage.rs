@@ -13,7 +13,7 @@ use relkd_core::dataset::Case;
 use relkd_core::files::write_atomic;
 use relkd_core::transforms::{Augmentation, Slice2d, case_slices};
 use relkd_models::device::DeviceChoice;
-use relkd_models::{Network, Segmenter, trainable_params};
+use relkd_models::{Segmenter, trainable_params};
 
 use crate::checkpoint::{ModelCard, StageCheckpoints, save_model};
 use crate::config::{ExperimentConfig, ModelSpec};
@@ -21,6 +21,7 @@ use crate::losses::affinity::AffinityConfig;
 use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::losses::{DistillationWeights, Term};
 use crate::report::metrics_csv;
+use crate::teacher::Teacher;
 use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, TraineeConfig, train};
 use relkd_runs::card::EpochLog;
 use relkd_runs::data::Cases;
@@ -48,13 +49,13 @@ impl RunModel {
 
 /// The configured student, with the KMM adapter and the AAM weights when the distillation
 /// from `teacher` uses them.
-pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Network>) -> TraineeConfig {
+pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Teacher>) -> TraineeConfig {
     let student = config.student_network();
     let weights = teacher.map_or_else(DistillationWeights::default, |_| config.losses.weights());
     let losses = &config.losses;
     let kmm = teacher.filter(|_| weights.on(Term::Kmm)).map(|t| {
         let student_channels = student.init(&Device::flex()).tap().channels;
-        KernelMatrixConfig::new(student_channels, t.tap().channels).with_mode(losses.kmm_gram)
+        KernelMatrixConfig::new(student_channels, t.feature_channels()).with_mode(losses.kmm_gram)
     });
     let aam = weights.on(Term::Aam).then(|| {
         AffinityConfig::new(2)
