@@ -22,13 +22,13 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use relkd_core::timing::Timings;
 use relkd_core::transforms::Preprocessing;
-use relkd_models::{Architecture, NetworkConfig, SegOutput, Segmenter};
+use relkd_models::{Architecture, NetworkConfig, Segmenter};
 use relkd_runs::card::ModelCard;
 use relkd_train::config::LossConfig;
 use relkd_train::losses::affinity::AffinityConfig;
 use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
-use relkd_train::teacher::{OnnxTeacher, Teacher};
+use relkd_train::teacher::{OnnxTeacher, Teacher, TeacherOutput};
 use relkd_train::trainer::{Distillation, Trainee, loss_terms, teacher_outputs};
 
 /// Batch, input size, student width and teacher width.
@@ -39,7 +39,7 @@ const QUICK: (usize, usize, f64, f64) = (8, 64, 0.5, 0.125);
 #[derive(Clone, Copy)]
 enum Variant<'a> {
     Seg,
-    Precomputed(&'a SegOutput),
+    Precomputed(&'a TeacherOutput),
     Teacher(&'a Distillation),
 }
 
@@ -73,7 +73,7 @@ fn main() {
     );
     for architecture in [Architecture::Enet, Architecture::Espnet, Architecture::Erfnet] {
         let net = NetworkConfig::new(architecture).with_width(student_width).init(&device);
-        let (s_tap, t_channels) = (net.tap(), burn.teacher.feature_channels());
+        let (s_tap, t_channels) = (net.tap(), burn.teacher.feature_channels().expect("a Burn teacher has its tap"));
         let mut trainee = Trainee {
             net,
             kmm: Some(KernelMatrixConfig::new(s_tap.channels, t_channels).init(&device)),

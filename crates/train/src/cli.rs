@@ -35,6 +35,7 @@ use crate::summary;
         train --config configs/paper/cross.yaml --data /data/prostate --devices cuda:0,cuda:1\n  \
         train --resume                                           # continue the latest run after an interruption\n  \
         train --teacher unetpp --student enet --seeds 0,1,2      # three seeds: mean ± sd, paired w/ − w/o\n  \
+        train --teacher-onnx unetpp.onnx --teacher-features x3_0 --student enet   # a teacher from PyTorch\n  \
         train experiment configs/experiments/table3-quick.yaml   # a grid: Table 3 on the phantom\n  \
         train phantom --out data/phantom                         # synthetic 6-site prostate MRI\n  \
         train data --root data/phantom                           # per-site summary and problems\n  \
@@ -51,8 +52,16 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Teacher network: unetpp or deeplabv3plus (overrides the config).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "teacher_onnx")]
     pub teacher: Option<Architecture>,
+    /// A trained teacher from any framework, as an ONNX file taking the students' slices
+    /// [N, C, H, W] and giving logits [N, 2, H, W]; run frozen on ONNX Runtime, never trained.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["teacher_checkpoint", "seeds"])]
+    pub teacher_onnx: Option<PathBuf>,
+    /// The ONNX teacher's tensor (a graph output or any node's output) that KMM and attention
+    /// transfer distil from; without it the teacher distils through its logits only.
+    #[arg(long, value_name = "NAME")]
+    pub teacher_features: Option<String>,
     /// Student network: enet, espnet or erfnet (overrides the config).
     #[arg(long)]
     pub student: Option<Architecture>,
@@ -230,6 +239,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             devices: a.devices,
             resume: a.resume,
             teacher_checkpoint: a.teacher_checkpoint,
+            teacher_onnx: a.teacher_onnx,
+            teacher_features: a.teacher_features,
         };
         if a.seeds.is_empty() {
             crate::run::run(&request)?;

@@ -7,28 +7,38 @@ use relkd_core::dataset::paper_site;
 use relkd_core::png::Canvas;
 use relkd_models::Architecture;
 
+use crate::config::TeacherSpec;
+
 use crate::charts::{LinePanel, Series, line_panels};
 use crate::checkpoint::ModelCard;
 use crate::evaluate::{CaseScore, paired_dice_differences};
 use crate::losses::Term;
 use crate::trainer::EpochLog;
 
-/// One trained model with its scores on the evaluation cases.
+/// One model of the run with its scores on the evaluation cases.
 pub struct Evaluated {
-    pub card: ModelCard,
-    pub history: Vec<EpochLog>,
+    /// `teacher`, `baseline` or `student`.
+    pub model: String,
+    /// How relkd trained it; None for a teacher given as an ONNX file.
+    pub card: Option<ModelCard>,
     pub scores: Vec<CaseScore>,
 }
 
 impl Evaluated {
-    /// The row label of Table 2: `teacher UNet++`, `ENet w/o`, `ENet w/ UNet++`.
-    pub fn label(&self, teacher: Architecture) -> String {
-        let name = self.card.architecture.display_name();
-        match self.card.model.as_str() {
-            "teacher" => format!("teacher {name}"),
-            "baseline" => format!("{name} w/o"),
-            _ => format!("{name} w/ {}", teacher.display_name()),
+    /// The row label of Table 2: `teacher UNet++`, `ENet w/o`, `ENet w/ UNet++`, and for a
+    /// teacher from a file `teacher unetpp.onnx`, `ENet w/ unetpp.onnx`.
+    pub fn label(&self, teacher: &TeacherSpec) -> String {
+        match (self.model.as_str(), &self.card) {
+            ("teacher", _) => format!("teacher {}", teacher.display_name()),
+            (_, None) => self.model.clone(),
+            ("baseline", Some(card)) => format!("{} w/o", card.architecture.display_name()),
+            (_, Some(card)) => format!("{} w/ {}", card.architecture.display_name(), teacher.display_name()),
         }
+    }
+
+    /// The architecture's short name, or for a teacher from a file the file's name.
+    fn architecture(&self, teacher: &TeacherSpec) -> String {
+        self.card.as_ref().map_or_else(|| teacher.short_name(), |c| c.architecture.name().to_string())
     }
 }
 
@@ -63,11 +73,11 @@ pub fn metrics_csv(models: &[(&str, &[EpochLog])]) -> String {
 
 /// Per case and model: Dice, HD95 and ASD (mm; `inf` when exactly one mask is empty) and
 /// fragmentation (`NaN` for an empty prediction).
-pub fn scores_csv(models: &[Evaluated]) -> String {
+pub fn scores_csv(models: &[Evaluated], teacher: &TeacherSpec) -> String {
     let mut out = format!("model,architecture,{}\n", CaseScore::CSV_HEADER);
     for m in models {
         for s in &m.scores {
-            let _ = writeln!(out, "{},{},{}", m.card.model, m.card.architecture.name(), s.csv_fields());
+            let _ = writeln!(out, "{},{},{}", m.model, m.architecture(teacher), s.csv_fields());
         }
     }
     out
@@ -120,8 +130,10 @@ pub struct RunSummary<'a> {
     /// The data is the real multi-site set (the paper's numbers are shown beside ours).
     pub real_data: bool,
     pub target: &'a str,
-    pub teacher: Architecture,
-    pub teacher_sites: &'a [String],
+    pub teacher: &'a TeacherSpec,
+    /// Where the teacher comes from, for the report's first paragraph: the sites it trained on,
+    /// or the file it was given as.
+    pub teacher_origin: String,
     pub student_sites: &'a [String],
     pub test_cases: usize,
     pub device: &'a str,
@@ -143,10 +155,10 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
     let _ = writeln!(md, "# relkd run {}\n", run.run_id);
     let _ = writeln!(
         md,
-        "Data: {}. Teacher trained on {}; students trained on {}; all evaluated on {} held-out \
-         case(s) of {}, which no student saw. Device: {}.\n",
+        "Data: {}. {}; students trained on {}; all evaluated on {} held-out case(s) of {}, which no \
+         student saw. Device: {}.\n",
         run.data,
-        run.teacher_sites.join(", "),
+        run.teacher_origin,
         run.student_sites.join(", "),
         run.test_cases,
         site_label,
@@ -171,7 +183,7 @@ pub fn report_md(run: &RunSummary, models: &[Evaluated]) -> String {
 /// The distilled student's paired difference over its baseline on this run's cases, and why it
 /// is not yet an answer.
 fn one_seed_difference(models: &[Evaluated]) -> String {
-    let find = |role: &str| models.iter().find(|m| m.card.model == role);
+    let find = |role: &str| models.iter().find(|m| m.model == role);
     let (Some(with), Some(without)) = (find("student"), find("baseline")) else { return String::new() };
     let differences: Vec<f64> = paired_dice_differences(&with.scores, &without.scores).into_iter().flatten().collect();
     format!(
@@ -205,15 +217,14 @@ fn dice_table(run: &RunSummary, models: &[Evaluated], site_label: &str) -> Strin
             mm(finite(|s| s.hd95)),
             mm(finite(|s| s.asd)),
             finite(|s| s.fragmentation),
-            m.card.live_params
+            m.card.as_ref().map_or("–".into(), |c| c.live_params.to_string())
         );
         if run.real_data {
-            let _ = write!(
-                md,
-                " {} |",
-                paper_table2(&m.card.model, m.card.architecture, run.teacher, run.target)
-                    .map_or("–".into(), |v| format!("{v:.3}"))
-            );
+            // The paper's rows exist for its own architectures only.
+            let paper = m.card.as_ref().zip(run.teacher.network()).and_then(|(card, teacher)| {
+                paper_table2(&m.model, card.architecture, teacher.architecture, run.target)
+            });
+            let _ = write!(md, " {} |", paper.map_or("–".into(), |v| format!("{v:.3}")));
         }
         md.push('\n');
     }
@@ -236,7 +247,10 @@ fn training_table(run: &RunSummary, models: &[Evaluated]) -> String {
         writeln!(md, "| model | sites | width | epochs | best epoch | val Dice (own sites) | distillation | time |");
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for m in models {
-        let c = &m.card;
+        let Some(c) = &m.card else {
+            let _ = writeln!(md, "| {} | given as an ONNX file, not trained here | | | | | | |", m.label(run.teacher));
+            continue;
+        };
         let (seconds, how) = run
             .timings
             .iter()

@@ -13,9 +13,9 @@ use ort::value::{Outlet, TensorRef};
 use relkd_core::files::Pending;
 use relkd_export::onnx::FEATURES_OUTPUT;
 use relkd_export::{Options, Outputs, Probe, export};
-use relkd_infer::model::{Model, ModelError};
+use relkd_infer::model::{Model, ModelError, ModelInfo};
 use relkd_infer::runtime::{Provider, runtime};
-use relkd_models::{Network, SegOutput, Segmenter};
+use relkd_models::{Network, Segmenter};
 use relkd_runs::card::ModelCard;
 use relkd_runs::config::TeacherRuntime;
 
@@ -66,19 +66,31 @@ impl Teacher {
         }
     }
 
-    /// Logits `[b, k, h, w]` and tapped feature of `images` (on a device without autodiff),
-    /// on the images' device.
-    pub fn forward_features(&self, images: Tensor<4>) -> SegOutput {
+    /// Logits `[b, k, h, w]` and, where the teacher has one, the feature distilled from, for
+    /// `images` (on a device without autodiff), on the images' device.
+    pub fn forward_features(&self, images: Tensor<4>) -> TeacherOutput {
         match self {
-            Self::Burn(net) => net.forward_features(images),
+            Self::Burn(net) => {
+                let out = net.forward_features(images);
+                TeacherOutput { logits: out.logits, feature: Some(out.feature) }
+            }
             Self::Onnx(onnx) => onnx.forward_features(images),
         }
     }
 
-    /// Channels of the tapped feature, which the KMM adapter is sized by.
-    pub fn feature_channels(&self) -> usize {
+    /// Logits `[b, k, h, w]` of `images`, as [`Teacher::forward_features`].
+    pub fn logits(&self, images: Tensor<4>) -> Tensor<4> {
         match self {
-            Self::Burn(net) => net.tap().channels,
+            Self::Burn(net) => net.forward(images),
+            Self::Onnx(onnx) => onnx.forward_features(images).logits,
+        }
+    }
+
+    /// Channels of the feature distilled from (the KMM adapter is sized by them); None for a
+    /// teacher that distils through its logits only.
+    pub fn feature_channels(&self) -> Option<usize> {
+        match self {
+            Self::Burn(net) => Some(net.tap().channels),
             Self::Onnx(onnx) => onnx.feature_channels,
         }
     }
@@ -93,6 +105,15 @@ impl Teacher {
     }
 }
 
+/// What the frozen teacher gives for a batch.
+#[derive(Debug, Clone)]
+pub struct TeacherOutput {
+    /// `[b, classes, h, w]`, the input's height and width.
+    pub logits: Tensor<4>,
+    /// `[b, channels, h', w']`: the tapped feature; None for a logits-only ONNX teacher.
+    pub feature: Option<Tensor<4>>,
+}
+
 /// Classes of every label relkd trains on: background and prostate.
 const CLASSES: usize = 2;
 
@@ -100,10 +121,10 @@ fn cpu_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The model in `bytes`, checked to take slices of `channels` channels, with `name` among its
-/// graph outputs: as it is when it already is one, else the node output of that name appended
-/// (float, shape left to ONNX Runtime).
-fn checked_graph(bytes: &[u8], name: &str, channels: usize) -> Result<Vec<u8>, String> {
+/// The model in `bytes`, checked to take slices of `channels` channels and, given a feature
+/// `name`, with it among its graph outputs: as it is when it already is one, else the node
+/// output of that name appended (float, shape left to ONNX Runtime).
+fn checked_graph(bytes: &[u8], name: Option<&str>, channels: usize) -> Result<Vec<u8>, String> {
     use onnx_protobuf::{Message, ModelProto, ValueInfoProto};
 
     let mut model = ModelProto::parse_from_bytes(bytes).map_err(|e| format!("not an ONNX model ({e})"))?;
@@ -122,7 +143,9 @@ fn checked_graph(bytes: &[u8], name: &str, channels: usize) -> Result<Vec<u8>, S
             "its input takes {declared} channel(s), the students' slices have {channels} (2 × preprocessing.context + 1)"
         ));
     }
-    if !graph.output.iter().any(|o| o.name == name) {
+    if let Some(name) = name
+        && !graph.output.iter().any(|o| o.name == name)
+    {
         if !graph.node.iter().any(|n| n.output.iter().any(|o| o == name)) {
             let some: Vec<&str> = graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).take(8).collect();
             return Err(format!(
@@ -135,6 +158,14 @@ fn checked_graph(bytes: &[u8], name: &str, channels: usize) -> Result<Vec<u8>, S
         graph.output.push(output);
     }
     model.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// Whether `bytes` is an ONNX model written by `export --with-features` (metadata
+/// `relkd.features`).
+fn has_relkd_features(bytes: &[u8]) -> bool {
+    use onnx_protobuf::{Message, ModelProto};
+
+    ModelProto::parse_from_bytes(bytes).is_ok_and(|m| m.metadata_props.iter().any(|p| p.key == "relkd.features"))
 }
 
 /// The dimensions a graph input declares (0 where symbolic), when it declares a shape.
@@ -180,8 +211,10 @@ pub struct OnnxTeacher {
     session: Mutex<Session>,
     input: String,
     logits: String,
-    feature: String,
-    pub feature_channels: usize,
+    feature: Option<String>,
+    pub feature_channels: Option<usize>,
+    /// What it was given as metadata about its input (`relkd.*` keys), if anything.
+    pub info: ModelInfo,
 }
 
 impl std::fmt::Debug for OnnxTeacher {
@@ -201,33 +234,42 @@ impl OnnxTeacher {
         let options = Options { outputs: Outputs::LogitsAndFeatures, ..Options::fp32() };
         export(net, card, path, &options, &probes, &device)
             .with_context(|| format!("exporting the teacher to {} for ONNX Runtime", path.display()))?;
-        let (session, _) = runtime()?.session(path, Provider::Cpu, cpu_threads())?;
-        Self::with_session(path, session, FEATURES_OUTPUT, [1, c, s, s])
+        let opened = Model::open(path, Provider::Cpu, cpu_threads())?;
+        Self::with_model(path, opened, Some(FEATURES_OUTPUT), [1, c, s, s])
     }
 
     /// Any ONNX segmentation model as a teacher: `feature` names the tensor to distil from (a
-    /// graph output or any node's output, which is then exposed as an output), and the edited
-    /// graph is written to `staged`. Checked before any training: an ONNX file, the named
-    /// tensor present, an input `[N, C, H, W]` that takes `input` (the students' batches),
-    /// logits `[N, 2, H, W]` at the input's height and width, a feature of rank 4.
-    pub fn from_file(source: &Path, feature: &str, staged: &Path, input: [usize; 4]) -> anyhow::Result<Self> {
+    /// graph output or any node's output, which is then exposed as an output; none: the tap of a
+    /// relkd export `--with-features`, else the logits only). Checked before any training: an ONNX file, the named tensor present, an input
+    /// `[N, C, H, W]` that takes `input` (the students' batches), logits `[N, 2, H, W]` at the
+    /// input's height and width, a feature of rank 4. The edited graph is staged in the
+    /// temporary folder while ONNX Runtime reads it; `provider` runs it (CUDA for students on a
+    /// GPU, never silently the CPU instead).
+    pub fn from_file(
+        source: &Path,
+        feature: Option<&str>,
+        input: [usize; 4],
+        provider: Provider,
+    ) -> anyhow::Result<Self> {
         let bytes = std::fs::read(source).with_context(|| format!("reading the teacher {}", source.display()))?;
+        // relkd's own `export --with-features` says in its metadata that its second output is the tap.
+        let feature = feature.or_else(|| has_relkd_features(&bytes).then_some(FEATURES_OUTPUT));
         let model = checked_graph(&bytes, feature, input[1])
             .map_err(|e| anyhow::anyhow!("teacher {}: {e}", source.display()))?;
-        relkd_core::files::write_atomic(staged, &model).with_context(|| format!("{}", staged.display()))?;
-        // A teacher refused below leaves no edited graph behind.
-        let written = Pending::claim(staged.to_path_buf());
-        let opened = Model::open(staged, Provider::Cpu, cpu_threads())
+        let name = source.file_name().unwrap_or_default();
+        let staged = Pending::beside(&std::env::temp_dir().join(name));
+        relkd_core::files::write_atomic(&staged, &model).with_context(|| format!("{}", staged.display()))?;
+        let opened = Model::open(&staged, provider, cpu_threads())
             .map_err(|e| anyhow::anyhow!("teacher {}: {}", source.display(), contract_message(e)))?;
-        let teacher = Self::with_session(staged, opened.session, feature, input)
-            .map_err(|e| anyhow::anyhow!("teacher {}: {e:#}", source.display()))?;
-        written.keep();
-        Ok(Self { path: source.to_path_buf(), ..teacher })
+        Self::with_model(source, opened, feature, input)
+            .map_err(|e| anyhow::anyhow!("teacher {}: {e:#}", source.display()))
     }
 
-    /// `session` as a teacher distilling from its output `feature`; `probe_shape` is an input
-    /// it must accept, run once to check the outputs and learn the feature's channels.
-    fn with_session(path: &Path, session: Session, feature: &str, probe_shape: [usize; 4]) -> anyhow::Result<Self> {
+    /// `model` as a teacher distilling from its output `feature` (or its logits alone);
+    /// `probe_shape` is an input it must accept, run once to check the outputs and learn the
+    /// feature's channels.
+    fn with_model(path: &Path, model: Model, feature: Option<&str>, probe_shape: [usize; 4]) -> anyhow::Result<Self> {
+        let Model { session, info, .. } = model;
         let name = |i: &Outlet| i.name().to_string();
         let input = session.inputs().first().map(name).context("the graph has no input")?;
         let logits = session.outputs().first().map(name).context("the graph has no output")?;
@@ -236,8 +278,9 @@ impl OnnxTeacher {
             session: Mutex::new(session),
             input,
             logits,
-            feature: feature.to_string(),
-            feature_channels: 0,
+            feature: feature.map(str::to_string),
+            feature_channels: None,
+            info,
         };
         let probe = Tensor::<4>::zeros(probe_shape, &Device::flex());
         let out = teacher.run(probe).map_err(anyhow::Error::msg)?;
@@ -250,17 +293,22 @@ impl OnnxTeacher {
             teacher.logits,
             out.logits.dims()
         );
-        teacher.feature_channels = out.feature.dims()[1];
+        teacher.feature_channels = out.feature.map(|f| f.dims()[1]);
         Ok(teacher)
     }
 
-    fn forward_features(&self, images: Tensor<4>) -> SegOutput {
+    /// The tensor it distils features from, if any.
+    pub fn feature_name(&self) -> Option<&str> {
+        self.feature.as_deref()
+    }
+
+    fn forward_features(&self, images: Tensor<4>) -> TeacherOutput {
         self.run(images).unwrap_or_else(|e| {
             panic!("{}: ONNX Runtime failed on a batch it had run before: {e}", self.path.display())
         })
     }
 
-    fn run(&self, images: Tensor<4>) -> Result<SegOutput, String> {
+    fn run(&self, images: Tensor<4>) -> Result<TeacherOutput, String> {
         let (shape, device) = (images.dims(), images.device());
         let data = images.into_data().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let input = TensorRef::from_array_view((shape, data.as_slice())).map_err(|e| e.to_string())?;
@@ -277,6 +325,7 @@ impl OnnxTeacher {
                 .map_err(|d: Vec<usize>| format!("output '{name}' has shape {d:?}, not [N, C, H, W]"))?;
             Ok(Tensor::from_data(TensorData::new(values.to_vec(), dims), &device))
         };
-        Ok(SegOutput { logits: tensor(&self.logits)?, feature: tensor(&self.feature)? })
+        let feature = self.feature.as_deref().map(tensor).transpose()?;
+        Ok(TeacherOutput { logits: tensor(&self.logits)?, feature })
     }
 }

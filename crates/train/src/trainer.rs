@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use relkd_core::dataset::Case;
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d};
-use relkd_models::{Network, NetworkConfig, SegOutput, Segmenter};
+use relkd_models::{Network, NetworkConfig, Segmenter};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LossConfig;
@@ -25,7 +25,7 @@ use crate::losses::logits::logits_kl;
 use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, Gate, LossTerms, Term, Terms};
 use crate::schedule::CyclicLrConfig;
-use crate::teacher::Teacher;
+use crate::teacher::{Teacher, TeacherOutput};
 
 /// Cards (in `relkd-runs`) keep each epoch's log; the loop writes it.
 pub use relkd_runs::card::EpochLog;
@@ -98,8 +98,8 @@ impl Distillation {
     /// The distillation `losses` configures, from `teacher`.
     pub fn new(teacher: Teacher, losses: &LossConfig) -> Self {
         Self {
+            weights: distillation_weights(losses, &teacher),
             teacher,
-            weights: losses.weights(),
             temperature: losses.temperature,
             kd_temperature: losses.hinton.temperature,
             ramp_epochs: losses.ramp_epochs,
@@ -112,6 +112,13 @@ impl Distillation {
     pub fn ramp(&self, epochs: f64) -> f64 {
         if self.ramp_epochs > 0.0 { (epochs / self.ramp_epochs).clamp(0.0, 1.0) } else { 1.0 }
     }
+}
+
+/// The weight of each term `losses` switches on that `teacher` can give: a teacher without a
+/// feature distils through its logits only (KMM and attention transfer off).
+pub fn distillation_weights(losses: &LossConfig, teacher: &Teacher) -> DistillationWeights {
+    let has_feature = teacher.feature_channels().is_some();
+    losses.weights().iter().filter(|(term, _)| has_feature || !term.reads_features()).map(|(t, w)| (t, *w)).collect()
 }
 
 /// One slice batch as tensors: images `[n, c, s, s]` and labels `[n, s, s]`.
@@ -144,9 +151,9 @@ pub fn validation_dice(net: &Network, cases: &[Case], prep: &Preprocessing, batc
 /// The frozen teacher's logits and tapped feature for a batch of the student's `images`. The
 /// teacher runs on `plain` (the device without autodiff); its outputs join the student's
 /// graph as constants, so no gradient can reach it.
-pub fn teacher_outputs(d: &Distillation, images: &Tensor<4>, plain: &Device) -> SegOutput {
+pub fn teacher_outputs(d: &Distillation, images: &Tensor<4>, plain: &Device) -> TeacherOutput {
     let out = d.teacher.forward_features(images.clone().without_autodiff().to_device(plain));
-    SegOutput { logits: out.logits.autodiff(), feature: out.feature.autodiff() }
+    TeacherOutput { logits: out.logits.autodiff(), feature: out.feature.map(Tensor::autodiff) }
 }
 
 /// Where a run stands after some epochs: everything besides the weights and the optimizer's
@@ -297,7 +304,7 @@ impl Objective<'_> {
     }
 
     /// The frozen teacher's outputs on `images` (on their device without autodiff).
-    fn teacher(&self, images: &Tensor<4>) -> Option<(SegOutput, &Distillation)> {
+    fn teacher(&self, images: &Tensor<4>) -> Option<(TeacherOutput, &Distillation)> {
         let plain = images.device().without_autodiff();
         self.distillation.map(|d| (teacher_outputs(d, images, &plain), d))
     }
@@ -357,7 +364,7 @@ pub fn loss_terms(
     images: Tensor<4>,
     labels: Tensor<3, Int>,
     segmentation: &SegmentationLoss,
-    teacher: Option<(SegOutput, &Distillation)>,
+    teacher: Option<(TeacherOutput, &Distillation)>,
 ) -> LossTerms {
     let out = trainee.net.forward_features(images);
     let mut terms = LossTerms::default();
@@ -371,13 +378,15 @@ pub fn loss_terms(
     if w.on(Term::Lm) {
         terms.insert(Term::Lm, logits_kl(out.logits.clone(), t_logits.clone(), d.temperature, gate.as_ref()));
     }
-    if let Some(kmm) = trainee.kmm.as_ref().filter(|_| w.on(Term::Kmm)) {
+    // A teacher without a feature has KMM and attention transfer switched off (see
+    // `distillation_weights`), so `t_feature` is there whenever they are on.
+    if let (Some(kmm), Some(t_feature)) = (trainee.kmm.as_ref().filter(|_| w.on(Term::Kmm)), &t_feature) {
         terms.insert(Term::Kmm, kmm.forward(out.feature.clone(), t_feature.clone()));
     }
     if w.on(Term::Kd) {
         terms.insert(Term::Kd, hinton_kd(out.logits.clone(), t_logits.clone(), d.kd_temperature, gate.as_ref()));
     }
-    if w.on(Term::At) {
+    if let Some(t_feature) = t_feature.filter(|_| w.on(Term::At)) {
         terms.insert(Term::At, attention_transfer(out.feature, t_feature));
     }
     if let Some(aam) = trainee.aam.as_ref().filter(|_| w.on(Term::Aam)) {

@@ -131,10 +131,11 @@ fn paper_configs_carry_the_papers_hyper_parameters() {
         assert_eq!((c.losses.lambda.lm, c.losses.lambda.kmm, c.losses.lambda.aam), (0.2, 0.9, 0.9));
         assert_eq!((c.losses.segmentation.dice_weight, c.losses.segmentation.gamma), (0.5, 2.0));
         assert_eq!((c.losses.aam.dilations.clone(), c.losses.aam.margin), (vec![1, 2, 3], 3.0));
-        assert_eq!((c.teacher.width, c.student.width), (1.0, 1.0));
+        assert_eq!((c.teacher.network().unwrap().width, c.student.width), (1.0, 1.0));
     }
     let quick = ExperimentConfig::load(&configs_dir().join("quick.yaml")).unwrap();
-    assert_eq!((quick.teacher.architecture, quick.student.architecture), (Architecture::Unetpp, Architecture::Enet));
+    let teacher = quick.teacher.network().unwrap().architecture;
+    assert_eq!((teacher, quick.student.architecture), (Architecture::Unetpp, Architecture::Enet));
     assert!(quick.data.root.is_none(), "quick runs on the phantom");
 }
 
@@ -191,4 +192,32 @@ fn unknown_keys_and_bad_values_are_errors_that_name_the_file() {
 
     let missing = ExperimentConfig::load(Path::new("/nowhere/quick.yaml")).unwrap_err();
     assert!(missing.to_string().contains("/nowhere/quick.yaml"), "{missing}");
+}
+
+#[test]
+fn a_teacher_is_a_network_relkd_trains_or_an_onnx_file_never_both() {
+    use relkd_train::config::{OnnxTeacherSpec, TeacherSpec};
+
+    let onnx = load_text(&MINIMAL.replace("{ architecture: unetpp }", "{ onnx: t.onnx, features: x3_0 }")).unwrap();
+    let spec = OnnxTeacherSpec { path: "t.onnx".into(), features: Some("x3_0".into()) };
+    assert_eq!(onnx.teacher, TeacherSpec::Onnx(spec));
+    assert!(onnx.teacher_network().is_none());
+    assert_eq!(ExperimentConfig::parse(&onnx.to_yaml(), Path::new("again")).unwrap(), onnx);
+
+    // relkd's own teacher is written as before the ONNX teacher existed: run folders and cache
+    // keys of earlier runs keep their configuration.
+    let own = load_text(MINIMAL).unwrap();
+    assert!(own.to_yaml().contains("teacher:\n  architecture: unetpp\n  width: 1.0\nstudent:"), "{}", own.to_yaml());
+
+    for (teacher, cause) in [
+        ("{ architecture: unetpp, onnx: t.onnx }", "not both"),
+        ("{ width: 0.5 }", "needs architecture"),
+        ("{ onnx: t.onnx, width: 0.5 }", "teacher.width sizes a network relkd trains"),
+        ("{ onnx: t.onnx, runtime: burn }", "teacher.runtime: burn is for relkd's own teachers"),
+        ("{ architecture: unetpp, features: x3_0 }", "teacher.features names a tensor of a teacher.onnx file"),
+        ("{ onnx: t.onnx, feature: x3_0 }", "feature"),
+    ] {
+        let err = load_text(&MINIMAL.replace("{ architecture: unetpp }", teacher)).unwrap_err().to_string();
+        assert!(err.contains("bad.yaml") && err.contains(cause), "{teacher}: {err}");
+    }
 }

@@ -100,6 +100,7 @@ fn a_trained_student_exports_and_segments_a_phantom_volume() {
 
     int8_and_web_exports(dir.path(), &run_dir, case, &onnx_mask);
     teacher_with_features(dir.path(), &run_dir);
+    runs_from_an_onnx_teacher(dir.path(), &run_dir);
 }
 
 /// On the CPU with ONNX Runtime provisioned, `teacher.runtime: auto` ran the run's teacher on
@@ -168,4 +169,69 @@ fn int8_and_web_exports(
     assert_eq!(model_mask(&site.join("model.onnx"), case), float_mask, "the page's model is the float32 export");
     let occupied = web().unwrap_err();
     assert!(format!("{occupied:#}").contains("--force"), "{occupied:#}");
+}
+
+/// The run's teacher given back to `train` as a plain ONNX file (`export --model teacher`,
+/// logits only, as any framework's export): named by its inner tap tensor it trains the same
+/// student, bit for bit, as the run that trained it (which distilled from the same graph on ONNX
+/// Runtime) and scores the same, as does relkd's own export with features, which needs no name;
+/// a plain file without a name distils through the logit terms only. A file
+/// whose relkd metadata contradicts the run is refused before a run folder exists.
+fn runs_from_an_onnx_teacher(dir: &std::path::Path, run_dir: &std::path::Path) {
+    use onnx_protobuf::Message;
+
+    let plain = dir.join("teacher-plain.onnx");
+    let args = ["export", "--run", run_dir.to_str().unwrap(), "--model", "teacher", "--out", plain.to_str().unwrap()];
+    relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap()).unwrap();
+    let with_features = std::fs::read(run_dir.join("teacher-features.onnx")).unwrap();
+    let with_features = onnx_protobuf::ModelProto::parse_from_bytes(&with_features).unwrap();
+    let tap = with_features.graph.node.iter().find(|n| n.output == ["features"]).unwrap().input[0].clone();
+
+    let request = |out: &str, features: Option<&str>| RunRequest {
+        config: Some(dir.join("tiny.yaml")),
+        out: Some(dir.join(out)),
+        teacher_onnx: Some(plain.clone()),
+        teacher_features: features.map(str::to_string),
+        ..RunRequest::default()
+    };
+    let rows = |run: &std::path::Path, model: &str| -> Vec<String> {
+        let csv = std::fs::read_to_string(run.join("scores.csv")).unwrap();
+        csv.lines()
+            .filter(|l| l.starts_with(&format!("{model},")))
+            .map(|l| l.split_once(',').unwrap().1.to_string())
+            .collect()
+    };
+    let named = run(&request("onnx-named", Some(&tap))).unwrap();
+    assert_eq!(rows(&named, "student"), rows(run_dir, "student"), "the same student from the same graph");
+    let dice =
+        |rows: Vec<String>| -> Vec<String> { rows.iter().map(|r| r.split(',').nth(3).unwrap().to_string()).collect() };
+    assert_eq!(dice(rows(&named, "teacher")), dice(rows(run_dir, "teacher")), "ONNX Runtime scores it as Burn did");
+    assert!(rows(&named, "teacher")[0].starts_with("teacher-plain,"), "{:?}", rows(&named, "teacher"));
+    let report = std::fs::read_to_string(named.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!("distilling from its tensor '{tap}'"))
+            && report.contains("| teacher teacher-plain.onnx |"),
+        "{report}"
+    );
+    assert!(!named.join("teacher.bpk").exists(), "nothing of the teacher is trained or copied");
+
+    // relkd's own export with its tap as an output needs no name: its metadata says so.
+    let own = RunRequest { teacher_onnx: Some(run_dir.join("teacher-features.onnx")), ..request("onnx-own", None) };
+    let own = run(&own).unwrap();
+    assert_eq!(rows(&own, "student"), rows(run_dir, "student"));
+    assert!(std::fs::read_to_string(own.join("report.md")).unwrap().contains("distilling from its tensor 'features'"));
+
+    let logits_only = run(&request("onnx-logits", None)).unwrap();
+    let report = std::fs::read_to_string(logits_only.join("report.md")).unwrap();
+    assert!(report.contains("distilled through its logits only"), "{report}");
+    let card = std::fs::read_to_string(logits_only.join("student.yaml")).unwrap();
+    assert!(card.contains("LM λ=") && card.contains("AAM λ=") && !card.contains("KMM"), "{card}");
+
+    // relkd metadata that contradicts the run: the teacher takes 32-px slices, this run 48.
+    std::fs::write(dir.join("tiny-48.yaml"), TINY.replace("size: 32, context: 0", "size: 48, context: 0")).unwrap();
+    let mismatched = RunRequest { config: Some(dir.join("tiny-48.yaml")), ..request("onnx-48", Some(&tap)) };
+    let refused = run(&mismatched).unwrap_err();
+    let message = format!("{refused:#}");
+    assert!(message.contains("teacher-plain.onnx") && message.contains("32×32 px slices"), "{message}");
+    assert!(!dir.join("onnx-48").exists(), "refused before the run folder exists");
 }

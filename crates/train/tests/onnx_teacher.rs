@@ -6,6 +6,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use relkd_core::transforms::Preprocessing;
+use relkd_infer::runtime::Provider;
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter};
 use relkd_runs::card::ModelCard;
 use relkd_train::config::{Distiller, LossConfig};
@@ -42,12 +43,12 @@ fn an_onnx_runtime_teacher_gives_burns_loss_terms() {
         let (teacher, card) = small_teacher(architecture, &device);
         let dir = tempfile::tempdir().unwrap();
         let onnx = OnnxTeacher::export(&teacher, &card, &dir.path().join("teacher.onnx")).unwrap();
-        assert_eq!(onnx.feature_channels, teacher.tap().channels, "{architecture}");
+        assert_eq!(onnx.feature_channels, Some(teacher.tap().channels), "{architecture}");
         let (burn, ort) = (Teacher::Burn(teacher), Teacher::Onnx(Arc::new(onnx)));
 
         let student = NetworkConfig::new(Architecture::Enet).with_width(0.25).init(&device);
         let trainee = Trainee {
-            kmm: Some(KernelMatrixConfig::new(student.tap().channels, burn.feature_channels()).init(&device)),
+            kmm: Some(KernelMatrixConfig::new(student.tap().channels, burn.feature_channels().unwrap()).init(&device)),
             aam: Some(AffinityConfig::new(2).init(&device)),
             net: student,
         };
@@ -113,14 +114,26 @@ fn any_onnx_model_distils_through_a_named_tensor() {
     let identity = with_features.graph.node.iter().find(|n| n.output == ["features"]).unwrap();
     let tap = identity.input[0].clone();
 
-    let staged = dir.path().join("teacher-features.onnx");
-    let foreign = OnnxTeacher::from_file(&logits_only, &tap, &staged, [2, 1, 32, 32]).unwrap();
-    assert_eq!(foreign.feature_channels, teacher.tap().channels);
+    let foreign = OnnxTeacher::from_file(&logits_only, Some(&tap), [2, 1, 32, 32], Provider::Cpu).unwrap();
+    assert_eq!(foreign.feature_channels, Some(teacher.tap().channels));
     let images = Tensor::<4>::random([2, 1, 40, 36], Distribution::Normal(0.0, 1.0), &plain);
     let (a, b) = (Teacher::Onnx(Arc::new(foreign)), Teacher::Onnx(Arc::new(own)));
     let (a, b) = (a.forward_features(images.clone()), b.forward_features(images));
     let same = |x: Tensor<4>, y: Tensor<4>| (x - y).abs().max().into_scalar::<f32>() == 0.0;
-    assert!(same(a.logits, b.logits) && same(a.feature, b.feature));
+    assert!(same(a.logits, b.logits) && same(a.feature.unwrap(), b.feature.unwrap()));
+    assert_eq!(staged_copies("logits-only.onnx"), 0, "the edited graph is staged only while it is opened");
+}
+
+/// Temporaries of a teacher file named `name` left in the temporary folder.
+fn staged_copies(name: &str) -> usize {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".relkd-partial") && n.ends_with(&format!("-{name}"))
+        })
+        .count()
 }
 
 /// Every teacher relkd cannot distil from is refused before training with the file and the
@@ -188,12 +201,11 @@ fn bad_teachers_are_refused_with_their_cause() {
         (&fixture("tiny_strided.onnx"), "logits", "at the input's height and width"),
         (&three_channels, "logits", "its input takes 3 channel(s), the students' slices have 1"),
     ];
-    for (i, (file, feature, cause)) in cases.into_iter().enumerate() {
-        let staged = dir.path().join(format!("staged-{i}.onnx"));
-        let err = OnnxTeacher::from_file(file, feature, &staged, [2, 1, 32, 32]).unwrap_err();
+    for (file, feature, cause) in cases {
+        let err = OnnxTeacher::from_file(file, Some(feature), [2, 1, 32, 32], Provider::Cpu).unwrap_err();
         let message = format!("{err:#}");
         let name = file.file_name().unwrap().to_string_lossy();
         assert!(message.contains(&*name) && message.contains(cause), "{name}: {message}");
-        assert!(!staged.exists(), "{name}: a refused teacher left {}", staged.display());
+        assert_eq!(staged_copies(&name), 0, "{name}: a refused teacher left its staged graph");
     }
 }

@@ -209,7 +209,8 @@ fn distillation_weights_ramp_up_linearly() {
     assert_eq!(immediate.ramp(0.0), 1.0, "no ramp: full weight from the first step");
 
     let net = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&device);
-    let kmm = KernelMatrixConfig::new(net.tap().channels, distillation.teacher.feature_channels()).init(&device);
+    let kmm =
+        KernelMatrixConfig::new(net.tap().channels, distillation.teacher.feature_channels().unwrap()).init(&device);
     let trainee = Trainee { net, kmm: Some(kmm), aam: Some(AffinityConfig::new(2).init(&device)) };
     let batch: Vec<Slice2d> = samples(&tiny_cases()).into_iter().take(2).collect();
     let (images, labels) = to_batch(&batch, &PREP, &device);

@@ -96,6 +96,12 @@ impl Term {
     /// In column order.
     pub const ALL: [Term; 6] = [Term::Segmentation, Term::Lm, Term::Kmm, Term::Aam, Term::Kd, Term::At];
 
+    /// Compares the student's and teacher's distillation features (not their logits): a
+    /// teacher without a feature cannot give it.
+    pub fn reads_features(self) -> bool {
+        matches!(self, Term::Kmm | Term::At)
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             Term::Segmentation => "segmentation",

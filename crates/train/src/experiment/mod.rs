@@ -26,8 +26,8 @@ use anyhow::{Context, bail, ensure};
 use burn::module::Module;
 use relkd_core::dataset::Dataset;
 use relkd_core::files::write_atomic;
-use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
+use relkd_models::{Architecture, Segmenter};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{ModelCard, fingerprint, load_model};
@@ -240,6 +240,11 @@ pub fn run_spec(
     out: &Path,
     devices: &Devices,
 ) -> anyhow::Result<PathBuf> {
+    ensure!(
+        base.teacher.network().is_some(),
+        "a grid trains its own teachers (its `teachers:` list); the ONNX teacher of {base_name} is for single runs \
+         (train --teacher-onnx FILE)"
+    );
     // Every target is resolved before anything is written.
     let root = data_root(&base.data)?;
     let dataset = Dataset::discover(&root)?;
@@ -304,7 +309,8 @@ pub fn run_spec(
                 let stem = CellKind::Teacher { teacher }.stem();
                 let (net, card) = load_model(&dir.join(&stem).with_extension("bpk"), &devices.main)?;
                 let onnx_path = dir.join(format!("{stem}-features.onnx"));
-                let frozen = Teacher::of_network(&net.valid(), &card, config.teacher.runtime, devices.cpu, &onnx_path)?;
+                let frozen =
+                    Teacher::of_network(&net.valid(), &card, config.teacher.runtime(), devices.cpu, &onnx_path)?;
                 teachers.push((teacher, frozen));
             }
             for &student in &spec.students {
@@ -339,7 +345,7 @@ struct TargetGrid<'a> {
 impl TargetGrid<'_> {
     fn teacher(&self, teacher: Architecture, root: &Path) -> anyhow::Result<Cell> {
         let mut config = self.config.clone();
-        config.teacher.architecture = teacher;
+        config.teacher = config.teacher.with_architecture(teacher);
         let kind = CellKind::Teacher { teacher };
         self.stage(&config, &kind.stem(), |stage| stage.teacher(&kind.stem(), root, self.cases, None).map(drop))?;
         self.score(&config, kind)
@@ -363,7 +369,7 @@ impl TargetGrid<'_> {
     ) -> anyhow::Result<Cell> {
         let mut config = self.config.clone();
         config.student.architecture = student;
-        config.teacher.architecture = teacher;
+        config.teacher = config.teacher.with_architecture(teacher);
         config.losses = variant.losses(&self.config.losses);
         let kind = CellKind::Distilled { student, teacher, variant };
         let make = student_trainee(&config, Some(frozen));
@@ -420,7 +426,8 @@ impl TargetGrid<'_> {
         let (net, _) = load_model(&self.dir.join(format!("{stem}.bpk")), &self.devices.main)?;
         let bar = progress_bar(cases.len() as u64, &format!("scoring {name}"));
         let plain = self.devices.main.clone().without_autodiff();
-        let (scores, _) = score_cases(&net.valid(), cases, config, &plain, &|| bar.inc(1));
+        let net = net.valid();
+        let (scores, _) = score_cases(&|x| net.forward(x), cases, config, &plain, &|| bar.inc(1));
         bar.finish_and_clear();
         fs::create_dir_all(path.parent().expect("scores folder"))?;
         write_atomic(&path, serde_yaml::to_string(&scores)?.as_bytes())

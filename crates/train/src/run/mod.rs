@@ -19,11 +19,14 @@ mod stage;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use burn::module::Module;
 use relkd_core::files::{LATEST_RUN, write_atomic};
+use relkd_core::transforms::Preprocessing;
+use relkd_infer::runtime::Provider;
 use relkd_models::Architecture;
 use relkd_models::device::DeviceChoice;
 
@@ -34,9 +37,9 @@ pub(crate) use relkd_runs::progress::progress_bar;
 pub use stage::{Devices, RunModel, Stage, student_trainee};
 
 use crate::checkpoint::{fingerprint, load_model};
-use crate::config::ExperimentConfig;
+use crate::config::{ExperimentConfig, OnnxTeacherSpec, TeacherSpec};
 use crate::experiment::{GridSpec, Variant, run_spec};
-use crate::teacher::Teacher;
+use crate::teacher::{OnnxTeacher, Teacher};
 use crate::trainer::Distillation;
 use model_cache::check_teacher;
 use outputs::evaluate_and_report;
@@ -60,6 +63,10 @@ pub struct RunRequest {
     /// Continue the run in `out` (or the latest run) instead of starting a new one.
     pub resume: bool,
     pub teacher_checkpoint: Option<PathBuf>,
+    /// A teacher given as an ONNX file (replaces the config's teacher).
+    pub teacher_onnx: Option<PathBuf>,
+    /// The ONNX teacher's tensor to distil features from.
+    pub teacher_features: Option<String>,
 }
 
 /// Runs (or continues) an experiment and returns its folder.
@@ -74,6 +81,13 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     let config_yaml = config.to_yaml();
     let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
     let device = &devices.main;
+    let given_teacher = match &config.teacher {
+        TeacherSpec::Onnx(spec) => {
+            let provider = if devices.cpu { Provider::Cpu } else { Provider::Cuda };
+            Some(open_onnx_teacher(spec, &config, provider)?)
+        }
+        TeacherSpec::Relkd(_) => None,
+    };
 
     // Everything is checked; only now is the run folder touched.
     let run_dir = match run_dir {
@@ -96,11 +110,14 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         write_atomic(&parent.join(LATEST_RUN), run_id.as_bytes()).with_context(|| format!("{}", parent.display()))?;
     }
 
+    let teacher_where = match given_teacher {
+        Some(_) => "(an ONNX file)".to_string(),
+        None => format!("on {}", plan.teacher_sites.join(", ")),
+    };
     println!(
-        "run {run_id} on {}: teacher {} on {}, students {} on {}, tested on {} case(s) of {target}",
+        "run {run_id} on {}: teacher {} {teacher_where}, students {} on {}, tested on {} case(s) of {target}",
         devices.description,
-        config.teacher.architecture.display_name(),
-        plan.teacher_sites.join(", "),
+        config.teacher.display_name(),
         config.student.architecture.display_name(),
         plan.student_sites.join(", "),
         cases.test.len(),
@@ -110,12 +127,24 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         Stage { config: &config, run_dir: &run_dir, run_id: &run_id, config_hash: &config_hash, devices: &devices };
     let mut timings = Vec::new();
 
-    // Teacher.
-    let started = Instant::now();
-    let how = stage.teacher("teacher", &root, &cases, request.teacher_checkpoint.as_deref())?;
-    timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
-    let (teacher, teacher_card) = load_model(&run_dir.join("teacher.bpk"), device)?;
-    let teacher = teacher.valid();
+    // Teacher: relkd's own, trained (or reused) and frozen, or the ONNX file given. relkd's own
+    // is scored by Burn whichever runtime it distils on.
+    let (frozen, scored, teacher_card) = match given_teacher {
+        Some(onnx) => {
+            let frozen = Teacher::Onnx(Arc::new(onnx));
+            (frozen.clone(), frozen, None)
+        }
+        None => {
+            let started = Instant::now();
+            let how = stage.teacher("teacher", &root, &cases, request.teacher_checkpoint.as_deref())?;
+            timings.push(("teacher".to_string(), started.elapsed().as_secs_f64(), how));
+            let (teacher, card) = load_model(&run_dir.join("teacher.bpk"), device)?;
+            let teacher = teacher.valid();
+            let onnx_path = run_dir.join("teacher-features.onnx");
+            let frozen = Teacher::of_network(&teacher, &card, config.teacher.runtime(), devices.cpu, &onnx_path)?;
+            (frozen, Teacher::Burn(teacher), Some(card))
+        }
+    };
 
     // Baseline student: the segmentation loss alone.
     let started = Instant::now();
@@ -124,8 +153,6 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
 
     // Distilled student: eq. 8 with the frozen teacher.
     let started = Instant::now();
-    let onnx_path = run_dir.join("teacher-features.onnx");
-    let frozen = Teacher::of_network(&teacher, &teacher_card, config.teacher.runtime, devices.cpu, &onnx_path)?;
     let distillation = Distillation::new(frozen, &config.losses);
     stage.train(
         "student",
@@ -134,15 +161,59 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
         &cases,
         Some(&distillation),
     )?;
-    let how = match distillation.teacher {
-        Teacher::Burn(_) => String::new(),
-        Teacher::Onnx(_) => "(teacher on ONNX Runtime: teacher-features.onnx)".to_string(),
+    let how = match (&distillation.teacher, &config.teacher) {
+        (Teacher::Burn(_), _) => String::new(),
+        (Teacher::Onnx(_), TeacherSpec::Relkd(_)) => "(teacher on ONNX Runtime: teacher-features.onnx)".to_string(),
+        (Teacher::Onnx(_), TeacherSpec::Onnx(spec)) => format!("(teacher on ONNX Runtime: {})", spec.file_name()),
     };
     timings.push(("student".to_string(), started.elapsed().as_secs_f64(), how));
     let _ = fs::remove_dir(run_dir.join("checkpoints")); // only when empty: every model is final
 
-    evaluate_and_report(&stage, &root, &cases, &teacher, &teacher_card, timings)?;
+    evaluate_and_report(&stage, &root, &cases, &scored, teacher_card.as_ref(), timings)?;
     Ok(run_dir)
+}
+
+/// The teacher given as an ONNX file on `provider`, checked to take the students' batches.
+/// What relkd assumes about its preprocessing is printed; relkd metadata that contradicts the
+/// run's preprocessing is an error.
+fn open_onnx_teacher(
+    spec: &OnnxTeacherSpec,
+    config: &ExperimentConfig,
+    provider: Provider,
+) -> anyhow::Result<OnnxTeacher> {
+    let prep = config.preprocessing;
+    let input = [config.training.batch_size, prep.channels(), prep.size, prep.size];
+    let teacher = OnnxTeacher::from_file(&spec.path, spec.features.as_deref(), input, provider)?;
+    let name = spec.file_name();
+    let slices = |p: Preprocessing| {
+        format!("{0}×{0} px slices with context {1} ({2} channel(s))", p.size, p.context, p.channels())
+    };
+    match teacher.info.preprocessing {
+        Some(own) => {
+            ensure!(
+                own == prep,
+                "teacher {}: its relkd metadata says it takes {}, but this run's students take {}; set \
+                 preprocessing in the config to the teacher's",
+                spec.path.display(),
+                slices(own),
+                slices(prep)
+            );
+            println!("teacher {name}: {}, each volume z-scored (from its relkd metadata)", slices(own));
+        }
+        None => println!(
+            "teacher {name}: no relkd metadata, so it is assumed to take what the students take: {}, each volume \
+             z-scored, resized bilinearly (relkd's preprocessing, README \"Preprocessing\")",
+            slices(prep)
+        ),
+    }
+    match teacher.feature_name().zip(teacher.feature_channels) {
+        Some((feature, channels)) => println!("teacher {name}: distilling from '{feature}' ({channels} channels)"),
+        None => println!(
+            "teacher {name}: no feature named (--teacher-features), so it distils through its logits only \
+             (KMM and attention transfer off)"
+        ),
+    }
+    Ok(teacher)
 }
 
 /// `train --seeds 0,1,2`: the run's teacher, baseline and distilled student once per training
@@ -157,23 +228,22 @@ pub fn run_seeds(request: &RunRequest, seeds: &[u64]) -> anyhow::Result<PathBuf>
     unique.dedup();
     ensure!(unique.len() == seeds.len(), "--seeds lists a seed twice");
     let (config, _) = resolve(request)?;
+    let Some(teacher) = config.teacher.network() else {
+        bail!("--seeds trains a teacher per seed; an ONNX teacher is for single runs");
+    };
     let base_name =
         request.config.as_ref().map_or("the built-in configs/quick.yaml".to_string(), |p| p.display().to_string());
     let spec = GridSpec {
         base: PathBuf::from(&base_name),
-        teachers: vec![config.teacher.architecture],
+        teachers: vec![teacher.architecture],
         students: vec![config.student.architecture],
         targets: vec![config.target.clone()],
         distillers: vec![Variant::ALL_THREE],
         seeds: seeds.to_vec(),
         overrides: serde_yaml::Value::Null,
     };
-    let stem = format!(
-        "{}-{}-{}-seeds",
-        config.teacher.architecture.name(),
-        config.student.architecture.name(),
-        config.target
-    );
+    let stem =
+        format!("{}-{}-{}-seeds", teacher.architecture.name(), config.student.architecture.name(), config.target);
     let out = request.out.clone().unwrap_or_else(|| Path::new("experiments").join(&stem));
     let devices = Devices::resolve(request.device.unwrap_or(DeviceChoice::Cpu), &request.devices)?;
     run_spec(&spec, &config, &base_name, &stem, &out, &devices)
@@ -207,7 +277,22 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
         (None, None) => ExperimentConfig::parse(DEFAULT_CONFIG, Path::new("configs/quick.yaml (built in)"))?,
     };
     if let Some(t) = request.teacher {
-        config.teacher.architecture = t;
+        config.teacher = config.teacher.with_architecture(t);
+    }
+    if let Some(path) = &request.teacher_onnx {
+        config.teacher = TeacherSpec::Onnx(OnnxTeacherSpec { path: path.clone(), features: None });
+    }
+    if let Some(name) = &request.teacher_features {
+        let TeacherSpec::Onnx(spec) = &mut config.teacher else {
+            bail!(
+                "--teacher-features names a tensor of an ONNX teacher; give --teacher-onnx FILE (or teacher.onnx in the config)"
+            );
+        };
+        spec.features = Some(name.clone());
+    }
+    // Absolute, so that the run folder's config.yaml names the file from anywhere.
+    if let TeacherSpec::Onnx(spec) = &mut config.teacher {
+        spec.path = spec.path.canonicalize().with_context(|| format!("teacher {}", spec.path.display()))?;
     }
     if let Some(s) = request.student {
         config.student.architecture = s;
@@ -217,9 +302,8 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
     }
     set_data_root(&mut config.data, request.data.as_deref())?;
     use relkd_models::Role;
-    for (spec, flag, expected) in
-        [(&config.teacher, "--teacher", Role::Teacher), (&config.student, "--student", Role::Student)]
-    {
+    let teacher = config.teacher.network().map(|spec| (spec, "--teacher", Role::Teacher));
+    for (spec, flag, expected) in teacher.into_iter().chain([(&config.student, "--student", Role::Student)]) {
         if spec.architecture.role() != expected {
             eprintln!(
                 "note: {flag} {} is a {} in the paper",
@@ -247,7 +331,7 @@ fn create_run_dir(request: &RunRequest, config: &ExperimentConfig) -> anyhow::Re
             let stem = format!(
                 "{}-{}-{}-{}",
                 timestamp(),
-                config.teacher.architecture.name(),
+                config.teacher.short_name(),
                 config.student.architecture.name(),
                 config.target
             );

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use burn::tensor::Device;
 use serde::Serialize;
 
@@ -22,8 +22,12 @@ impl Stage<'_> {
     /// settings, else a new one (which is then cached). Says how it was obtained.
     pub fn teacher(&self, stem: &str, root: &Path, cases: &Cases, given: Option<&Path>) -> anyhow::Result<String> {
         let config = self.config;
+        let (Some(spec), Some(network)) = (config.teacher.network(), config.teacher_network()) else {
+            bail!("the teacher {} is an ONNX file, used as it is: relkd trains none", config.teacher.display_name());
+        };
         let weights = self.run_dir.join(format!("{stem}.bpk"));
-        let cached = cache_dir().join("teachers").join(cache_key(config, root, RunModel::Teacher)).join("teacher.bpk");
+        let cached =
+            cache_dir().join("teachers").join(cache_key(config, root, RunModel::Teacher, spec)).join("teacher.bpk");
         if ModelCard::path_for(&weights).exists() {
             println!("{stem}: done earlier in this run");
             return Ok("(from this run)".to_string());
@@ -37,7 +41,7 @@ impl Stage<'_> {
             println!("{stem}: reusing {} (same data, sites and settings)", cached.display());
             return Ok("(reused from the cache)".to_string());
         }
-        self.train(stem, RunModel::Teacher, &TraineeConfig::plain(config.teacher_network()), cases, None)?;
+        self.train(stem, RunModel::Teacher, &TraineeConfig::plain(network), cases, None)?;
         if let Some(dir) = cached.parent() {
             fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
         }
@@ -52,8 +56,8 @@ impl Stage<'_> {
     /// configuration hash; its epochs go into this run's metrics.csv.
     pub fn baseline(&self, stem: &str, trainee: &TraineeConfig, root: &Path, cases: &Cases) -> anyhow::Result<()> {
         let weights = self.run_dir.join(format!("{stem}.bpk"));
-        let cached =
-            cache_dir().join("baselines").join(cache_key(self.config, root, RunModel::Baseline)).join("baseline.bpk");
+        let key = cache_key(self.config, root, RunModel::Baseline, &self.config.student);
+        let cached = cache_dir().join("baselines").join(key).join("baseline.bpk");
         let card_path = ModelCard::path_for(&weights);
         if !card_path.exists() && ModelCard::path_for(&cached).exists() {
             let mut card = ModelCard::load(&ModelCard::path_for(&cached))?;
@@ -105,15 +109,15 @@ struct Key<'a> {
     eval_sites: &'a [String],
 }
 
-/// The cache key of the run's teacher, or of its baseline: the students' sites, augmentation,
-/// network and training, not the teacher, its sites or its epochs.
-fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel) -> String {
+/// The cache key of the run's teacher network `spec`, or of its baseline `spec`: the students'
+/// sites, augmentation, network and training, not the teacher, its sites or its epochs.
+fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel, spec: &ModelSpec) -> String {
     let plan = config.sites.as_ref().expect("planned");
-    let (sites, augmentation, spec, training) = match model {
-        RunModel::Teacher => (&plan.teacher_sites, config.teacher_augmentation(), &config.teacher, config.training),
+    let (sites, augmentation, training) = match model {
+        RunModel::Teacher => (&plan.teacher_sites, config.teacher_augmentation(), config.training),
         RunModel::Baseline | RunModel::Student => {
             let training = crate::config::TrainingConfig { teacher_epochs: None, ..config.training };
-            (&plan.student_sites, config.augmentation, &config.student, training)
+            (&plan.student_sites, config.augmentation, training)
         }
     };
     let key = Key {
@@ -147,7 +151,13 @@ pub(super) fn check_teacher(source: &Path, config: &ExperimentConfig) -> anyhow:
     let card_path = ModelCard::path_for(source);
     let card = ModelCard::load(&card_path)
         .with_context(|| format!("teacher checkpoint {}: its model card", source.display()))?;
-    let want = &config.teacher;
+    let Some(want) = config.teacher.network() else {
+        bail!(
+            "--teacher-checkpoint {} is one of relkd's teachers, but this run's teacher is the ONNX file {}",
+            source.display(),
+            config.teacher.display_name()
+        );
+    };
     ensure!(
         card.architecture == want.architecture,
         "teacher checkpoint {} is a {} (see {}), but this run's teacher is a {}",

@@ -22,7 +22,9 @@ use crate::losses::kernel_matrix::KernelMatrixConfig;
 use crate::losses::{DistillationWeights, Term};
 use crate::report::metrics_csv;
 use crate::teacher::Teacher;
-use crate::trainer::{Distillation, TrainHooks, TrainOptions, TrainState, Trainee, TraineeConfig, train};
+use crate::trainer::{
+    Distillation, TrainHooks, TrainOptions, TrainState, Trainee, TraineeConfig, distillation_weights, train,
+};
 use relkd_runs::card::EpochLog;
 use relkd_runs::data::Cases;
 use relkd_runs::progress::progress_bar;
@@ -51,11 +53,12 @@ impl RunModel {
 /// from `teacher` uses them.
 pub fn student_trainee(config: &ExperimentConfig, teacher: Option<&Teacher>) -> TraineeConfig {
     let student = config.student_network();
-    let weights = teacher.map_or_else(DistillationWeights::default, |_| config.losses.weights());
+    let weights = teacher.map_or_else(DistillationWeights::default, |t| distillation_weights(&config.losses, t));
     let losses = &config.losses;
-    let kmm = teacher.filter(|_| weights.on(Term::Kmm)).map(|t| {
+    let teacher_channels = teacher.and_then(Teacher::feature_channels).filter(|_| weights.on(Term::Kmm));
+    let kmm = teacher_channels.map(|channels| {
         let student_channels = student.init(&Device::flex()).tap().channels;
-        KernelMatrixConfig::new(student_channels, t.feature_channels()).with_mode(losses.kmm_gram)
+        KernelMatrixConfig::new(student_channels, channels).with_mode(losses.kmm_gram)
     });
     let aam = weights.on(Term::Aam).then(|| {
         AffinityConfig::new(2)
@@ -233,7 +236,8 @@ impl<'a> ModelData<'a> {
                 train_cases: &cases.teacher_train,
                 val_cases: &cases.teacher_val,
                 sites: &plan.teacher_sites,
-                spec: c.teacher,
+                // `Stage::teacher` refuses an ONNX teacher before anything trains.
+                spec: *c.teacher.network().expect("only relkd's own teachers are trained"),
                 epochs: c.training.teacher_epochs.unwrap_or(c.training.epochs),
                 augmentation: c.teacher_augmentation(),
             },

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use relkd_core::phantom::PhantomConfig;
 use relkd_core::transforms::{Augmentation, Preprocessing};
-use relkd_models::{Architecture, NetworkConfig};
+use relkd_models::NetworkConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::losses::Gate;
@@ -14,6 +14,9 @@ use crate::losses::segmentation::SegmentationLoss;
 use crate::losses::{DistillationWeights, Term};
 use crate::protocol::{Protocol, SitePlan};
 use crate::schedule::CyclicLrConfig;
+
+mod models;
+pub use models::{ModelSpec, OnnxTeacherSpec, TeacherRuntime, TeacherSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -61,7 +64,7 @@ pub struct ExperimentConfig {
     /// whole.
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f32,
-    pub teacher: ModelSpec,
+    pub teacher: TeacherSpec,
     pub student: ModelSpec,
     pub training: TrainingConfig,
     #[serde(default)]
@@ -76,41 +79,6 @@ pub struct DataConfig {
     pub root: Option<PathBuf>,
     #[serde(default)]
     pub phantom: PhantomConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    pub architecture: Architecture,
-    /// Channel multiplier (UNet++: base filters = 64 × width); 1.0 is the paper's network.
-    #[serde(default = "default_width")]
-    pub width: f64,
-    /// Where the frozen teacher runs while it distils (teachers only). How a teacher is run is
-    /// not what it is: its training and cache key ignore this.
-    #[serde(default, skip_serializing_if = "TeacherRuntime::is_auto")]
-    pub runtime: TeacherRuntime,
-}
-
-/// What computes a frozen teacher's outputs during distillation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TeacherRuntime {
-    /// ONNX Runtime when training on the CPU and its library is found (the faster there, and
-    /// equal within 1e-4), else Burn; the run says which.
-    #[default]
-    Auto,
-    /// Burn, on the student's device.
-    Burn,
-    /// ONNX Runtime on the CPU, from the teacher's export with its tap as a second output
-    /// (checked against Burn's logits and feature within 1e-4 when written); an error where
-    /// its library is missing.
-    Onnx,
-}
-
-impl TeacherRuntime {
-    pub fn is_auto(&self) -> bool {
-        *self == Self::Auto
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -279,10 +247,6 @@ fn default_test_fraction() -> f32 {
     0.25
 }
 
-fn default_width() -> f64 {
-    1.0
-}
-
 impl ExperimentConfig {
     /// Reads and checks a YAML file; every error names the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -303,8 +267,9 @@ impl ExperimentConfig {
         self.teacher_augmentation.unwrap_or(self.augmentation)
     }
 
-    pub fn teacher_network(&self) -> NetworkConfig {
-        self.network(&self.teacher)
+    /// The network relkd trains as the teacher; None when the teacher is an ONNX file.
+    pub fn teacher_network(&self) -> Option<NetworkConfig> {
+        self.teacher.network().map(|spec| self.network(spec))
     }
 
     pub fn student_network(&self) -> NetworkConfig {
@@ -346,7 +311,10 @@ impl ExperimentConfig {
                 0.0 < self.test_fraction && self.test_fraction < 1.0,
                 format!("test_fraction must be in (0, 1), got {}", self.test_fraction),
             ),
-            (self.teacher.width > 0.0, format!("teacher.width must be positive, got {}", self.teacher.width)),
+            (
+                self.teacher.network().is_none_or(|t| t.width > 0.0),
+                format!("teacher.width must be positive, got {}", self.teacher.network().map_or(1.0, |t| t.width)),
+            ),
             (self.student.width > 0.0, format!("student.width must be positive, got {}", self.student.width)),
             (
                 self.student.runtime.is_auto(),
