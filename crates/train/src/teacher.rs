@@ -239,12 +239,12 @@ impl OnnxTeacher {
     }
 
     /// Any ONNX segmentation model as a teacher: `feature` names the tensor to distil from (a
-    /// graph output or any node's output, which is then exposed as an output; none: the tap of a
-    /// relkd export `--with-features`, else the logits only). Checked before any training: an ONNX file, the named tensor present, an input
-    /// `[N, C, H, W]` that takes `input` (the students' batches), logits `[N, 2, H, W]` at the
-    /// input's height and width, a feature of rank 4. The edited graph is staged in the
-    /// temporary folder while ONNX Runtime reads it; `provider` runs it (CUDA for students on a
-    /// GPU, never silently the CPU instead).
+    /// graph output or any node's output, which is then exposed as an output; none: the tap of
+    /// a relkd export `--with-features`, else the logits only). Checked before any training: an
+    /// ONNX file, the named tensor present, an input `[N, C, H, W]` that takes `input` (the
+    /// students' batches), logits `[N, 2, H, W]` at the input's height and width, a feature of
+    /// rank 4. The edited graph is staged in the temporary folder while ONNX Runtime reads it;
+    /// `provider` runs it (CUDA for students on a GPU, never silently the CPU instead).
     pub fn from_file(
         source: &Path,
         feature: Option<&str>,
@@ -252,7 +252,7 @@ impl OnnxTeacher {
         provider: Provider,
     ) -> anyhow::Result<Self> {
         let bytes = std::fs::read(source).with_context(|| format!("reading the teacher {}", source.display()))?;
-        // relkd's own `export --with-features` says in its metadata that its second output is the tap.
+        // relkd's `export --with-features` says in its metadata that its second output is the tap.
         let feature = feature.or_else(|| has_relkd_features(&bytes).then_some(FEATURES_OUTPUT));
         let model = checked_graph(&bytes, feature, input[1])
             .map_err(|e| anyhow::anyhow!("teacher {}: {e}", source.display()))?;

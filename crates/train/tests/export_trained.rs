@@ -234,4 +234,9 @@ fn runs_from_an_onnx_teacher(dir: &std::path::Path, run_dir: &std::path::Path) {
     let message = format!("{refused:#}");
     assert!(message.contains("teacher-plain.onnx") && message.contains("32×32 px slices"), "{message}");
     assert!(!dir.join("onnx-48").exists(), "refused before the run folder exists");
+
+    // Seeds (a grid) train a teacher per seed; a file cannot be one.
+    let seeds = relkd_train::run::run_seeds(&request("onnx-seeds", Some(&tap)), &[0, 1]).unwrap_err();
+    assert!(format!("{seeds:#}").contains("for single runs"), "{seeds:#}");
+    assert!(!dir.join("onnx-seeds").exists());
 }

@@ -202,7 +202,7 @@ fn open_onnx_teacher(
         }
         None => println!(
             "teacher {name}: no relkd metadata, so it is assumed to take what the students take: {}, each volume \
-             z-scored, resized bilinearly (relkd's preprocessing, README \"Preprocessing\")",
+             z-scored over all its voxels, resized bilinearly with half-pixel centres",
             slices(prep)
         ),
     }
@@ -285,7 +285,8 @@ fn resolve(request: &RunRequest) -> anyhow::Result<(ExperimentConfig, Option<Pat
     if let Some(name) = &request.teacher_features {
         let TeacherSpec::Onnx(spec) = &mut config.teacher else {
             bail!(
-                "--teacher-features names a tensor of an ONNX teacher; give --teacher-onnx FILE (or teacher.onnx in the config)"
+                "--teacher-features names a tensor of an ONNX teacher; give --teacher-onnx FILE (or teacher.onnx in \
+                 the config)"
             );
         };
         spec.features = Some(name.clone());
