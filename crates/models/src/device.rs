@@ -1,6 +1,7 @@
-//! Where Burn computes: `cpu` (flex), `cuda[:N]` (burn-cuda, with the `cuda` feature) or
-//! `auto`. A CUDA device that cannot run is an error, never a silent CPU fallback, unless the
-//! user asked for `auto`, and then the fallback is reported.
+//! Where Burn computes: `cpu` (flex), `cuda[:N]` (burn-cuda, with the `cuda` feature),
+//! `cubecl-cpu` (CubeCL's CPU runtime, with the `cubecl-cpu` feature: the GPU code path on this
+//! CPU) or `auto`. A CUDA device that cannot run is an error, never a silent CPU fallback,
+//! unless the user asked for `auto`, and then the fallback is reported.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +13,8 @@ use burn::tensor::Device;
 pub enum DeviceChoice {
     Cpu,
     Cuda(usize),
+    /// CubeCL's CPU runtime: Burn's own operations and CubeCL kernels, as on CUDA, not flex's.
+    CubeclCpu,
     Auto,
 }
 
@@ -23,11 +26,12 @@ impl FromStr for DeviceChoice {
             "cpu" => Ok(DeviceChoice::Cpu),
             "auto" => Ok(DeviceChoice::Auto),
             "cuda" => Ok(DeviceChoice::Cuda(0)),
+            "cubecl-cpu" => Ok(DeviceChoice::CubeclCpu),
             other => other
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("unknown device '{s}' (use cpu, cuda, cuda:N or auto)")),
+                .ok_or_else(|| format!("unknown device '{s}' (use cpu, cuda, cuda:N, cubecl-cpu or auto)")),
         }
     }
 }
@@ -37,6 +41,7 @@ impl fmt::Display for DeviceChoice {
         match self {
             DeviceChoice::Cpu => f.write_str("cpu"),
             DeviceChoice::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceChoice::CubeclCpu => f.write_str("cubecl-cpu"),
             DeviceChoice::Auto => f.write_str("auto"),
         }
     }
@@ -53,6 +58,11 @@ pub enum DeviceError {
         "CUDA device {index} is unavailable: {reason}\nit needs an NVIDIA GPU and its driver (libcuda); use --device cpu, or --device auto to fall back to the CPU"
     )]
     CudaUnavailable { index: usize, reason: String },
+    #[error(
+        "this build has no CubeCL CPU runtime; rebuild with `cargo build --release --features cubecl-cpu` \
+         (after `bash ci/setup-cuda-build.sh`), or use --device cpu"
+    )]
+    CubeclCpuNotBuilt,
 }
 
 /// The device to use, and why it is not the one asked for when `auto` fell back.
@@ -74,12 +84,27 @@ impl DeviceChoice {
             DeviceChoice::Cuda(index) => {
                 Ok(Resolved { device: cuda_device(index)?, description: format!("cuda:{index}"), fallback: None })
             }
+            DeviceChoice::CubeclCpu => Ok(Resolved {
+                device: cubecl_cpu_device()?,
+                description: "cubecl-cpu (CubeCL's CPU runtime)".into(),
+                fallback: None,
+            }),
             DeviceChoice::Auto => match cuda_device(0) {
                 Ok(device) => Ok(Resolved { device, description: "cuda:0".into(), fallback: None }),
                 Err(reason) => Ok(cpu(Some(reason))),
             },
         }
     }
+}
+
+#[cfg(feature = "cubecl-cpu")]
+fn cubecl_cpu_device() -> Result<Device, DeviceError> {
+    Ok(Device::cpu())
+}
+
+#[cfg(not(feature = "cubecl-cpu"))]
+fn cubecl_cpu_device() -> Result<Device, DeviceError> {
+    Err(DeviceError::CubeclCpuNotBuilt)
 }
 
 #[cfg(not(feature = "cuda"))]

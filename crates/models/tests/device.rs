@@ -9,7 +9,21 @@ fn parse_device_names() {
     assert_eq!("CUDA".parse(), Ok(DeviceChoice::Cuda(0)));
     assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
     assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
-    assert!("gpu".parse::<DeviceChoice>().unwrap_err().contains("cpu, cuda, cuda:N or auto"));
+    assert_eq!("cubecl-cpu".parse(), Ok(DeviceChoice::CubeclCpu));
+    assert!("gpu".parse::<DeviceChoice>().unwrap_err().contains("cpu, cuda, cuda:N, cubecl-cpu or auto"));
+}
+
+#[test]
+fn cubecl_cpu_is_a_device_only_where_it_was_built() {
+    let resolved = DeviceChoice::CubeclCpu.resolve();
+    if cfg!(feature = "cubecl-cpu") {
+        let device = resolved.unwrap().device;
+        assert_eq!(Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>(), 4.0);
+    } else {
+        let Err(err) = resolved else { panic!("a device without the cubecl-cpu feature") };
+        assert!(matches!(err, DeviceError::CubeclCpuNotBuilt));
+        assert!(err.to_string().contains("--features cubecl-cpu"), "{err}");
+    }
 }
 
 #[test]

@@ -78,7 +78,9 @@ pub struct RunArgs {
     /// Run folder; default: a new runs/DATE-TIME-TEACHER-STUDENT-TARGET.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Where to compute: cpu, cuda, cuda:N, or auto (CUDA when it works, else the CPU, said aloud).
+    /// Where to compute: cpu, cuda, cuda:N, auto (CUDA when it works, else the CPU, said aloud),
+    /// or cubecl-cpu (CubeCL's CPU runtime, the kernels CUDA runs; a build with the cubecl-cpu
+    /// feature).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Data-parallel training on several devices, e.g. cuda:0,cuda:1: each batch is split
@@ -176,7 +178,7 @@ pub enum Command {
         /// continues it.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        /// Where to compute: cpu, cuda, cuda:N or auto.
+        /// Where to compute: cpu, cuda, cuda:N, cubecl-cpu or auto.
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
         /// Data-parallel training on several devices, e.g. cuda:0,cuda:1.
@@ -210,7 +212,7 @@ pub enum Command {
         /// Channel multiplier; 1.0 is the paper's network.
         #[arg(long, default_value_t = 1.0)]
         width: f64,
-        /// Where to compute: cpu, cuda, cuda:N or auto.
+        /// Where to compute: cpu, cuda, cuda:N, cubecl-cpu or auto.
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
         /// Untimed steps first (a GPU backend compiles and tunes its kernels in them).

@@ -1,0 +1,139 @@
+#![cfg(feature = "cubecl-cpu")]
+//! The GPU code path on this machine (issue #30): CubeCL's CPU runtime runs Burn's own
+//! operations through the CubeCL kernels that burn-cuda compiles, where flex runs relkd's CPU
+//! kernels. The same weights and batches on both must give the same numbers.
+//!
+//! Dropout draws its masks from each backend's own generator, so element-wise parity of a
+//! training step holds only for networks without dropout: ESPNet as the student, UNet++ as the
+//! teacher. Every network is held to flex in inference and must train on CubeCL with a finite
+//! loss and finite weights.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use relkd_models::{Architecture, Network, NetworkConfig, Segmenter};
+use relkd_train::config::{Distiller, LossConfig};
+use relkd_train::losses::affinity::AffinityConfig;
+use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
+use relkd_train::losses::segmentation::SegmentationLoss;
+use relkd_train::losses::{Gate, Term};
+use relkd_train::teacher::Teacher;
+use relkd_train::trainer::{Distillation, TermValues, Trainee, loss_terms, teacher_outputs};
+
+/// Every float parameter of a module, in visiting order.
+fn weights<M: Module>(module: &M) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-4 * a.abs().max(1e-6)
+}
+
+/// An Adam step per batch of `trainee` distilled from `teacher` on `device` (weights copied from
+/// flex), with every term's value at each step, and the weights after them.
+fn adam_steps(
+    trainee: &Trainee,
+    teacher: &Network,
+    losses: &LossConfig,
+    batches: &[(Tensor<4>, Tensor<3, Int>)],
+    device: &Device,
+) -> (Vec<TermValues>, Vec<Vec<f32>>) {
+    let plain = device.clone().without_autodiff();
+    let mut trainee = trainee.clone().fork(device);
+    let distillation = Distillation::new(Teacher::Burn(teacher.clone().fork(&plain)), losses);
+    let segmentation = SegmentationLoss::default();
+    let mut optimizer = AdamConfig::new().init();
+    let mut values = Vec::new();
+    for (images, labels) in batches {
+        let (images, labels) = (images.clone().to_device(device), labels.clone().to_device(device));
+        let teacher = teacher_outputs(&distillation, &images, &plain);
+        let terms = loss_terms(&trainee, images, labels, &segmentation, Some((teacher, &distillation)));
+        let total = terms.total(&distillation.weights);
+        values.push(TermValues::of(&terms, &total));
+        let grads = GradientsParams::from_grads(total.backward(), &trainee);
+        trainee = optimizer.step(1e-3, trainee, grads);
+    }
+    (values, weights(&trainee))
+}
+
+#[test]
+fn cubecl_cpu_trains_as_flex_does() {
+    let (flex, cube) = (Device::flex().autodiff(), Device::cpu().autodiff());
+    flex.seed(7);
+    let student = NetworkConfig::new(Architecture::Espnet).with_width(0.25).init(&flex);
+    let batches: Vec<_> = (0..3)
+        .map(|_| {
+            let images = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &flex);
+            (images, Tensor::<3, Int>::random([2, 32, 32], Distribution::Uniform(0.0, 2.0), &flex))
+        })
+        .collect();
+    // LM, KMM and AAM with the teacher gate through three Adam steps; Hinton's KD and
+    // attention transfer at one step.
+    let relational = LossConfig { gate: Gate::TeacherCorrect, ..LossConfig::default() };
+    let hinton = LossConfig { distiller: Distiller::Hinton, ..LossConfig::default() };
+    let attention = LossConfig { distiller: Distiller::Attention, ..LossConfig::default() };
+    let teacher = NetworkConfig::new(Architecture::Unetpp).with_width(0.125).init(&flex).valid();
+    let trainee = Trainee {
+        kmm: Some(KernelMatrixConfig::new(student.tap().channels, teacher.tap().channels).init(&flex)),
+        aam: Some(AffinityConfig::new(2).init(&flex)),
+        net: student,
+    };
+    for (losses, steps) in [(&relational, 3), (&hinton, 1), (&attention, 1)] {
+        let started = std::time::Instant::now();
+        let batches = &batches[..steps];
+        let (want, want_weights) = adam_steps(&trainee, &teacher, losses, batches, &flex);
+        let (got, got_weights) = adam_steps(&trainee, &teacher, losses, batches, &cube);
+        let what = format!("{:?}", losses.distiller);
+        println!("{what}: {steps} step(s) on both in {:.1} s", started.elapsed().as_secs_f64());
+        for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+            for term in Term::ALL {
+                if let (Some(&a), Some(&b)) = (w.terms.get(term), g.terms.get(term)) {
+                    assert!(close(a, b), "{what}, step {step}, {term:?}: flex {a}, CubeCL {b}");
+                }
+            }
+            assert!(close(w.total, g.total), "{what}, step {step}: total {} and {}", w.total, g.total);
+        }
+        for (i, (a, b)) in want_weights.iter().zip(&got_weights).enumerate() {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale.max(1e-6), "{what}: parameter {i} differs by {diff} (max {scale})");
+        }
+    }
+}
+
+#[test]
+fn every_network_runs_forward_and_trains_on_cubecl_cpu() {
+    let (flex, cube) = (Device::flex(), Device::cpu());
+    for architecture in Architecture::ALL {
+        let started = std::time::Instant::now();
+        let net = NetworkConfig::new(architecture).with_width(0.125).init(&flex.clone().autodiff());
+        let images = Tensor::<4>::random([2, 1, 32, 32], Distribution::Normal(0.0, 1.0), &flex);
+        let want = net.valid().forward(images.clone());
+        let got = net.valid().fork(&cube).forward(images.clone().to_device(&cube)).to_device(&flex);
+        let diff = (want.clone() - got).abs().max().into_scalar::<f32>();
+        let scale = want.abs().max().into_scalar::<f32>();
+        assert!(diff <= 1e-4 * scale, "{architecture}: inference differs by {diff} (max {scale})");
+
+        // A training step (dropout on): the loss and every gradient finite.
+        let device = cube.clone().autodiff();
+        let net = net.fork(&device);
+        let labels = Tensor::<3, Int>::random([2, 32, 32], Distribution::Uniform(0.0, 2.0), &device);
+        let loss = SegmentationLoss::default().forward(net.forward(images.to_device(&device)), labels);
+        let grads = GradientsParams::from_grads(loss.clone().backward(), &net);
+        let net = AdamConfig::new().init().step(1e-3, net, grads);
+        assert!(loss.into_scalar::<f32>().is_finite(), "{architecture}: loss");
+        assert!(weights(&net).iter().flatten().all(|w| w.is_finite()), "{architecture}: weights after Adam");
+        println!(
+            "{architecture}: inference within {diff:e}, a training step, {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
