@@ -121,13 +121,16 @@ fn cpu_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The model in `bytes`, checked to take slices of `channels` channels and, given a feature
-/// `name`, with it among its graph outputs: as it is when it already is one, else the node
-/// output of that name appended (float, shape left to ONNX Runtime).
-fn checked_graph(bytes: &[u8], name: Option<&str>, channels: usize) -> Result<Vec<u8>, String> {
+/// The model in `bytes`, checked to take slices of `channels` channels, and the feature it
+/// distils from: `name`, else the tap a relkd export `--with-features` names in its metadata
+/// (`relkd.features`), else none. A feature that is not a graph output yet is the node output
+/// of that name, appended as one (float, shape left to ONNX Runtime).
+fn checked_graph(bytes: &[u8], name: Option<&str>, channels: usize) -> Result<(Vec<u8>, Option<String>), String> {
     use onnx_protobuf::{Message, ModelProto, ValueInfoProto};
 
     let mut model = ModelProto::parse_from_bytes(bytes).map_err(|e| format!("not an ONNX model ({e})"))?;
+    let relkd_tap = model.metadata_props.iter().any(|p| p.key == "relkd.features").then_some(FEATURES_OUTPUT);
+    let feature = name.or(relkd_tap).map(str::to_string);
     let Some(graph) = model.graph.as_mut().filter(|g| !g.node.is_empty()) else {
         return Err("not an ONNX model (no graph)".into());
     };
@@ -143,7 +146,7 @@ fn checked_graph(bytes: &[u8], name: Option<&str>, channels: usize) -> Result<Ve
             "its input takes {declared} channel(s), the students' slices have {channels} (2 × preprocessing.context + 1)"
         ));
     }
-    if let Some(name) = name
+    if let Some(name) = feature.as_deref()
         && !graph.output.iter().any(|o| o.name == name)
     {
         if !graph.node.iter().any(|n| n.output.iter().any(|o| o == name)) {
@@ -157,15 +160,7 @@ fn checked_graph(bytes: &[u8], name: Option<&str>, channels: usize) -> Result<Ve
         output.name = name.to_string();
         graph.output.push(output);
     }
-    model.write_to_bytes().map_err(|e| e.to_string())
-}
-
-/// Whether `bytes` is an ONNX model written by `export --with-features` (metadata
-/// `relkd.features`).
-fn has_relkd_features(bytes: &[u8]) -> bool {
-    use onnx_protobuf::{Message, ModelProto};
-
-    ModelProto::parse_from_bytes(bytes).is_ok_and(|m| m.metadata_props.iter().any(|p| p.key == "relkd.features"))
+    Ok((model.write_to_bytes().map_err(|e| e.to_string())?, feature))
 }
 
 /// The dimensions a graph input declares (0 where symbolic), when it declares a shape.
@@ -252,16 +247,14 @@ impl OnnxTeacher {
         provider: Provider,
     ) -> anyhow::Result<Self> {
         let bytes = std::fs::read(source).with_context(|| format!("reading the teacher {}", source.display()))?;
-        // relkd's `export --with-features` says in its metadata that its second output is the tap.
-        let feature = feature.or_else(|| has_relkd_features(&bytes).then_some(FEATURES_OUTPUT));
-        let model = checked_graph(&bytes, feature, input[1])
+        let (model, feature) = checked_graph(&bytes, feature, input[1])
             .map_err(|e| anyhow::anyhow!("teacher {}: {e}", source.display()))?;
         let name = source.file_name().unwrap_or_default();
         let staged = Pending::beside(&std::env::temp_dir().join(name));
         relkd_core::files::write_atomic(&staged, &model).with_context(|| format!("{}", staged.display()))?;
         let opened = Model::open(&staged, provider, cpu_threads())
             .map_err(|e| anyhow::anyhow!("teacher {}: {}", source.display(), contract_message(e)))?;
-        Self::with_model(source, opened, feature, input)
+        Self::with_model(source, opened, feature.as_deref(), input)
             .map_err(|e| anyhow::anyhow!("teacher {}: {e:#}", source.display()))
     }
 
