@@ -6,8 +6,9 @@
 #
 #   bash ci/gpu-check.sh                 # here: build and pack (release; cold: tens of minutes)
 #   device run, carry ["gpu-pack"]:  bash ci/gpu-device.sh --pack gpu-pack/relkd-gpu.tar.xz --out "$OUT"
-#   bash ci/gpu-check.sh --dry-run       # CI: the same build in the cuda-check profile, the pack,
-#                                        # its size, then the device half on CPU binaries, tiny shapes
+#   bash ci/gpu-check.sh --dry-run       # CI: the same build in the cuda-check profile (with
+#                                        # CubeCL's CPU runtime), its tests, the pack, its size,
+#                                        # then the device half on flex, tiny shapes
 #
 # The report is OUT/gpu-report.md (ci/gpu_report.py).
 set -euo pipefail
@@ -23,16 +24,37 @@ esac
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 limit_bytes=$((60 * 1024 * 1024))
 # Only `train` runs on the GPU (burn-cuda links LLVM statically, for its PTX compiler); `export`
-# and `infer` are CPU builds. The dry run packs what CI has already built, so it adds no
-# compile: `train` from the CUDA test step of .ci/run (same packages and features; the
-# `cuda-check` profile leaves dependencies unoptimised, so that binary is larger than the
-# release one) and `export` and `infer` from ci/test.sh's build.
+# and `infer` are CPU builds. The dry run builds all three once in the `cuda-check` profile with
+# burn-cuda and CubeCL's CPU runtime together (one build of burn for both), runs the tests of
+# what it can check without a GPU (CUDA refused clearly; CubeCL's CPU runtime, the kernels the
+# GPU run compiles to PTX, held to flex), and runs the device half with tiny shapes.
 bash ci/setup-cuda-build.sh
 bash ci/setup-ort.sh
 if ((dry)); then
-  echo "--- the builds of .ci/run: train with burn-cuda (cuda-check), export and infer (dev)"
+  # CubeCL keeps its compiled kernels and autotune choices in the workspace's target/environment.
+  # Beside a target directory outside the clone (CI's), keep them there too, so that a warm CI
+  # run does not tune every kernel again (a cold tuning takes minutes on this CPU: README).
+  if [[ "$CARGO_TARGET_DIR" != "$root/target" && ! -e target/environment ]]; then
+    mkdir -p target "$CARGO_TARGET_DIR/cubecl-environment"
+    ln -s "$CARGO_TARGET_DIR/cubecl-environment" target/environment
+  fi
+  features=relkd-models/cuda,relkd-train/cuda,relkd-models/cubecl-cpu,relkd-train/cubecl-cpu
+  echo "--- train with burn-cuda and CubeCL's CPU runtime, export and infer (cuda-check)"
   cargo build --locked --profile cuda-check -p relkd-train -p relkd-export -p relkd-infer \
-    --features relkd-models/cuda,relkd-train/cuda --bins
+    --features "$features" --bins
+  # Without a GPU, `--device cuda` must be a clear error and `train --devices cuda:0,cuda:1`
+  # (burn-train's multi-device step) must fail before writing anything.
+  echo "--- the strict-device tests"
+  cargo test --locked --profile cuda-check -p relkd-models -p relkd-train --features "$features" \
+    --test device --test run_cli -- parse_device_names cuda_is_strict unavailable_devices
+  # In processes of their own: a failed CUDA start poisons burn-cubecl's fusion registry, which
+  # CubeCL's CPU runtime shares, for the rest of that process (README, "On a GPU").
+  # Not every_network_runs_forward_and_trains_on_cubecl_cpu: its UNet++ step alone had not
+  # finished after 14 minutes of CubeCL's tuning on a cold cache (README).
+  echo "--- CubeCL's CPU runtime: a device, and distillation held to flex"
+  cargo test --locked --profile cuda-check -p relkd-models -p relkd-train --features "$features" \
+    --test device --test cubecl_parity -- cubecl_cpu_
+  # The device half's binaries (flex): ci/test.sh's dev build.
   cargo test --workspace --locked --no-run
   cuda_dir=cuda-check cpu_dir=debug
 else
@@ -69,7 +91,10 @@ if ((dry)); then
   tar -xJf "$pack" -C "$unpacked"
   "$unpacked/bin/train" --version
   rm -rf "$unpacked"
-  echo "--- the device half, dry: CPU binaries, tiny shapes"
+  # On flex: with CubeCL's CPU runtime (`--bin "$CARGO_TARGET_DIR/cuda-check" --device
+  # cubecl-cpu`) the paper-width step times need their kernels tuned first, minutes each on a
+  # cold cache (README, "The GPU code path on this CPU"), more than this step's deadline.
+  echo "--- the device half, dry: flex, tiny shapes"
   out=$(mktemp -d)
   DEADLINE_S=900 bash ci/gpu-device.sh --dry-run --bin "$CARGO_TARGET_DIR/debug" --out "$out"
   # Every step ran (each network's burn step; the quick and data-parallel runs; export, infer).

