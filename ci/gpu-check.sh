@@ -49,8 +49,8 @@ if ((dry)); then
     --test device --test run_cli -- parse_device_names cuda_is_strict unavailable_devices
   # In processes of their own: a failed CUDA start poisons burn-cubecl's fusion registry, which
   # CubeCL's CPU runtime shares, for the rest of that process (README, "On a GPU").
-  # Not every_network_runs_forward_and_trains_on_cubecl_cpu: its UNet++ step alone had not
-  # finished after 14 minutes of CubeCL's tuning on a cold cache (README).
+  # Not every_network_runs_forward_and_trains_on_cubecl_cpu: 2 minutes on a warm tuning cache,
+  # but half an hour or more on a cold one, which a cold CI run cannot afford (README).
   echo "--- CubeCL's CPU runtime: a device, and distillation held to flex"
   cargo test --locked --profile cuda-check -p relkd-models -p relkd-train --features "$features" \
     --test device --test cubecl_parity -- cubecl_cpu_

@@ -149,9 +149,8 @@ fn cubecl_cpu_trains_as_flex_does() {
     }
 }
 
-/// Not in CI (`ci/gpu-check.sh` runs the tests above): with CubeCL's tuning cache empty, UNet++'s
-/// training step alone had not finished after 14 minutes on the 2-core machine (README, "The GPU
-/// code path on this CPU"); ESPNet, ENet and ERFNet take 10-21 s each once it is warm.
+/// Not in CI (`ci/gpu-check.sh` runs the test above): two minutes with CubeCL's tuning cache warm,
+/// half an hour or more with it empty (README, "The GPU code path on this CPU").
 #[test]
 fn every_network_runs_forward_and_trains_on_cubecl_cpu() {
     let (flex, cube) = (Device::flex(), Device::cpu());
