@@ -99,7 +99,26 @@ impl DeviceChoice {
 
 #[cfg(feature = "cubecl-cpu")]
 fn cubecl_cpu_device() -> Result<Device, DeviceError> {
+    sample_candidates_once();
     Ok(Device::cpu())
+}
+
+/// CubeCL's autotune times each candidate kernel at least three times, and on the CPU one
+/// candidate is slow beyond use: `gemm_cpu_general` took 38 s a call on a convolution's weight
+/// gradient at 32×32 (the winner: 1.3 ms), 308 s of tuning for that one shape. One timed call
+/// after the warm-up is enough to drop it (40 s). Applies unless the user's `cubecl.toml` sets
+/// its own sample counts, and only before CubeCL has read its configuration.
+#[cfg(feature = "cubecl-cpu")]
+fn sample_candidates_once() {
+    use burn::cubecl::config::autotune::BenchConfig;
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    let (bench, default) = (&mut config.autotune.bench, BenchConfig::default());
+    if (bench.min_samples, bench.max_samples) == (default.min_samples, default.max_samples) {
+        (bench.min_samples, bench.max_samples) = (1, 3);
+    }
+    CubeClRuntimeConfig::try_set(config);
 }
 
 #[cfg(not(feature = "cubecl-cpu"))]

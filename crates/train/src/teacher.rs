@@ -32,13 +32,13 @@ pub enum Teacher {
 
 impl Teacher {
     /// relkd's trained `net` (with its `card`) as the distillation's teacher on `runtime`, for
-    /// students training on the CPU or not (`on_cpu`); for ONNX Runtime it is exported to
+    /// students training on flex or not (`on_flex`); for ONNX Runtime it is exported to
     /// `onnx_path` first (replacing an earlier export there). Says which runtime it chose.
     pub fn of_network(
         net: &Network,
         card: &ModelCard,
         runtime: TeacherRuntime,
-        on_cpu: bool,
+        on_flex: bool,
         onnx_path: &Path,
     ) -> anyhow::Result<Self> {
         let onnx = || -> anyhow::Result<Self> {
@@ -54,8 +54,8 @@ impl Teacher {
             TeacherRuntime::Burn => Ok(Self::Burn(net.clone())),
             TeacherRuntime::Onnx => onnx(),
             // On a GPU Burn runs the teacher beside the student; ONNX Runtime would add a copy
-            // to the host and back each step.
-            TeacherRuntime::Auto if !on_cpu => Ok(Self::Burn(net.clone())),
+            // to the host and back each step (and on cubecl-cpu the teacher's kernels are the point).
+            TeacherRuntime::Auto if !on_flex => Ok(Self::Burn(net.clone())),
             TeacherRuntime::Auto => match runtime_library() {
                 Ok(()) => onnx(),
                 Err(e) => {

@@ -34,7 +34,7 @@ pub use outputs::score_cases;
 pub use relkd_runs::data::{Cases, cache_dir, prepare};
 pub(crate) use relkd_runs::data::{data_root, set_data_root};
 pub(crate) use relkd_runs::progress::progress_bar;
-pub use stage::{Devices, RunModel, Stage, student_trainee};
+pub use stage::{Devices, RunModel, Runtime, Stage, student_trainee};
 
 use crate::checkpoint::{fingerprint, load_model};
 use crate::config::{ExperimentConfig, OnnxTeacherSpec, TeacherSpec};
@@ -83,7 +83,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
     let device = &devices.main;
     let given_teacher = match &config.teacher {
         TeacherSpec::Onnx(spec) => {
-            let provider = if devices.cpu { Provider::Cpu } else { Provider::Cuda };
+            let provider = if devices.runtime == Runtime::Cuda { Provider::Cuda } else { Provider::Cpu };
             Some(open_onnx_teacher(spec, &config, provider)?)
         }
         TeacherSpec::Relkd(_) => None,
@@ -141,7 +141,7 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
             let (teacher, card) = load_model(&run_dir.join("teacher.bpk"), device)?;
             let teacher = teacher.valid();
             let onnx_path = run_dir.join("teacher-features.onnx");
-            let frozen = Teacher::of_network(&teacher, &card, config.teacher.runtime(), devices.cpu, &onnx_path)?;
+            let frozen = Teacher::of_network(&teacher, &card, config.teacher.runtime(), devices.on_flex(), &onnx_path)?;
             (frozen, Teacher::Burn(teacher), Some(card))
         }
     };

@@ -9,7 +9,7 @@ use anyhow::{Context, bail, ensure};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::stage::{RunModel, Stage, write_metrics};
+use super::stage::{RunModel, Runtime, Stage, write_metrics};
 use crate::checkpoint::{ModelCard, copy_model, fingerprint, load_model, save_card};
 use crate::config::{ExperimentConfig, ModelSpec, TeacherRuntime};
 use crate::trainer::TraineeConfig;
@@ -26,8 +26,10 @@ impl Stage<'_> {
             bail!("the teacher {} is an ONNX file, used as it is: relkd trains none", config.teacher.display_name());
         };
         let weights = self.run_dir.join(format!("{stem}.bpk"));
-        let cached =
-            cache_dir().join("teachers").join(cache_key(config, root, RunModel::Teacher, spec)).join("teacher.bpk");
+        let cached = cache_dir()
+            .join("teachers")
+            .join(cache_key(config, root, self.devices.runtime, RunModel::Teacher, spec))
+            .join("teacher.bpk");
         if ModelCard::path_for(&weights).exists() {
             println!("{stem}: done earlier in this run");
             return Ok("(from this run)".to_string());
@@ -56,7 +58,7 @@ impl Stage<'_> {
     /// configuration hash; its epochs go into this run's metrics.csv.
     pub fn baseline(&self, stem: &str, trainee: &TraineeConfig, root: &Path, cases: &Cases) -> anyhow::Result<()> {
         let weights = self.run_dir.join(format!("{stem}.bpk"));
-        let key = cache_key(self.config, root, RunModel::Baseline, &self.config.student);
+        let key = cache_key(self.config, root, self.devices.runtime, RunModel::Baseline, &self.config.student);
         let cached = cache_dir().join("baselines").join(key).join("baseline.bpk");
         let card_path = ModelCard::path_for(&weights);
         if !card_path.exists() && ModelCard::path_for(&cached).exists() {
@@ -85,8 +87,9 @@ impl Stage<'_> {
 /// The training arithmetic's revision, part of the cache key: bump it whenever a code change
 /// moves what a seed trains (an op's summation order, a kernel), so that teachers trained by
 /// earlier code are retrained rather than mixed with this code's students. 2: relkd's own CPU
-/// convolution, batch norm and PReLU (issue #16), DeepLabV3+'s separable units included.
-const TRAINING_NUMERICS: u32 = 2;
+/// convolution, batch norm and PReLU (issue #16), DeepLabV3+'s separable units included. 3: the
+/// bilinear resize as plain 2D products (issue #30), which moves UNet++'s and DeepLabV3+'s.
+const TRAINING_NUMERICS: u32 = 3;
 
 /// Everything that decides what a model learns; equal keys mean an interchangeable model. The
 /// field names are those of the teachers' key before baselines were cached (`teacher` for the
@@ -94,6 +97,9 @@ const TRAINING_NUMERICS: u32 = 2;
 #[derive(Serialize)]
 struct Key<'a> {
     numerics: u32,
+    /// Absent for flex, so that the keys of models cached before other runtimes stay.
+    #[serde(skip_serializing_if = "is_flex")]
+    runtime: Runtime,
     data: String,
     sites: &'a [String],
     split_seed: u64,
@@ -110,8 +116,14 @@ struct Key<'a> {
 }
 
 /// The cache key of the run's teacher network `spec`, or of its baseline `spec`: the students'
-/// sites, augmentation, network and training, not the teacher, its sites or its epochs.
-fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel, spec: &ModelSpec) -> String {
+/// sites, augmentation, network, training and runtime, not the teacher, its sites or its epochs.
+fn cache_key(config: &ExperimentConfig, root: &Path, runtime: Runtime, model: RunModel, spec: &ModelSpec) -> String {
+    let key = key_text(config, root, runtime, model, spec);
+    format!("{}-{}", spec.architecture.name(), fingerprint(&key))
+}
+
+/// The key's fields as YAML, the text `cache_key` fingerprints.
+fn key_text(config: &ExperimentConfig, root: &Path, runtime: Runtime, model: RunModel, spec: &ModelSpec) -> String {
     let plan = config.sites.as_ref().expect("planned");
     let (sites, augmentation, training) = match model {
         RunModel::Teacher => (&plan.teacher_sites, config.teacher_augmentation(), config.training),
@@ -122,6 +134,7 @@ fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel, spec: &Mod
     };
     let key = Key {
         numerics: TRAINING_NUMERICS,
+        runtime,
         data: data_identity(config, root),
         sites,
         split_seed: config.split_seed,
@@ -135,7 +148,11 @@ fn cache_key(config: &ExperimentConfig, root: &Path, model: RunModel, spec: &Mod
         segmentation: &config.losses.segmentation,
         eval_sites: &plan.eval_sites,
     };
-    format!("{}-{}", spec.architecture.name(), fingerprint(&serde_yaml::to_string(&key).expect("serialises")))
+    serde_yaml::to_string(&key).expect("serialises")
+}
+
+fn is_flex(runtime: &Runtime) -> bool {
+    *runtime == Runtime::Flex
 }
 
 /// The dataset a model learns from: its folder, or the phantom's manifest.
@@ -184,4 +201,40 @@ fn adopt_teacher(source: &Path, weights: &Path, config: &ExperimentConfig, devic
     check_teacher(source, config)?;
     load_model(source, device).with_context(|| format!("teacher checkpoint {}", source.display()))?;
     Ok(copy_model(source, weights)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relkd_runs::protocol::SitePlan;
+
+    fn tiny_config() -> ExperimentConfig {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-run.yaml"));
+        let mut config = ExperimentConfig::load(path).unwrap();
+        let sites = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        config.sites = Some(SitePlan {
+            teacher_sites: sites(&["HCRUDB"]),
+            student_sites: sites(&["RUNMC", "BMC"]),
+            eval_sites: sites(&["HCRUDB"]),
+        });
+        config
+    }
+
+    /// A model trained by another runtime is another model (they agree to the last bits, which
+    /// training amplifies), and flex's key is the one from before runtimes were in it.
+    #[test]
+    fn each_runtime_caches_its_own_models_and_flex_keeps_its_keys() {
+        let config = tiny_config();
+        let spec = config.teacher.network().unwrap();
+        let key = |runtime, model| cache_key(&config, Path::new("data"), runtime, model, spec);
+        for model in [RunModel::Teacher, RunModel::Baseline] {
+            let keys = [Runtime::Flex, Runtime::CubeclCpu, Runtime::Cuda].map(|r| key(r, model));
+            assert!(keys.iter().all(|k| k.starts_with("unetpp-")), "{keys:?}");
+            assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2], "{keys:?}");
+        }
+        let flex = key_text(&config, Path::new("data"), Runtime::Flex, RunModel::Teacher, spec);
+        let cuda = key_text(&config, Path::new("data"), Runtime::Cuda, RunModel::Teacher, spec);
+        assert!(!flex.contains("runtime") && flex.starts_with("numerics: "), "{flex}");
+        assert_eq!(cuda.replacen("runtime: cuda\n", "", 1), flex);
+    }
 }

@@ -76,8 +76,33 @@ pub struct Devices {
     pub main: Device,
     pub parallel: Vec<Device>,
     pub description: String,
-    /// Every device is the CPU.
-    pub cpu: bool,
+    pub runtime: Runtime,
+}
+
+/// Which of Burn's runtimes trains. It decides where an ONNX teacher runs and is part of the
+/// model cache's key: the runtimes agree only to the last bits, which training amplifies.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
+pub enum Runtime {
+    /// flex, relkd's CPU kernels.
+    #[serde(rename = "flex")]
+    Flex,
+    /// CubeCL's kernels on the CPU (the GPU code path without a GPU): host memory, as flex.
+    #[serde(rename = "cubecl-cpu")]
+    CubeclCpu,
+    #[serde(rename = "cuda")]
+    Cuda,
+}
+
+impl Runtime {
+    fn of(choices: &[DeviceChoice], fell_back: bool) -> Self {
+        if fell_back || choices.iter().all(|c| *c == DeviceChoice::Cpu) {
+            Runtime::Flex
+        } else if choices.iter().all(|c| *c == DeviceChoice::CubeclCpu) {
+            Runtime::CubeclCpu
+        } else {
+            Runtime::Cuda
+        }
+    }
 }
 
 impl Devices {
@@ -90,8 +115,8 @@ impl Devices {
                 eprintln!("warning: --device auto falls back to the CPU: {reason}");
             }
             let main = resolved.device.autodiff();
-            let cpu = choice == DeviceChoice::Cpu || resolved.fallback.is_some();
-            return Ok(Self { main, parallel: vec![], description: resolved.description, cpu });
+            let runtime = Runtime::of(&[choice], resolved.fallback.is_some());
+            return Ok(Self { main, parallel: vec![], description: resolved.description, runtime });
         }
         ensure!(!many.contains(&DeviceChoice::Auto), "--devices takes cpu, cuda or cuda:N entries, not auto");
         let resolved = many.iter().map(|c| c.resolve()).collect::<Result<Vec<_>, _>>()?;
@@ -101,8 +126,11 @@ impl Devices {
             resolved.iter().map(|r| r.description.as_str()).collect::<Vec<_>>().join(", ")
         );
         let parallel: Vec<Device> = resolved.into_iter().map(|r| r.device.autodiff()).collect();
-        let cpu = many.iter().all(|c| *c == DeviceChoice::Cpu);
-        Ok(Self { main: parallel[0].clone(), parallel, description, cpu })
+        Ok(Self { main: parallel[0].clone(), parallel, description, runtime: Runtime::of(many, false) })
+    }
+
+    pub fn on_flex(&self) -> bool {
+        self.runtime == Runtime::Flex
     }
 }
 
