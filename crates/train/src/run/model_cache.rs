@@ -97,7 +97,7 @@ const TRAINING_NUMERICS: u32 = 3;
 #[derive(Serialize)]
 struct Key<'a> {
     numerics: u32,
-    /// Absent for flex, so that the keys of models cached before other runtimes stay.
+    /// Absent for flex: its keys keep the form they had before other runtimes.
     #[serde(skip_serializing_if = "is_flex")]
     runtime: Runtime,
     data: String,
@@ -221,9 +221,9 @@ mod tests {
     }
 
     /// A model trained by another runtime is another model (they agree to the last bits, which
-    /// training amplifies), and flex's key is the one from before runtimes were in it.
+    /// training amplifies), and flex's key has the form it had before runtimes were in it.
     #[test]
-    fn each_runtime_caches_its_own_models_and_flex_keeps_its_keys() {
+    fn each_runtime_caches_its_own_models_and_flex_keys_keep_their_form() {
         let config = tiny_config();
         let spec = config.teacher.network().unwrap();
         let key = |runtime, model| cache_key(&config, Path::new("data"), runtime, model, spec);
