@@ -2,12 +2,14 @@
 //! (issue #16), the networks call these instead. Each is a Burn backend extension with a flex
 //! kernel and an autodiff node; on any other device (CUDA) the networks keep Burn's operations.
 //! Values equal Burn's up to float rounding, tested against Burn's on the same inputs:
-//! - [`conv`]: the convolution, forward and both gradients, as gemms over each image's im2col;
+//! - [`conv`]: the convolution, forward and both gradients, as gemms over each image's im2col
+//!   (the gemms in `im2col.rs`);
 //! - [`batch_norm`]: batch statistics and gradients in one pass per channel plane;
 //! - [`prelu`]: PReLU in one pass forward and one backward.
 
 pub mod batch_norm;
 pub mod conv;
+mod im2col;
 pub mod prelu;
 
 pub use batch_norm::BatchNormApply;
