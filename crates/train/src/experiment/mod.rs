@@ -309,8 +309,13 @@ pub fn run_spec(
                 let stem = CellKind::Teacher { teacher }.stem();
                 let (net, card) = load_model(&dir.join(&stem).with_extension("bpk"), &devices.main)?;
                 let onnx_path = dir.join(format!("{stem}-features.onnx"));
-                let frozen =
-                    Teacher::of_network(&net.valid(), &card, config.teacher.runtime(), devices.on_flex(), &onnx_path)?;
+                let frozen = Teacher::of_network(
+                    &net.valid(),
+                    &card,
+                    config.teacher.runtime(),
+                    devices.runtime.is_flex(),
+                    &onnx_path,
+                )?;
                 teachers.push((teacher, frozen));
             }
             for &student in &spec.students {

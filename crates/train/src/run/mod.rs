@@ -141,7 +141,8 @@ pub fn run(request: &RunRequest) -> anyhow::Result<PathBuf> {
             let (teacher, card) = load_model(&run_dir.join("teacher.bpk"), device)?;
             let teacher = teacher.valid();
             let onnx_path = run_dir.join("teacher-features.onnx");
-            let frozen = Teacher::of_network(&teacher, &card, config.teacher.runtime(), devices.on_flex(), &onnx_path)?;
+            let frozen =
+                Teacher::of_network(&teacher, &card, config.teacher.runtime(), devices.runtime.is_flex(), &onnx_path)?;
             (frozen, Teacher::Burn(teacher), Some(card))
         }
     };

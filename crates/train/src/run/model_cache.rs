@@ -98,7 +98,7 @@ const TRAINING_NUMERICS: u32 = 3;
 struct Key<'a> {
     numerics: u32,
     /// Absent for flex: its keys keep the form they had before other runtimes.
-    #[serde(skip_serializing_if = "is_flex")]
+    #[serde(skip_serializing_if = "Runtime::is_flex")]
     runtime: Runtime,
     data: String,
     sites: &'a [String],
@@ -149,10 +149,6 @@ fn key_text(config: &ExperimentConfig, root: &Path, runtime: Runtime, model: Run
         eval_sites: &plan.eval_sites,
     };
     serde_yaml::to_string(&key).expect("serialises")
-}
-
-fn is_flex(runtime: &Runtime) -> bool {
-    *runtime == Runtime::Flex
 }
 
 /// The dataset a model learns from: its folder, or the phantom's manifest.

@@ -94,6 +94,10 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    pub fn is_flex(&self) -> bool {
+        *self == Runtime::Flex
+    }
+
     fn of(choices: &[DeviceChoice], fell_back: bool) -> Self {
         if fell_back || choices.iter().all(|c| *c == DeviceChoice::Cpu) {
             Runtime::Flex
@@ -127,10 +131,6 @@ impl Devices {
         );
         let parallel: Vec<Device> = resolved.into_iter().map(|r| r.device.autodiff()).collect();
         Ok(Self { main: parallel[0].clone(), parallel, description, runtime: Runtime::of(many, false) })
-    }
-
-    pub fn on_flex(&self) -> bool {
-        self.runtime == Runtime::Flex
     }
 }
 
