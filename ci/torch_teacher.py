@@ -10,7 +10,7 @@ masks binarised and resized by nearest neighbour, slices with prostate only. Cro
 Adam; the weights of the epoch with the lowest training loss are exported (TorchScript exporter,
 so node names follow the module names: UNet++'s x3_0 is `/nodes.3.0/nodes.3.0.5/Relu_output_0`).
 
-    python ci/torch_teacher.py --data ~/.cache/relkd/phantom-v3-6x8-128px-seed0 --site HK \\
+    python ci/torch_teacher.py --data ~/.cache/relkd/phantom-v4-6x8-128px-seed0 --site HK \\
         --exclude-cases-of runs/QUICK_RUN --out unetpp-torch.onnx
     train --teacher-onnx unetpp-torch.onnx --teacher-features /nodes.3.0/nodes.3.0.5/Relu_output_0
 

@@ -216,7 +216,7 @@ fn matrix_reads_a_pixel_count_or_native() {
     assert_eq!((yaml.sites, yaml.size), (2, Matrix::Pixels(96)));
     assert!(serde_yaml::from_str::<PhantomConfig>("size: huge").is_err());
     let native = PhantomConfig { size: Matrix::Native, ..Default::default() };
-    assert_eq!(native.manifest(), "relkd phantom v3 sites=6 cases=8 size=native seed=0\n");
+    assert_eq!(native.manifest(), "relkd phantom v4 sites=6 cases=8 size=native seed=0\n");
 }
 
 #[test]

@@ -248,6 +248,6 @@ mod tests {
         assert_eq!(counts, expected.map(|(n, c)| (n.to_string(), c)));
         let config: PhantomConfig = serde_yaml::from_str("{ cases: saml, eval_cases: 2 }").unwrap();
         assert_eq!((config.cases, config.eval_cases), (CaseCount::Saml, 2));
-        assert_eq!(config.manifest(), "relkd phantom v3 sites=6 cases=saml size=128 seed=0 eval_cases=2\n");
+        assert_eq!(config.manifest(), "relkd phantom v4 sites=6 cases=saml size=128 seed=0 eval_cases=2\n");
     }
 }

@@ -49,7 +49,12 @@ impl Gland {
         gland.a *= scale;
         gland.b *= scale;
         gland.h *= scale;
-        gland.central = 0.45 + 0.25 * ((volume_cc - 20.0) / 50.0).clamp(0.0, 1.0) + rng.random_range(-0.05..0.05);
+        // The central gland's share of the volume (transition zone index) is about 0.3–0.5
+        // in men of screening age with some BPH and grows with the gland: mean 0.40 ± 0.13 in
+        // clinical BPH (Tarmono et al., Indonesian J Urol 2013), > 0.5 in severe BPH (Kaplan
+        // et al., J Urol 1995). These radii give 0.28–0.44 on the default phantom (v3's gave
+        // 0.20–0.33, a young man's gland).
+        gland.central = 0.6 + 0.2 * ((volume_cc - 20.0) / 50.0).clamp(0.0, 1.0) + rng.random_range(-0.05..0.05);
         let count =
             ((volume_cc - 25.0) / 12.0).clamp(0.0, 5.0) as usize + usize::from(rng.random_range(0.0..1.0) < 0.3);
         for _ in 0..count {
@@ -132,7 +137,10 @@ impl Gland {
             }
             return Some(Structure::TransitionZone);
         }
-        Some(if v > 0.45 { Structure::AnteriorStroma } else { Structure::PeripheralZone })
+        // The fibromuscular stroma is a midline apron over the front of the gland; lateral to it
+        // the peripheral zone's anterior horns reach forward (McNeal's zonal anatomy; the
+        // PI-RADS v2.1 sector map puts AS at the midline only).
+        Some(if v > 0.45 && u.abs() < 0.4 { Structure::AnteriorStroma } else { Structure::PeripheralZone })
     }
 }
 

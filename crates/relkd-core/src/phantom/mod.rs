@@ -181,7 +181,7 @@ impl Default for PhantomConfig {
 }
 
 /// Bumped whenever the rendering changes, so cached phantoms are regenerated.
-pub const PHANTOM_VERSION: u32 = 3;
+pub const PHANTOM_VERSION: u32 = 4;
 
 impl PhantomConfig {
     /// A line that identifies the dataset this config writes (stored as `phantom.txt`).

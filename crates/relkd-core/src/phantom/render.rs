@@ -16,8 +16,20 @@
 //!   transition zone's T2 is about two thirds of the peripheral zone's (T2 mapping of the
 //!   normal gland, e.g. Gibbs et al., MRM 2001), which at TE 100 ms puts its signal at about
 //!   three quarters of the peripheral zone's: darker, not dark;
-//! - skeletal muscle dark (T2 ≈ 30–45 ms; Stanisz et al., MRM 2005); cortical bone darkest;
-//!   fatty marrow bright; seminal vesicle fluid and the periprostatic venous plexus bright.
+//! - skeletal muscle dark (T2 ≈ 30–50 ms; de Bazelaire 2004, Stanisz et al., MRM 2005);
+//!   cortical bone darkest; fatty marrow bright; seminal vesicle fluid and the periprostatic
+//!   venous plexus bright.
+//!
+//! The gland's and muscle's levels (phantom v4) follow the spin-echo signal
+//! `PD · (1 − e^(−TR/T1)) · e^(−TE/T2)` at TR ≈ 4 s and TE 100 ms, relative to urine's
+//! (PD 1, T1 ≈ 4 s, T2 > 1.5 s: 0.59), with proton densities rounded from tissue water and
+//! fat content (urine 1, fat 0.9, gland 0.85, muscle 0.75) and relaxation at 3 T from
+//! de Bazelaire 2004 (T1: prostate 1597 ms, fat 382 ms, muscle 898 ms) and Simpkin et al.,
+//! Br J Radiol 2013 (T2: peripheral zone 149 ± 49 ms): fat 0.9 · 1.0 · e^(−100/170) / 0.59
+//! ≈ 0.85 (fast spin echo's apparent T2 for fat; 0.80 kept), peripheral zone
+//! 0.85 · 0.92 · e^(−100/150) / 0.59 ≈ 0.68, transition zone (T2 100 ms) ≈ 0.49, muscle
+//! (T2 29–50 ms) 0.04–0.16. So the normal peripheral zone comes out nearly as bright as
+//! the periprostatic fat, as radiology texts describe it, and muscle darker than v3 had it.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -153,7 +165,7 @@ fn tissue(s: Structure) -> (f32, f32, f32) {
         Skin => (0.40, 60.0, 0.05),
         SubcutaneousFat => (0.80, 180.0, 0.05),
         PelvicFat => (0.78, 180.0, 0.07),
-        Gluteus | ThighMuscle | Iliopsoas | RectusAbdominis | ObturatorInternus | LevatorAni => (0.20, 40.0, 0.08),
+        Gluteus | ThighMuscle | Iliopsoas | RectusAbdominis | ObturatorInternus | LevatorAni => (0.13, 45.0, 0.08),
         CorticalBone => (0.03, 5.0, 0.0),
         PubicBone | PelvicBone | FemoralHead | Coccyx => (0.62, 150.0, 0.12),
         Cartilage => (0.30, 40.0, 0.05),
@@ -163,9 +175,9 @@ fn tissue(s: Structure) -> (f32, f32, f32) {
         RectalContent => (0.38, 70.0, 0.25),
         RectalFluid => (0.85, 600.0, 0.02),
         SeminalVesicle => (0.88, 300.0, 0.18),
-        PeripheralZone => (0.58, 150.0, 0.10),
-        TransitionZone => (0.44, 100.0, 0.14),
-        GlandularNodule => (0.55, 120.0, 0.10),
+        PeripheralZone => (0.67, 150.0, 0.10),
+        TransitionZone => (0.50, 100.0, 0.14),
+        GlandularNodule => (0.62, 120.0, 0.10),
         StromalNodule => (0.26, 60.0, 0.08),
         AnteriorStroma => (0.20, 45.0, 0.05),
         Capsule => (0.16, 45.0, 0.0),
