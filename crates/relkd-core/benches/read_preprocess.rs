@@ -1,4 +1,6 @@
-//! Reading and preprocessing one 384×384×24 int16 `.nii.gz` volume, the size of a real case.
+//! Reading and preprocessing one 384×384×24 int16 `.nii.gz` volume, the size of a real case,
+//! and what `infer` does around the network: the whole segmentation path with a network that
+//! costs nothing (inputs cut, logits resized back, argmax), and writing the mask.
 //!
 //!     cargo bench -p relkd-core --bench read_preprocess
 //!
@@ -8,7 +10,8 @@ use std::hint::black_box;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use relkd_core::nifti_io::{new_header, read_volume, write_volume};
+use relkd_core::nifti_io::{new_header, read_volume, write_mask, write_volume};
+use relkd_core::segment::segment_volume;
 use relkd_core::timing::time_runs;
 use relkd_core::transforms::{NormalizedVolume, Preprocessing};
 
@@ -63,5 +66,32 @@ fn main() {
         for z in 0..n.depth() {
             black_box(n.input(z, &prep));
         }
+    });
+
+    // Everything `infer` does around ONNX Runtime, with a network whose logits are ready-made
+    // (two classes, a disc of foreground), so only relkd's own work is timed.
+    for size in [64, 384] {
+        let prep = Preprocessing { size, context: 0 };
+        let disc: Vec<f32> = (0..size * size)
+            .flat_map(|p| {
+                let (x, y) = ((p % size) as f32 / size as f32 - 0.5, (p / size) as f32 / size as f32 - 0.5);
+                [0.0, 0.3 - (x * x + y * y).sqrt()]
+            })
+            .collect();
+        // [n, 2, size, size]: class 0's plane, then class 1's, per slice.
+        let plane = |class: usize| disc.iter().skip(class).step_by(2).copied();
+        let one: Vec<f32> = plane(0).chain(plane(1)).collect();
+        measure(&format!("segment 24 slices at {size}×{size}, free network"), || {
+            let seg = segment_volume::<()>(&volume, &prep, 8, false, &mut |shape, _| {
+                Ok(one.iter().copied().cycle().take(shape[0] * one.len()).collect())
+            });
+            black_box(seg.unwrap());
+        });
+    }
+    let mask: Vec<u8> = volume.data.iter().map(|&v| (v > 700.0) as u8).collect();
+    let out = dir.path().join("mask.nii.gz");
+    measure("write the mask .nii.gz", || {
+        let _ = std::fs::remove_file(&out);
+        write_mask(&out, &mask, &volume).unwrap();
     });
 }

@@ -10,77 +10,46 @@ use serde::{Deserialize, Serialize};
 
 use crate::nifti_io::Volume;
 
+mod resize;
+pub use resize::{Bilinear, resize_bilinear, resize_nearest};
+
 /// Per-volume z-score: subtract the mean, divide by the standard deviation of all voxels.
 /// A constant volume (σ = 0) is only centred, so it becomes all zeros rather than NaN.
 pub fn zscore(data: &mut [f32]) {
-    if data.is_empty() {
-        return;
-    }
-    let n = data.len() as f64;
-    let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    let std = var.sqrt();
-    let scale = if std > 0.0 { 1.0 / std } else { 1.0 };
+    let z = ZScore::of(data);
     for v in data.iter_mut() {
-        *v = ((*v as f64 - mean) * scale) as f32;
+        *v = z.apply(*v);
+    }
+}
+
+/// A volume's z-score as the map it applies to each voxel, so that a voxel can be normalised
+/// where it is read instead of in a normalised copy of the volume.
+#[derive(Debug, Clone, Copy)]
+struct ZScore {
+    mean: f64,
+    scale: f64,
+}
+
+impl ZScore {
+    fn of(data: &[f32]) -> Self {
+        if data.is_empty() {
+            return Self { mean: 0.0, scale: 1.0 };
+        }
+        let n = data.len() as f64;
+        let mean = data.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = data.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let std = var.sqrt();
+        Self { mean, scale: if std > 0.0 { 1.0 / std } else { 1.0 } }
+    }
+
+    fn apply(self, v: f32) -> f32 {
+        ((v as f64 - self.mean) * self.scale) as f32
     }
 }
 
 /// Label binarisation: every non-zero label is prostate (RUNMC/BMC code a zone as 2).
 pub fn binarize(labels: &[f32]) -> Vec<u8> {
     labels.iter().map(|&v| (v > 0.0) as u8).collect()
-}
-
-/// Source coordinate of destination index `i` under the half-pixel convention.
-fn source_coord(i: usize, scale: f32) -> f32 {
-    (i as f32 + 0.5) * scale - 0.5
-}
-
-/// Interpolation taps (lower index, upper index, weight of upper) per destination index,
-/// clamping at the borders.
-fn bilinear_taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
-    let scale = src as f32 / dst as f32;
-    (0..dst)
-        .map(|i| {
-            let c = source_coord(i, scale).clamp(0.0, (src - 1) as f32);
-            let lo = c.floor() as usize;
-            let hi = (lo + 1).min(src - 1);
-            (lo, hi, c - lo as f32)
-        })
-        .collect()
-}
-
-/// Bilinear resize of an `h × w` plane to `out_h × out_w`.
-pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
-    assert_eq!(src.len(), h * w, "plane size does not match h × w");
-    if (h, w) == (out_h, out_w) {
-        return src.to_vec();
-    }
-    let rows = bilinear_taps(h, out_h);
-    let cols = bilinear_taps(w, out_w);
-    let mut out = Vec::with_capacity(out_h * out_w);
-    for &(r0, r1, fy) in &rows {
-        let (a, b) = (&src[r0 * w..(r0 + 1) * w], &src[r1 * w..(r1 + 1) * w]);
-        for &(c0, c1, fx) in &cols {
-            let top = a[c0] + (a[c1] - a[c0]) * fx;
-            let bottom = b[c0] + (b[c1] - b[c0]) * fx;
-            out.push(top + (bottom - top) * fy);
-        }
-    }
-    out
-}
-
-/// Nearest-neighbour resize (for masks): destination pixel i takes source floor((i+0.5)·scale).
-pub fn resize_nearest<T: Copy>(src: &[T], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<T> {
-    assert_eq!(src.len(), h * w, "plane size does not match h × w");
-    let pick = |i: usize, s: usize, d: usize| (((i as f32 + 0.5) * s as f32 / d as f32) as usize).min(s - 1);
-    let cols: Vec<usize> = (0..out_w).map(|i| pick(i, w, out_w)).collect();
-    let mut out = Vec::with_capacity(out_h * out_w);
-    for r in 0..out_h {
-        let row = &src[pick(r, h, out_h) * w..][..w];
-        out.extend(cols.iter().map(|&c| row[c]));
-    }
-    out
 }
 
 /// How volumes become network inputs. Travels with a trained model so inference cannot disagree.
@@ -111,17 +80,17 @@ pub struct Slice2d {
     pub z: usize,
 }
 
-/// A volume z-scored as a whole, ready to cut slices from.
-pub struct NormalizedVolume {
-    data: Vec<f32>,
+/// A volume z-scored as a whole, ready to cut slices from. Voxels are normalised as the
+/// slices are cut (the same values as z-scoring a copy first, without the copy).
+pub struct NormalizedVolume<'a> {
+    data: &'a [f32],
     dims: [usize; 3],
+    zscore: ZScore,
 }
 
-impl NormalizedVolume {
-    pub fn new(volume: &Volume) -> Self {
-        let mut data = volume.data.clone();
-        zscore(&mut data);
-        Self { data, dims: volume.dims }
+impl<'a> NormalizedVolume<'a> {
+    pub fn new(volume: &'a Volume) -> Self {
+        Self { data: &volume.data, dims: volume.dims, zscore: ZScore::of(&volume.data) }
     }
 
     pub fn depth(&self) -> usize {
@@ -133,10 +102,16 @@ impl NormalizedVolume {
     pub fn input(&self, z: usize, prep: &Preprocessing) -> Vec<f32> {
         let [nx, ny, nz] = self.dims;
         let plane = nx * ny;
+        let resize = ((ny, nx) != (prep.size, prep.size)).then(|| Bilinear::new(ny, nx, prep.size, prep.size));
         let mut out = Vec::with_capacity(prep.channels() * prep.size * prep.size);
         for offset in 0..prep.channels() {
             let zz = (z + offset).saturating_sub(prep.context).min(nz - 1);
-            out.extend(resize_bilinear(&self.data[zz * plane..][..plane], ny, nx, prep.size, prep.size));
+            let src = &self.data[zz * plane..][..plane];
+            let z = |v| self.zscore.apply(v);
+            match &resize {
+                Some(resize) => resize.apply_mapped(src, z, &mut out),
+                None => out.extend(src.iter().map(|&v| z(v))),
+            }
         }
         out
     }
@@ -354,26 +329,6 @@ mod tests {
     #[test]
     fn binarize_keeps_every_zone() {
         assert_eq!(binarize(&[0.0, 1.0, 2.0, 0.0]), vec![0, 1, 1, 0]);
-    }
-
-    #[test]
-    fn bilinear_upsample_by_hand() {
-        // 1×2 → 1×4, half-pixel: dst centres map to src x = -0.25, 0.25, 0.75, 1.25,
-        // clamped to [0, 1]: values 0, 0.25·10, 0.75·10, 10.
-        assert_eq!(resize_bilinear(&[0.0, 10.0], 1, 2, 1, 4), vec![0.0, 2.5, 7.5, 10.0]);
-        // 2×2 → 1×1 averages the four pixels (source centre 0.5, 0.5).
-        assert_eq!(resize_bilinear(&[0.0, 2.0, 4.0, 6.0], 2, 2, 1, 1), vec![3.0]);
-        // Identity size is a copy.
-        assert_eq!(resize_bilinear(&[1.0, 2.0], 1, 2, 1, 2), vec![1.0, 2.0]);
-    }
-
-    #[test]
-    fn nearest_resize_by_hand() {
-        // 2×2 → 4×4 replicates each pixel into a 2×2 block.
-        let up = resize_nearest(&[1u8, 2, 3, 4], 2, 2, 4, 4);
-        assert_eq!(up, vec![1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]);
-        // 4 → 2 takes source pixels floor(0.5·2)=1 and floor(1.5·2)=3.
-        assert_eq!(resize_nearest(&[10u8, 11, 12, 13], 1, 4, 1, 2), vec![11, 13]);
     }
 
     #[test]
