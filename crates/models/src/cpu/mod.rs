@@ -1,17 +1,21 @@
 //! The CPU backend's own training operations: where Burn's generic rules cost most on flex
-//! (issue #16), the networks call these instead. Each is a Burn backend extension with a flex
-//! kernel and an autodiff node; on any other device (CUDA) the networks keep Burn's operations.
+//! (issues #16 and #32), the networks and the affinity loss call these instead. Each is a Burn
+//! backend extension with a flex kernel and an autodiff node; on any other device (CUDA) they keep
+//! Burn's operations.
 //! Values equal Burn's up to float rounding, tested against Burn's on the same inputs:
 //! - [`conv`]: the convolution, forward and both gradients, as gemms over each image's im2col
 //!   (the gemms in `im2col.rs`);
 //! - [`batch_norm`]: batch statistics and gradients in one pass per channel plane;
-//! - [`prelu`]: PReLU in one pass forward and one backward.
+//! - [`prelu`]: PReLU in one pass forward and one backward;
+//! - [`affinity`]: the affinity loss's sums over pixel pairs, one pass each way.
 
+pub mod affinity;
 pub mod batch_norm;
 pub mod conv;
 mod im2col;
 pub mod prelu;
 
+pub use affinity::{AffinityPairs, affinity_sums};
 pub use batch_norm::BatchNormApply;
 pub use conv::Conv2dApply;
 pub use prelu::prelu;

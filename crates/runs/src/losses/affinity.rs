@@ -20,8 +20,9 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
+use relkd_models::cpu::{AffinityPairs, affinity_sums, runs_on_flex};
 use relkd_models::layers::resize_bilinear;
 
 use super::segmentation::one_hot;
@@ -90,9 +91,43 @@ impl Affinity {
     pub fn forward(&self, student: Tensor<4>, teacher: Tensor<4>, mask: Option<&Tensor<4>>) -> AffinityLoss {
         let [b, k, h, w] = student.dims();
         let device = student.device();
+        let fused = self.weights.is_none() && runs_on_flex(&device) && student.dtype() == DType::F32;
         let labels = resize_bilinear(teacher.detach(), [h, w]).argmax(1); // [b, 1, h, w]
         let p = softmax(student, 1).clamp(PROBABILITY_FLOOR, 1.0); // [b, k, h, w]
         let log_p = p.clone().log();
+        let sums = if fused {
+            // The same sums in one pass each way on the CPU backend (relkd-models' cpu module).
+            let mask = mask.cloned().unwrap_or_else(|| Tensor::ones([b, 1, h, w], &device));
+            let pairs = AffinityPairs { dilations: self.dilations.clone(), margin: self.margin as f32 };
+            let sums = affinity_sums(p, log_p, labels.float(), mask, &pairs); // [2k + 2]
+            PairSums {
+                positive: sums.clone().slice(0..k),
+                negative: sums.clone().slice(k..k + 1),
+                positive_count: sums.clone().slice(k + 1..2 * k + 1),
+                negative_count: sums.slice(2 * k + 1..2 * k + 2),
+            }
+        } else {
+            self.pair_sums(p, log_p, labels, mask)
+        };
+        let PairSums { positive: pos_sum, positive_count: pos_count, negative: neg_sum, negative_count: neg_count } =
+            sums;
+        // An empty set (no P− pairs in a slice without foreground) contributes 0.
+        let positive = if self.per_class_positive {
+            let present = pos_count.clone().greater_elem(0.0).float(); // [k]
+            let class_means = pos_sum / pos_count.clamp_min(1.0);
+            (class_means * present.clone()).sum() / present.sum().clamp_min(1.0)
+        } else {
+            pos_sum.sum() / pos_count.sum().clamp_min(1.0)
+        };
+        let negative = neg_sum / neg_count.clamp_min(1.0);
+        AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
+    }
+
+    /// The pair sums out of Burn's operations, offset by offset: every device, and the
+    /// adaptive weights.
+    fn pair_sums(&self, p: Tensor<4>, log_p: Tensor<4>, labels: Tensor<4, Int>, mask: Option<&Tensor<4>>) -> PairSums {
+        let [b, k, h, w] = p.dims();
+        let device = p.device();
         let class_weights = self.weights.as_ref().map(|w| {
             let n = self.dilations.len() as f64;
             reverse_gradient(softmax(w.val(), 1).mul_scalar(n)) // [k, dilations], mean 1 per class
@@ -149,17 +184,17 @@ impl Affinity {
                 neg_count = neg_count + different.sum();
             }
         }
-        // An empty set (no P− pairs in a slice without foreground) contributes 0.
-        let positive = if self.per_class_positive {
-            let present = pos_count.clone().greater_elem(0.0).float(); // [k]
-            let class_means = pos_sum / pos_count.clamp_min(1.0);
-            (class_means * present.clone()).sum() / present.sum().clamp_min(1.0)
-        } else {
-            pos_sum.sum() / pos_count.sum().clamp_min(1.0)
-        };
-        let negative = neg_sum / neg_count.clamp_min(1.0);
-        AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
+        PairSums { positive: pos_sum, positive_count: pos_count, negative: neg_sum, negative_count: neg_count }
     }
+}
+
+/// Over the pairs: W_ij summed per class of pixel i over P+ and their counts (`[k]`), the hinge
+/// summed over P− and their count (`[1]`), each pair weighted by the mask.
+struct PairSums {
+    positive: Tensor<1>,
+    positive_count: Tensor<1>,
+    negative: Tensor<1>,
+    negative_count: Tensor<1>,
 }
 
 /// For an offset along an axis of length n: the index ranges of the pixels i and of their
@@ -170,4 +205,56 @@ fn overlap(n: usize, offset: isize) -> Option<(std::ops::Range<usize>, std::ops:
         return None;
     }
     Some(if offset >= 0 { (0..n - shift, shift..n) } else { (shift..n, 0..n - shift) })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+
+    /// The CPU backend's one-pass sums against Burn's operations offset by offset, on the same
+    /// inputs: the loss and its gradient on the student's logits, with and without a gate
+    /// mask, pooled and per class.
+    #[test]
+    fn the_fused_pair_sums_equal_burns_operations() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let shape = [3, 2, 9, 7];
+        let student = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
+        let teacher = Tensor::<4>::random([3, 2, 5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let gate =
+            Tensor::<4>::random([3, 1, 9, 7], Distribution::Uniform(0.0, 1.0), &device).greater_elem(0.3).float();
+        for (mask, per_class) in [(None, false), (Some(&gate), false), (Some(&gate), true)] {
+            let aam = AffinityConfig::new(2).with_per_class_positive(per_class).init(&device);
+            let run = |fused: bool| {
+                let student = student.clone().require_grad();
+                let loss = if fused {
+                    aam.forward(student.clone(), teacher.clone(), mask)
+                } else {
+                    // The same loss with the sums forced through Burn's operations.
+                    let labels = resize_bilinear(teacher.clone(), [9, 7]).argmax(1);
+                    let p = softmax(student.clone(), 1).clamp(PROBABILITY_FLOOR, 1.0);
+                    let sums = aam.pair_sums(p.clone(), p.log(), labels, mask);
+                    let positive = if per_class {
+                        let present = sums.positive_count.clone().greater_elem(0.0).float();
+                        (sums.positive / sums.positive_count.clamp_min(1.0) * present.clone()).sum()
+                            / present.sum().clamp_min(1.0)
+                    } else {
+                        sums.positive.sum() / sums.positive_count.sum().clamp_min(1.0)
+                    };
+                    let negative = sums.negative / sums.negative_count.clamp_min(1.0);
+                    AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
+                };
+                let grads = loss.total.clone().backward();
+                let gradient = student.grad(&grads).expect("the student's gradient").into_data();
+                (loss.positive.into_data(), loss.negative.into_data(), gradient)
+            };
+            let ((pos, neg, grad), (pos_ref, neg_ref, grad_ref)) = (run(true), run(false));
+            let tolerance = Tolerance::relative(1e-5).set_absolute(1e-6);
+            pos.assert_approx_eq::<f32>(&pos_ref, tolerance);
+            neg.assert_approx_eq::<f32>(&neg_ref, tolerance);
+            grad.assert_approx_eq::<f32>(&grad_ref, tolerance);
+        }
+    }
 }
