@@ -252,7 +252,11 @@ pub fn train(
                 .collect();
             let ramp = distillation.map_or(1.0, |d| d.ramp(epoch as f64 + step as f64 / steps as f64));
             let objective = Objective { segmentation: &options.segmentation, distillation, ramp };
-            if step == 0 {
+            // Each epoch's first batch is diagnosed: the gradient norm of every term. With one
+            // term (a teacher, a baseline) that is the step's own gradient, read below at no cost;
+            // with several, each term takes its own pass.
+            let diagnose = step == 0;
+            if diagnose && distillation.is_some() {
                 let (images, labels) = to_batch(&batch, &options.prep, device);
                 grad_norms = objective.term_gradient_norms(&trainee, images, labels);
             }
@@ -266,6 +270,9 @@ pub fn train(
                     (values, GradientsParams::from_grads(total.backward(), &trainee))
                 }
             };
+            if diagnose && distillation.is_none() {
+                grad_norms = [(Term::Segmentation, gradient_norm(&trainee.net, &grads))].into_iter().collect();
+            }
             sums = sums.plus(&values);
             lr = scheduler.step();
             trainee = optimizer.step(lr, trainee, grads);

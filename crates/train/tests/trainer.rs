@@ -13,7 +13,7 @@ use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::schedule::CyclicLrConfig;
 use relkd_train::teacher::Teacher;
-use relkd_train::trainer::{Distillation, Quiet, TrainHooks, TrainOptions, Trainee, train};
+use relkd_train::trainer::{Distillation, Objective, Quiet, TrainHooks, TrainOptions, Trainee, to_batch, train};
 
 const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
 
@@ -223,4 +223,25 @@ fn distillation_weights_ramp_up_linearly() {
     let got = total.into_scalar::<f32>() as f64;
     assert!((got - expected).abs() < 1e-5 * expected.abs().max(1.0), "{got} vs {expected}");
     assert!((values.total - expected).abs() < 1e-5 * expected.abs().max(1.0));
+}
+
+/// A single-term run reads each epoch's gradient norm from its first step's own gradient, with
+/// no pass of its own: the same value as a separate pass over that batch from the same weights
+/// (ESPNet, which has no dropout to draw other masks; the batch's order within the step moves
+/// only float rounding).
+#[test]
+fn a_baselines_gradient_norm_is_its_first_steps() {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let cases = tiny_cases();
+    let batch: Vec<Slice2d> = samples(&cases).into_iter().take(4).collect();
+    let net = NetworkConfig::new(Architecture::Espnet).with_width(0.25).init(&device);
+    let trainee = Trainee { net, kmm: None, aam: None };
+    let (_, state) = train(trainee.clone(), None, &batch, &[], &options(1, 0.01), None, &device, &mut Quiet).unwrap();
+    let logged = *state.history[0].grad_norms.get(Term::Segmentation).expect("the segmentation term's norm");
+    let segmentation = SegmentationLoss::default();
+    let objective = Objective { segmentation: &segmentation, distillation: None, ramp: 1.0 };
+    let (images, labels) = to_batch(&batch, &PREP, &device);
+    let separate = *objective.term_gradient_norms(&trainee, images, labels).get(Term::Segmentation).unwrap();
+    assert!(logged > 0.0 && (logged - separate).abs() <= 1e-5 * separate, "logged {logged}, separate pass {separate}");
 }

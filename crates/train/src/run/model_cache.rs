@@ -88,8 +88,11 @@ impl Stage<'_> {
 /// moves what a seed trains (an op's summation order, a kernel), so that teachers trained by
 /// earlier code are retrained rather than mixed with this code's students. 2: relkd's own CPU
 /// convolution, batch norm and PReLU (issue #16), DeepLabV3+'s separable units included. 3: the
-/// bilinear resize as plain 2D products (issue #30), which moves UNet++'s and DeepLabV3+'s.
-const TRAINING_NUMERICS: u32 = 3;
+/// bilinear resize as plain 2D products (issue #30), which moves UNet++'s and DeepLabV3+'s. 4: a
+/// teacher's or baseline's per-epoch gradient norm read from its first step's own gradients
+/// (issue #32): the extra forward pass it replaces updated the batch norms' running statistics
+/// (and drew dropout masks) before that step, so every network's training moves.
+const TRAINING_NUMERICS: u32 = 4;
 
 /// Everything that decides what a model learns; equal keys mean an interchangeable model. The
 /// field names are those of the teachers' key before baselines were cached (`teacher` for the
