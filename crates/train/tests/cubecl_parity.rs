@@ -107,9 +107,10 @@ fn adam_steps(
 }
 
 /// ESPNet distilled from UNet++ (the tiny run's widths) on both backends from the same weights,
-/// batches and teacher outputs (the teacher's forward held to flex's separately): every loss term at every step and the first step's gradients (against the largest
-/// of them) within 1e-4; for the relational distiller (the paper's and the tiny run's) also the
-/// weights after three Adam steps.
+/// batches and teacher outputs (the teacher's forward held to flex's separately): every loss term
+/// at every step and the first step's gradients (against the largest of them) within 1e-4; for
+/// the relational distiller (the paper's and the tiny run's) also the weights after three Adam
+/// steps.
 /// Hinton's KD and attention transfer take one step: Adam divides each gradient by its own
 /// magnitude, so where a gradient is tiny its rounding shows in the step (attention transfer's
 /// single step moved a weight by 2e-4 of its tensor's largest; its gradients agree within 1e-4).

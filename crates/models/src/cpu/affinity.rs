@@ -28,15 +28,16 @@ pub struct AffinityPairs {
     pub margin: f32,
 }
 
+/// The 8 compass neighbours at dilation `d`, as (row, column) offsets: the affinity loss's pairs
+/// here and in its form out of Burn's operations (`relkd-runs`' `losses::affinity`).
+pub fn neighbour_offsets(d: usize) -> [(isize, isize); 8] {
+    let d = d as isize;
+    [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)]
+}
+
 impl AffinityPairs {
     fn offsets(&self) -> Vec<(isize, isize)> {
-        self.dilations
-            .iter()
-            .flat_map(|&d| {
-                let d = d as isize;
-                [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)]
-            })
-            .collect()
+        self.dilations.iter().flat_map(|&d| neighbour_offsets(d)).collect()
     }
 }
 
@@ -102,9 +103,10 @@ impl Pixels {
         Self { p: values(p), log_p: values(log_p), labels: values(labels), mask: values(mask), shape }
     }
 
-    /// Calls `pair(i, j, same, weight)` for every pair of image `b` that the mask keeps, with
-    /// pixel indices within the image's plane.
-    fn pairs(&self, b: usize, offsets: &[(isize, isize)], mut pair: impl FnMut(usize, usize, bool, f32)) {
+    /// Calls `pair(i, j, same_class, weight)` for every pair of image `b` that the mask keeps,
+    /// with pixel indices within the image's plane; `same_class` is pixel i's class where j has
+    /// it too (P+), None where the two differ (P−).
+    fn pairs(&self, b: usize, offsets: &[(isize, isize)], mut pair: impl FnMut(usize, usize, Option<usize>, f32)) {
         let [_, _, h, w] = self.shape;
         let plane = h * w;
         let (labels, mask) = (&self.labels[b * plane..][..plane], &self.mask[b * plane..][..plane]);
@@ -117,7 +119,7 @@ impl Pixels {
                     let (i, j) = (y * w + x, jy * w + (x as isize + dx) as usize);
                     let weight = mask[i] * mask[j];
                     if weight != 0.0 {
-                        pair(i, j, labels[i] == labels[j], weight);
+                        pair(i, j, (labels[i] == labels[j]).then_some(labels[i] as usize), weight);
                     }
                 }
             }
@@ -148,15 +150,17 @@ impl AffinityOps for Flex {
             .into_par_iter()
             .map(|image| {
                 let mut sums = vec![0f64; 2 * k + 2];
-                px.pairs(image, &offsets, |i, j, same, weight| {
+                px.pairs(image, &offsets, |i, j, same_class, weight| {
                     let divergence = px.divergence(image, i, j);
-                    if same {
-                        let class = px.labels[image * px.shape[2] * px.shape[3] + i] as usize;
-                        sums[class] += f64::from(weight * divergence);
-                        sums[k + 1 + class] += f64::from(weight);
-                    } else {
-                        sums[k] += f64::from(weight * (pairs.margin - divergence).max(0.0));
-                        sums[2 * k + 1] += f64::from(weight);
+                    match same_class {
+                        Some(class) => {
+                            sums[class] += f64::from(weight * divergence);
+                            sums[k + 1 + class] += f64::from(weight);
+                        }
+                        None => {
+                            sums[k] += f64::from(weight * (pairs.margin - divergence).max(0.0));
+                            sums[2 * k + 1] += f64::from(weight);
+                        }
                     }
                 });
                 sums
@@ -185,20 +189,18 @@ impl AffinityOps for Flex {
         p_grad.par_chunks_mut(k * plane).zip(log_p_grad.par_chunks_mut(k * plane)).enumerate().for_each(
             |(image, (p_grad, log_p_grad))| {
                 let (p, log_p) = (&px.p[image * k * plane..][..k * plane], &px.log_p[image * k * plane..][..k * plane]);
-                px.pairs(image, &offsets, |i, j, same, weight| {
+                px.pairs(image, &offsets, |i, j, same_class, weight| {
                     // d(output)/dw for this pair: its class's pos_sum, or the hinge where active.
-                    let g = if same {
-                        upstream[px.labels[image * plane + i] as usize] * weight
-                    } else if pairs.margin - px.divergence(image, i, j) > 0.0 {
-                        -upstream[k] * weight
-                    } else {
-                        return;
+                    let g = match same_class {
+                        Some(class) => upstream[class] * weight,
+                        None if pairs.margin - px.divergence(image, i, j) > 0.0 => -upstream[k] * weight,
+                        None => return,
                     };
                     for c in 0..k {
-                        let (pi, li, lj) = (c * plane + i, c * plane + i, c * plane + j);
-                        p_grad[pi] += g * (log_p[li] - log_p[lj]);
-                        log_p_grad[li] += g * p[pi];
-                        log_p_grad[lj] -= g * p[pi];
+                        let (ci, cj) = (c * plane + i, c * plane + j);
+                        p_grad[ci] += g * (log_p[ci] - log_p[cj]);
+                        log_p_grad[ci] += g * p[ci];
+                        log_p_grad[cj] -= g * p[ci];
                     }
                 });
             },

@@ -15,7 +15,7 @@ pub mod conv;
 mod im2col;
 pub mod prelu;
 
-pub use affinity::{AffinityPairs, affinity_sums};
+pub use affinity::{AffinityPairs, affinity_sums, neighbour_offsets};
 pub use batch_norm::BatchNormApply;
 pub use conv::Conv2dApply;
 pub use prelu::prelu;

@@ -22,7 +22,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Int, Tensor};
 
-use relkd_models::cpu::{AffinityPairs, affinity_sums, runs_on_flex};
+use relkd_models::cpu::{AffinityPairs, affinity_sums, neighbour_offsets, runs_on_flex};
 use relkd_models::layers::resize_bilinear;
 
 use super::segmentation::one_hot;
@@ -109,6 +109,11 @@ impl Affinity {
         } else {
             self.pair_sums(p, log_p, labels, mask)
         };
+        self.loss_of(sums)
+    }
+
+    /// `L_P+`, `L_P−` and their total from the pair sums.
+    fn loss_of(&self, sums: PairSums) -> AffinityLoss {
         let PairSums { positive: pos_sum, positive_count: pos_count, negative: neg_sum, negative_count: neg_count } =
             sums;
         // An empty set (no P− pairs in a slice without foreground) contributes 0.
@@ -139,8 +144,7 @@ impl Affinity {
         // P+ sums and counts per class of pixel i ([k]); P− pooled ([1]).
         let (mut pos_sum, mut pos_count, mut neg_sum, mut neg_count) = (zeros(k), zeros(k), zeros(1), zeros(1));
         for (di, &d) in self.dilations.iter().enumerate() {
-            let d = d as isize;
-            for (dy, dx) in [(-d, -d), (-d, 0), (-d, d), (0, -d), (0, d), (d, -d), (d, 0), (d, d)] {
+            for (dy, dx) in neighbour_offsets(d) {
                 let (Some(rows), Some(cols)) = (overlap(h, dy), overlap(w, dx)) else { continue };
                 let (ri, rj) = rows;
                 let (ci, cj) = cols;
@@ -235,16 +239,7 @@ mod tests {
                     // The same loss with the sums forced through Burn's operations.
                     let labels = resize_bilinear(teacher.clone(), [9, 7]).argmax(1);
                     let p = softmax(student.clone(), 1).clamp(PROBABILITY_FLOOR, 1.0);
-                    let sums = aam.pair_sums(p.clone(), p.log(), labels, mask);
-                    let positive = if per_class {
-                        let present = sums.positive_count.clone().greater_elem(0.0).float();
-                        (sums.positive / sums.positive_count.clamp_min(1.0) * present.clone()).sum()
-                            / present.sum().clamp_min(1.0)
-                    } else {
-                        sums.positive.sum() / sums.positive_count.sum().clamp_min(1.0)
-                    };
-                    let negative = sums.negative / sums.negative_count.clamp_min(1.0);
-                    AffinityLoss { total: positive.clone() + negative.clone(), positive, negative }
+                    aam.loss_of(aam.pair_sums(p.clone(), p.log(), labels, mask))
                 };
                 let grads = loss.total.clone().backward();
                 let gradient = student.grad(&grads).expect("the student's gradient").into_data();
