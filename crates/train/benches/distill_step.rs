@@ -44,6 +44,7 @@ enum Variant<'a> {
 }
 
 fn main() {
+    relkd_models::cpu::keep_freed_memory(); // as the `train` binary does
     let runs: usize = std::env::args().nth(1).and_then(|r| r.parse().ok()).unwrap_or(5);
     let quick = std::env::args().nth(2).is_some_and(|a| a == "quick");
     let (batch, size, student_width, teacher_width) = if quick { QUICK } else { PAPER };

@@ -38,6 +38,7 @@ fn pytorch_median_ms(python: &str, architecture: Architecture, threads: usize) -
 }
 
 fn main() {
+    relkd_models::cpu::keep_freed_memory(); // as the `train` binary does
     let python = std::env::var("RELKD_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("training step, batch 8, 1×128×128, paper width, Adam; {threads} threads; median of {RUNS}");

@@ -7,17 +7,20 @@
 //!   (the gemms in `im2col.rs`);
 //! - [`batch_norm`]: batch statistics and gradients in one pass per channel plane;
 //! - [`prelu`]: PReLU in one pass forward and one backward;
-//! - [`affinity`]: the affinity loss's sums over pixel pairs, one pass each way.
+//! - [`affinity`]: the affinity loss's sums over pixel pairs, one pass each way;
+//! - [`memory`]: the allocator keeps what a step frees for the next step.
 
 pub mod affinity;
 pub mod batch_norm;
 pub mod conv;
 mod im2col;
+mod memory;
 pub mod prelu;
 
 pub use affinity::{AffinityPairs, affinity_sums, neighbour_offsets};
 pub use batch_norm::BatchNormApply;
 pub use conv::Conv2dApply;
+pub use memory::keep_freed_memory;
 pub use prelu::prelu;
 
 use burn::backend::DispatchDevice;

@@ -91,8 +91,10 @@ impl Stage<'_> {
 /// bilinear resize as plain 2D products (issue #30), which moves UNet++'s and DeepLabV3+'s. 4: a
 /// teacher's or baseline's per-epoch gradient norm read from its first step's own gradients
 /// (issue #32): the extra forward pass it replaces updated the batch norms' running statistics
-/// (and drew dropout masks) before that step, so every network's training moves.
-const TRAINING_NUMERICS: u32 = 4;
+/// (and drew dropout masks) before that step, so every network's training moves. 5: gemm's
+/// AVX-512 kernels where the CPU has them (issue #32), which round the convolutions' and matrix
+/// products' sums differently from the AVX2 ones.
+const TRAINING_NUMERICS: u32 = 5;
 
 /// Everything that decides what a model learns; equal keys mean an interchangeable model. The
 /// field names are those of the teachers' key before baselines were cached (`teacher` for the
