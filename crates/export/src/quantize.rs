@@ -1,15 +1,15 @@
 //! `export --int8`: static quantisation in QDQ form, which ONNX Runtime turns into its int8
-//! kernels. Every (transposed) convolution reads a quantised input and quantised weights and
-//! writes a quantised output:
+//! kernels. Every activation before the logits is quantised (see [`activation_tensors`]) and
+//! every (transposed) convolution's weights:
 //!
 //! - activations: unsigned 8-bit, asymmetric, one scale per tensor, from the minimum and maximum
-//!   seen on calibration slices (the run's training sites, never its target site);
+//!   seen on calibration slices (the run's training sites, never its target site); an operator
+//!   that only moves values (MaxPool, Pad) keeps its input's scale;
 //! - weights: signed 8-bit, symmetric, one scale per output channel;
 //! - biases: 32-bit integers at the scale input × weight, as the int8 kernels expect.
 //!
 //! The last convolution's output (the logits) stays float32: the argmax between two classes is
-//! decided there, and an 8-bit step would move the boundary. So do the depthwise 1×1
-//! convolutions that stand for batch norms (see [`is_conv`]).
+//! decided there, and an 8-bit step would move the boundary.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,7 +17,7 @@ use std::path::Path;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::{GraphProto, Message, ModelProto, NodeProto, TensorProto};
 use ort::value::TensorRef;
-use relkd_infer::graph::{attr_int as int_attribute, attr_ints, floats_of};
+use relkd_infer::graph::{attr_int as int_attribute, floats_of};
 use relkd_infer::runtime::{Provider, runtime};
 
 use crate::onnx::{attr_int, float_tensor_info};
@@ -26,28 +26,91 @@ use crate::{ExportError, Probe};
 /// Minimum and maximum of each tensor whose quantisation needs them.
 pub type Ranges = HashMap<String, (f32, f32)>;
 
-/// A (transposed) convolution that gets int8 kernels. Depthwise 1×1 convolutions are left in
-/// float32: `export` writes a batch norm that follows no convolution as one, a per-channel
-/// affine map with nothing to gain from int8 and one more rounding to add.
+/// A (transposed) convolution: its weights become int8 (and its bias int32).
 fn is_conv(node: &NodeProto) -> bool {
-    let per_channel_affine = node.op_type == "Conv"
-        && int_attribute(node, "group", 1) > 1
-        && attr_ints(node, "kernel_shape").is_some_and(|k| k == [1, 1]);
-    (node.op_type == "Conv" || node.op_type == "ConvTranspose") && !per_channel_affine
+    node.op_type == "Conv" || node.op_type == "ConvTranspose"
 }
 
-/// The tensors that get an activation scale: every convolution's input and output, but the
-/// last convolution's output.
+/// Operators that only move or select their input's values (or add zeros): their output keeps
+/// the input's scale and zero point, which is what ONNX Runtime needs to run them on the uint8
+/// values directly (MaxPool, Pad) instead of between a dequantise and a quantise.
+fn passes_values_through(node: &NodeProto) -> bool {
+    matches!(node.op_type.as_str(), "MaxPool" | "MaxUnpool" | "Pad" | "Slice")
+}
+
+/// Operators ONNX Runtime runs on uint8 values when their inputs and output are quantised
+/// (QLinearAdd, QLinearConcat, QLinearLeakyRelu, QLinearAveragePool, its channels-last MaxPool;
+/// a Relu folds into the quantisation, Pad and MaxUnpool move values).
+fn keeps_int8(node: &NodeProto) -> bool {
+    matches!(node.op_type.as_str(), "Add" | "Concat" | "LeakyRelu" | "Relu" | "MaxPool" | "MaxUnpool" | "Pad")
+}
+
+/// The tensors that get an activation scale, before the logits (the last convolution's output,
+/// which stays float32 with what follows it): the image, every convolution's input and output,
+/// and the output of every operator of [`keeps_int8`] whose float inputs are all quantised. The
+/// last is what ONNX Runtime's own quantiser adds: a residual Add or a Concat between quantised
+/// convolutions, left float, sits between a dequantise and a quantise and keeps ONNX Runtime
+/// from running the block in its int8 channels-last layout, with transposes around each such
+/// island (issue #32: ERFNet's int8 graph had 40 where ONNX Runtime's quantiser's has 12).
+/// Operators with no int8 kernel (ESPNet's PReLU as Mul and Max) are not quantised after, only
+/// where a convolution reads them: each quantisation is a pass over the tensor, and around a
+/// float operator it buys nothing (quantised everywhere, ESPNet's int8 file ran 1.4× slower).
+///
+/// A tensor read by one Relu alone is quantised after the Relu only, whose range starts at 0: the
+/// quantisation itself clamps and ONNX Runtime drops the Relu, folding it into the convolution or
+/// Add before it, as its quantiser does (a quantise, dequantise and float Relu less each time).
 fn activation_tensors(graph: &GraphProto) -> Vec<String> {
-    let mut convs: Vec<&NodeProto> = graph.node.iter().filter(|n| is_conv(n)).collect();
-    let last = convs.pop();
-    let last_out = last.map(|n| n.output[0].clone());
-    let mut seen = HashSet::new();
-    convs
+    let floats = float_tensors(graph);
+    let logits = graph.node.iter().rposition(is_conv).unwrap_or(graph.node.len());
+    let only_a_relu_reads = |tensor: &String| {
+        let mut readers = graph.node.iter().filter(|n| n.input.contains(tensor));
+        readers.next().is_some_and(|n| n.op_type == "Relu") && readers.next().is_none()
+    };
+    // Tensors in int8 (quantised, or quantised by the Relu that alone reads them), in graph order.
+    let mut int8: HashSet<String> = graph.input.iter().map(|i| i.name.clone()).filter(|n| floats.contains(n)).collect();
+    let mut quantised: Vec<String> = int8.iter().cloned().collect();
+    for node in &graph.node[..logits] {
+        let float_inputs = || node.input.iter().filter(|t| floats.contains(*t) && !is_initializer(graph, t));
+        let output = &node.output[0];
+        if !floats.contains(output) {
+            continue; // shape arithmetic
+        } else if is_conv(node) {
+            let input = float_inputs().next().expect("a convolution reads a float tensor");
+            if !quantised.contains(input) {
+                quantised.push(input.clone());
+            }
+        } else if !(keeps_int8(node) && float_inputs().all(|t| int8.contains(t))) {
+            continue;
+        }
+        int8.insert(output.clone());
+        if !only_a_relu_reads(output) {
+            quantised.push(output.clone());
+        }
+    }
+    quantised
+}
+
+fn is_initializer(graph: &GraphProto, tensor: &str) -> bool {
+    graph.initializer.iter().any(|t| t.name == tensor)
+}
+
+/// The float32 tensors of the graph: its float inputs and initializers, and the outputs of every
+/// node whose first input is one, but for `Shape` (and MaxPool's indices, a second output).
+fn float_tensors(graph: &GraphProto) -> HashSet<String> {
+    let float = DataType::FLOAT as i32;
+    let mut floats: HashSet<String> = graph
+        .input
         .iter()
-        .flat_map(|n| [n.input[0].clone(), n.output[0].clone()])
-        .filter(|t| Some(t) != last_out.as_ref() && seen.insert(t.clone()))
-        .collect()
+        .filter(|i| i.type_.tensor_type().elem_type == float)
+        .map(|i| i.name.clone())
+        .chain(graph.initializer.iter().filter(|t| t.data_type == float).map(|t| t.name.clone()))
+        .collect();
+    for node in &graph.node {
+        if node.op_type != "Shape" && node.input.first().is_some_and(|i| floats.contains(i)) {
+            floats.insert(node.output[0].clone());
+        }
+    }
+    floats
 }
 
 /// Runs the float32 `model` (ONNX Runtime, CPU) on the calibration inputs, every tensor to be
@@ -61,7 +124,13 @@ pub fn calibrate(model: &ModelProto, inputs: &[Probe], scratch: &Path) -> Result
     let io = |message: String| ExportError::Io { path: scratch.into(), message };
     let bytes = probed.write_to_bytes().map_err(|e| io(e.to_string()))?;
     std::fs::write(scratch, bytes).map_err(|e| io(e.to_string()))?;
-    observe_ranges(scratch, &names, inputs)
+    let mut ranges = observe_ranges(scratch, &names, inputs)?;
+    for node in model.graph.node.iter().filter(|n| passes_values_through(n)) {
+        if let Some(&range) = ranges.get(&node.input[0]) {
+            ranges.insert(node.output[0].clone(), range);
+        }
+    }
+    Ok(ranges)
 }
 
 /// The minimum and maximum of each of `names` over the runs of the model in `path` on `inputs`.
@@ -248,21 +317,38 @@ impl<'a> Quantizer<'a> {
 mod tests {
     use super::*;
 
-    fn conv(op: &str, group: i64, kernel: [i64; 2]) -> NodeProto {
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         let mut node = NodeProto::new();
         node.op_type = op.into();
-        node.attribute = vec![attr_int("group", group), crate::onnx::attr_ints("kernel_shape", &kernel)];
+        node.input = inputs.iter().map(|s| s.to_string()).collect();
+        node.output = outputs.iter().map(|s| s.to_string()).collect();
         node
     }
 
     #[test]
-    fn batch_norms_written_as_depthwise_1x1_convolutions_stay_float() {
-        assert!(is_conv(&conv("Conv", 1, [3, 3])));
-        assert!(is_conv(&conv("Conv", 1, [1, 1])));
-        assert!(is_conv(&conv("Conv", 16, [3, 3]))); // a grouped 3×3 convolution is real work
-        assert!(is_conv(&conv("ConvTranspose", 1, [2, 2])));
-        assert!(!is_conv(&conv("Conv", 16, [1, 1])));
-        assert!(!is_conv(&conv("Add", 1, [1, 1])));
+    fn every_float_activation_before_the_logits_gets_a_scale() {
+        let mut graph = GraphProto::new();
+        graph.input.push(float_tensor_info("image", None));
+        let mut pads = TensorProto::new();
+        (pads.name, pads.data_type) = ("pads".into(), DataType::INT64 as i32);
+        graph.initializer.push(pads);
+        graph.node = vec![
+            node("Shape", &["image"], &["shape"]), // integers: no scale
+            node("Concat", &["pads", "shape"], &["more_pads"]),
+            node("Pad", &["image", "pads"], &["padded"]),
+            node("Conv", &["padded", "w1"], &["c1"]),
+            node("Relu", &["c1"], &["r1"]), // c1 is read by this Relu alone: quantised after it
+            node("MaxPool", &["r1"], &["pooled", "indices"]), // the indices are integers
+            node("Add", &["pooled", "r1"], &["sum"]),
+            node("Relu", &["sum"], &["r2"]), // an Add's output read by a Relu alone, too
+            node("Conv", &["r2", "w2"], &["logits"]), // the logits stay float32
+            node("Slice", &["logits", "shape"], &["out"]),
+        ];
+        let expected = ["image", "padded", "r1", "pooled", "r2"];
+        assert_eq!(activation_tensors(&graph), expected.map(String::from));
+        let through: Vec<&str> =
+            graph.node.iter().filter(|n| passes_values_through(n)).map(|n| n.op_type.as_str()).collect();
+        assert_eq!(through, ["Pad", "MaxPool", "Slice"]);
     }
 
     #[test]
