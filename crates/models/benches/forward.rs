@@ -10,6 +10,7 @@ use relkd_core::timing::time_runs;
 use relkd_models::{Architecture, NetworkConfig, Segmenter};
 
 fn main() {
+    relkd_models::cpu::keep_freed_memory(); // as the `train` binary does
     let device = Device::flex();
     let x = Tensor::<4>::random([1, 1, 384, 384], Distribution::Normal(0.0, 1.0), &device);
     println!("forward, 1×1×384×384, flex, {} threads", std::thread::available_parallelism().map_or(1, |n| n.get()));
