@@ -2,7 +2,7 @@
 """A UNet++ teacher trained in PyTorch and exported by `torch.onnx.export`, for
 `train --teacher-onnx`: the way a user who already has a PyTorch teacher brings it to relkd.
 
-The network is ci/torch_reference.py's UNet++ (SPEC §3) at a reduced base width; it trains on one
+The network is ci/torch_networks.py's UNet++ (SPEC §3) at a reduced base width; it trains on one
 site of a dataset in relkd's layout (SITE/CaseNN.nii.gz with CaseNN_segmentation.nii.gz) with
 relkd's preprocessing written out here independently: each volume z-scored over all its voxels,
 each axial slice resized bilinearly (half-pixel centres, align_corners=False) to SIZE × SIZE,
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from torch_reference import Unetpp, export_onnx  # noqa: E402
+from torch_networks import Unetpp  # noqa: E402
+from torch_reference import export_onnx  # noqa: E402
 
 TAP = "/nodes.3.0/nodes.3.0.5/Relu_output_0"
 
