@@ -203,8 +203,8 @@ impl Geometry {
     ///
     /// Both factors run along the sums (p) in memory; gemm packs its left factor as columns, and
     /// given either as it is it gathered them one scalar at a time, a cache line per load (a fifth
-    /// of ERFNet's step). So each image's dY is transposed first, the smaller of the two (c_out
-    /// rows against c_in·kh·kw), and the gemm computes dWᵀ, transposed back once at the end.
+    /// of ERFNet's step). So each image's dY is transposed first, usually the smaller of the two
+    /// (c_out rows against c_in·kh·kw), and the gemm computes dWᵀ, transposed back once at the end.
     pub(super) fn weight_gradient(&self, x: &[f32], output_grad: &[f32]) -> Vec<f32> {
         let (positions, columns, c_out) = (self.positions(), self.columns(), self.c_out);
         let image_len = self.c_in * self.height * self.width;
