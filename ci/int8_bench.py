@@ -53,6 +53,8 @@ def main():
     parser.add_argument("--block", type=int, default=10, help="runs of one file before the next file's")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.block < 1 or args.runs < args.block:
+        parser.error(f"--runs ({args.runs}) must be at least --block ({args.block}), which must be at least 1")
     print(
         f"ONNX Runtime {ort.__version__}, 1×1×{args.size}×{args.size}, batch 1, {args.threads} threads; "
         f"median ms of {args.runs} runs in blocks of {args.block}, the files in turn, after 3 warm-ups\n"
