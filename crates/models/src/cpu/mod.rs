@@ -50,6 +50,30 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail
 }
 
+/// The values of a 4D float tensor in row-major order. Flex's own copy walks a layout it cannot
+/// flatten (its softmax over channels returns `[b, k, h, w]` stored channels-last, with h and w
+/// swapped) one strided index at a time, the slowest part of the affinity loss's pass (issue
+/// #32); four nested loops over the strides do the same copy many times faster.
+pub(crate) fn values_4d(t: &FlexTensor) -> Vec<f32> {
+    let layout = t.layout();
+    if t.is_contiguous() || layout.shape().num_dims() != 4 || layout.strides().iter().any(|&s| s < 0) {
+        return t.to_contiguous().storage::<f32>().to_vec();
+    }
+    let dims: [usize; 4] = layout.shape().dims();
+    let s: [usize; 4] = std::array::from_fn(|d| layout.strides()[d] as usize);
+    let src = &t.storage::<f32>()[layout.start_offset()..];
+    let mut values = Vec::with_capacity(dims.iter().product());
+    for a in 0..dims[0] {
+        for b in 0..dims[1] {
+            for c in 0..dims[2] {
+                let row = a * s[0] + b * s[1] + c * s[2];
+                values.extend((0..dims[3]).map(|d| src[row + d * s[3]]));
+            }
+        }
+    }
+    values
+}
+
 pub(crate) fn flex_vec(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
