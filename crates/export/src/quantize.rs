@@ -63,6 +63,7 @@ fn keeps_int8(node: &NodeProto) -> bool {
 /// Add before it, as its quantiser does (a quantise, dequantise and float Relu less each time).
 fn activation_tensors(graph: &GraphProto) -> Vec<String> {
     let floats = float_tensors(graph);
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let logits = graph.node.iter().rposition(is_conv).unwrap_or(graph.node.len());
     let only_a_relu_reads = |tensor: &String| {
         let mut readers = graph.node.iter().filter(|n| n.input.contains(tensor));
@@ -72,7 +73,7 @@ fn activation_tensors(graph: &GraphProto) -> Vec<String> {
     let mut int8: HashSet<String> = graph.input.iter().map(|i| i.name.clone()).filter(|n| floats.contains(n)).collect();
     let mut quantised: Vec<String> = int8.iter().cloned().collect();
     for node in &graph.node[..logits] {
-        let float_inputs = || node.input.iter().filter(|t| floats.contains(*t) && !is_initializer(graph, t));
+        let float_inputs = || node.input.iter().filter(|t| floats.contains(*t) && !initializers.contains(t.as_str()));
         let output = &node.output[0];
         if !floats.contains(output) {
             continue; // shape arithmetic
@@ -90,10 +91,6 @@ fn activation_tensors(graph: &GraphProto) -> Vec<String> {
         }
     }
     quantised
-}
-
-fn is_initializer(graph: &GraphProto, tensor: &str) -> bool {
-    graph.initializer.iter().any(|t| t.name == tensor)
 }
 
 /// The float32 tensors of the graph: its float inputs and initializers, and the outputs of every
