@@ -1,5 +1,5 @@
 //! The CPU backend's own training operations: where Burn's generic rules cost most on flex
-//! (issues #16 and #32), the networks and the affinity loss call these instead. Each is a Burn
+//! (issues #16 and #32), the networks and the losses call these instead. Each is a Burn
 //! backend extension with a flex kernel and an autodiff node; on any other device (CUDA) they keep
 //! Burn's operations.
 //! Values equal Burn's up to float rounding, tested against Burn's on the same inputs:
@@ -7,19 +7,24 @@
 //!   (the gemms in `im2col.rs`);
 //! - [`batch_norm`]: batch statistics and gradients in one pass per channel plane;
 //! - [`prelu`]: PReLU in one pass forward and one backward;
-//! - [`affinity`]: the affinity loss's sums over pixel pairs, one pass each way;
+//! - [`affinity`]: the affinity loss's sums over pixel pairs from the student's logits, one pass
+//!   each way;
+//! - [`divergence`]: LM's and Hinton's per-pixel KL from both logits, one pass each way;
 //! - [`memory`]: the allocator keeps what a step frees for the next step.
 
 pub mod affinity;
 pub mod batch_norm;
 pub mod conv;
+pub mod divergence;
 mod im2col;
 mod memory;
 pub mod prelu;
+mod softmax;
 
 pub use affinity::{AffinityPairs, affinity_sums, neighbour_offsets};
 pub use batch_norm::BatchNormApply;
 pub use conv::Conv2dApply;
+pub use divergence::{PixelKl, pixel_kl_of_logits};
 pub use memory::keep_freed_memory;
 pub use prelu::prelu;
 

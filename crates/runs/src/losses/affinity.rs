@@ -93,13 +93,16 @@ impl Affinity {
         let device = student.device();
         let fused = self.weights.is_none() && runs_on_flex(&device) && student.dtype() == DType::F32;
         let labels = resize_bilinear(teacher.detach(), [h, w]).argmax(1); // [b, 1, h, w]
-        let p = softmax(student, 1).clamp(PROBABILITY_FLOOR, 1.0); // [b, k, h, w]
-        let log_p = p.clone().log();
         let sums = if fused {
-            // The same sums in one pass each way on the CPU backend (relkd-models' cpu module).
+            // The same sums, from the logits, in one pass each way on the CPU backend
+            // (relkd-models' cpu module).
             let mask = mask.cloned().unwrap_or_else(|| Tensor::ones([b, 1, h, w], &device));
-            let pairs = AffinityPairs { dilations: self.dilations.clone(), margin: self.margin as f32 };
-            let sums = affinity_sums(p, log_p, labels.float(), mask, &pairs); // [2k + 2]
+            let pairs = AffinityPairs {
+                dilations: self.dilations.clone(),
+                margin: self.margin as f32,
+                probability_floor: PROBABILITY_FLOOR as f32,
+            };
+            let sums = affinity_sums(student, labels.float(), mask, &pairs); // [2k + 2]
             PairSums {
                 positive: sums.clone().slice(0..k),
                 negative: sums.clone().slice(k..k + 1),
@@ -107,7 +110,8 @@ impl Affinity {
                 negative_count: sums.slice(2 * k + 1..2 * k + 2),
             }
         } else {
-            self.pair_sums(p, log_p, labels, mask)
+            let p = softmax(student, 1).clamp(PROBABILITY_FLOOR, 1.0); // [b, k, h, w]
+            self.pair_sums(p.clone(), p.log(), labels, mask)
         };
         self.loss_of(sums)
     }
@@ -219,25 +223,35 @@ mod tests {
 
     /// The CPU backend's one-pass sums against Burn's operations offset by offset, on the same
     /// inputs: the loss and its gradient on the student's logits, with and without a gate
-    /// mask, pooled and per class.
+    /// mask, pooled and per class, and with logits spread wide enough that the probability
+    /// floor clamps some of them.
     #[test]
     fn the_fused_pair_sums_equal_burns_operations() {
         let device = Device::flex().autodiff();
         device.seed(3);
         let shape = [3, 2, 9, 7];
-        let student = Tensor::<4>::random(shape, Distribution::Normal(0.0, 2.0), &device);
-        let teacher = Tensor::<4>::random([3, 2, 5, 4], Distribution::Normal(0.0, 1.0), &device);
-        let gate =
-            Tensor::<4>::random([3, 1, 9, 7], Distribution::Uniform(0.0, 1.0), &device).greater_elem(0.3).float();
+        for spread in [2.0, 8.0] {
+            let student = Tensor::<4>::random(shape, Distribution::Normal(0.0, spread), &device);
+            let clamped = softmax(student.clone(), 1).lower_elem(PROBABILITY_FLOOR).int().sum().into_scalar::<i64>();
+            assert_eq!(clamped > 0, spread > 4.0, "{clamped} probabilities under the floor");
+            the_fused_pair_sums_equal_burns_operations_on(student, &device);
+        }
+    }
+
+    fn the_fused_pair_sums_equal_burns_operations_on(student: Tensor<4>, device: &Device) {
+        let shape = student.dims();
+        let [b, _, h, w] = shape;
+        let teacher = Tensor::<4>::random([b, 2, 5, 4], Distribution::Normal(0.0, 1.0), device);
+        let gate = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(0.0, 1.0), device).greater_elem(0.3).float();
         for (mask, per_class) in [(None, false), (Some(&gate), false), (Some(&gate), true)] {
-            let aam = AffinityConfig::new(2).with_per_class_positive(per_class).init(&device);
+            let aam = AffinityConfig::new(2).with_per_class_positive(per_class).init(device);
             let run = |fused: bool| {
                 let student = student.clone().require_grad();
                 let loss = if fused {
                     aam.forward(student.clone(), teacher.clone(), mask)
                 } else {
                     // The same loss with the sums forced through Burn's operations.
-                    let labels = resize_bilinear(teacher.clone(), [9, 7]).argmax(1);
+                    let labels = resize_bilinear(teacher.clone(), [h, w]).argmax(1);
                     let p = softmax(student.clone(), 1).clamp(PROBABILITY_FLOOR, 1.0);
                     aam.loss_of(aam.pair_sums(p.clone(), p.log(), labels, mask))
                 };

@@ -6,11 +6,10 @@
 
 use burn::tensor::Tensor;
 
-use super::{masked_mean, pixel_kl, tempered_log_probabilities};
+use super::{masked_mean, tempered_pixel_kl};
 
 /// Teacher logits of another size are resized to the student's (bilinear). With a
 /// `mask [b, 1, h, w]`, the mean is over the pixels it keeps ([`super::Gate`]).
 pub fn hinton_kd(student: Tensor<4>, teacher: Tensor<4>, temperature: f64, mask: Option<&Tensor<4>>) -> Tensor<1> {
-    let (log_ps, log_pt) = tempered_log_probabilities(student, teacher, temperature);
-    masked_mean(pixel_kl(log_pt, log_ps), mask).mul_scalar(temperature * temperature)
+    masked_mean(tempered_pixel_kl(student, teacher, temperature, false), mask).mul_scalar(temperature * temperature)
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::Tensor;
 
-use super::{masked_mean, pixel_kl, tempered_log_probabilities};
+use super::{masked_mean, tempered_pixel_kl};
 
 /// (1/N) Σ_pixels Σ_c p_s (log p_s − log p_t), with p = softmax(z / T).
 ///
@@ -11,6 +11,5 @@ use super::{masked_mean, pixel_kl, tempered_log_probabilities};
 /// teacher is detached: no gradient reaches it. With a `mask [b, 1, h, w]`, the mean is over
 /// the pixels it keeps ([`super::Gate`]).
 pub fn logits_kl(student: Tensor<4>, teacher: Tensor<4>, temperature: f64, mask: Option<&Tensor<4>>) -> Tensor<1> {
-    let (log_ps, log_pt) = tempered_log_probabilities(student, teacher, temperature);
-    masked_mean(pixel_kl(log_ps, log_pt), mask)
+    masked_mean(tempered_pixel_kl(student, teacher, temperature, true), mask)
 }

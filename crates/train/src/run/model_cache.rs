@@ -93,8 +93,10 @@ impl Stage<'_> {
 /// (issue #32): the extra forward pass it replaces updated the batch norms' running statistics
 /// (and drew dropout masks) before that step, so every network's training moves. 5: gemm's
 /// AVX-512 kernels where the CPU has them (issue #32), which round the convolutions' and matrix
-/// products' sums differently from the AVX2 ones.
-const TRAINING_NUMERICS: u32 = 5;
+/// products' sums differently from the AVX2 ones. 6: the affinity loss's softmax, clamp and log
+/// and LM's and Hinton's divergences computed per pixel on flex (issue #32), which round a
+/// distilled student's gradients differently (teachers and baselines train as with 5).
+const TRAINING_NUMERICS: u32 = 6;
 
 /// Everything that decides what a model learns; equal keys mean an interchangeable model. The
 /// field names are those of the teachers' key before baselines were cached (`teacher` for the
