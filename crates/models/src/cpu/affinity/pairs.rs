@@ -210,6 +210,44 @@ mod tests {
         (p_grad, log_p_grad)
     }
 
+    /// The sums as a plain loop over the pairs computes them, in f64.
+    fn pair_by_pair_sums(image: &Image, pairs: &AffinityPairs) -> Vec<f64> {
+        let [k, h, w] = image.shape;
+        let plane = h * w;
+        let mut sums = vec![0f64; 2 * k + 2];
+        for &(dy, dx) in &pairs.offsets() {
+            for y in 0..h as isize {
+                for x in 0..w as isize {
+                    let (jy, jx) = (y + dy, x + dx);
+                    if jy < 0 || jx < 0 || jy >= h as isize || jx >= w as isize {
+                        continue;
+                    }
+                    let (i, j) = ((y * w as isize + x) as usize, (jy * w as isize + jx) as usize);
+                    let weight = f64::from(image.mask[i]) * f64::from(image.mask[j]);
+                    let divergence: f64 = (0..k)
+                        .map(|c| {
+                            let (pi, li, lj) =
+                                (image.p[c * plane + i], image.log_p[c * plane + i], image.log_p[c * plane + j]);
+                            f64::from(pi) * (f64::from(li) - f64::from(lj))
+                        })
+                        .sum();
+                    let (a, b) = (image.classes[i] as usize, image.classes[j] as usize);
+                    if a == b {
+                        sums[a] += weight * divergence;
+                        sums[k + 1 + a] += weight;
+                    } else {
+                        sums[k] += weight * (f64::from(pairs.margin) - divergence).max(0.0);
+                        sums[2 * k + 1] += weight;
+                    }
+                }
+            }
+        }
+        sums
+    }
+
+    /// The gradients bit for bit, and the forward's sums within f32 rounding (the counts
+    /// exactly), against plain loops over the pairs; rows long enough for the lanes and short
+    /// enough for the tail alone.
     #[test]
     fn the_row_loops_give_the_pair_by_pair_gradients_bit_for_bit() {
         let mut rng = Uniform(0x9e37_79b9_7f4a_7c15);
@@ -233,6 +271,14 @@ mod tests {
             let (mut p_grad, mut log_p_grad) = (vec![0f32; k * plane], vec![0f32; k * plane]);
             image_gradients(&image, &pairs.offsets(), pairs.margin, &upstream, &mut p_grad, &mut log_p_grad);
             let (want_p, want_log_p) = pair_by_pair_gradients(&image, &pairs, &upstream);
+            // The sums: the counts exactly, the sums of divergences to f32 rounding.
+            let (sums, want_sums) =
+                (image_sums(&image, &pairs.offsets(), pairs.margin), pair_by_pair_sums(&image, &pairs));
+            for (index, (&got, &want)) in sums.iter().zip(&want_sums).enumerate() {
+                let count = index > k;
+                let tolerance = if count { 0.0 } else { 1e-5 * want.abs().max(1.0) };
+                assert!((got - want).abs() <= tolerance, "sum {index} of {k}×{h}×{w}: {got} against {want}");
+            }
             assert_eq!(p_grad, want_p, "p's gradient, {k}×{h}×{w}");
             assert_eq!(log_p_grad, want_log_p, "log p's gradient, {k}×{h}×{w}");
             assert!(want_log_p.iter().any(|&g| g != 0.0));
