@@ -1,10 +1,13 @@
 //! A teacher run by ONNX Runtime (`teacher.runtime: onnx`) distils exactly as the same teacher
 //! run by Burn: every loss term at the first step agrees within 1e-4 relative.
 
+mod common;
+
 use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use common::lock_device_rng;
 use relkd_core::transforms::Preprocessing;
 use relkd_infer::runtime::Provider;
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter};
@@ -16,14 +19,6 @@ use relkd_train::losses::kernel_matrix::KernelMatrixConfig;
 use relkd_train::losses::segmentation::SegmentationLoss;
 use relkd_train::teacher::{OnnxTeacher, Teacher};
 use relkd_train::trainer::{Distillation, Trainee, loss_terms, teacher_outputs};
-
-/// The flex device's random stream is shared by this binary's tests, which run in parallel; the
-/// loss comparison needs the same dropout draws twice, so each test holds this while it draws.
-static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// An untrained teacher at width 0.125 (frozen) and its card, for 32×32 single-channel slices.
 fn small_teacher(architecture: Architecture, device: &Device) -> (Network, ModelCard) {

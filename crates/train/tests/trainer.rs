@@ -1,7 +1,10 @@
 //! The optimisation loop on a tiny phantom: it learns, it distils, it validates.
 
+mod common;
+
 use burn::module::Module;
 use burn::tensor::Device;
+use common::lock_device_rng;
 use relkd_core::dataset::{Case, Dataset, load_case};
 use relkd_core::phantom::{CaseCount, Extras, Matrix, PhantomConfig, generate};
 use relkd_core::transforms::{Augmentation, Preprocessing, Slice2d, case_slices};
@@ -16,16 +19,6 @@ use relkd_train::teacher::Teacher;
 use relkd_train::trainer::{Distillation, Objective, Quiet, TrainHooks, TrainOptions, Trainee, to_batch, train};
 
 const PREP: Preprocessing = Preprocessing { size: 32, context: 0 };
-
-/// The flex device's random stream is shared by this binary's tests, which run in parallel: a
-/// test that seeds it and then draws its weights and dropout masks holds this throughout, or
-/// another test's draws interleave and its network starts elsewhere (`a_fixed_batch_is_learned`
-/// missed its bound by 0.2% in one CI run that way).
-static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn tiny_cases() -> Vec<Case> {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,17 @@
-//! Helpers of the loss tests (`losses.rs`, `affinity_loss.rs`); each uses some of them.
+//! Helpers of the train crate's tests (`losses.rs`, `affinity_loss.rs`, `onnx_teacher.rs`,
+//! `trainer.rs`); each uses some of them.
 #![allow(dead_code)]
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// The flex device's random stream is global, and a binary's tests run in parallel: a test that
+/// seeds it and then draws (weights, dropout masks, random tensors) holds this throughout, or
+/// another test's draws interleave with its own and it starts from other values.
+static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn lock_device_rng() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 pub fn t4(values: &[f32], shape: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values.to_vec(), shape), device)

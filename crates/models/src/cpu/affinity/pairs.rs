@@ -174,37 +174,41 @@ mod tests {
     use super::super::{AffinityPairs, Uniform};
     use super::*;
 
+    /// Every pair (i, j = i + offset) inside an `h × w` plane as plane indices, offset by offset,
+    /// then row by row: the order of a plain loop over the pairs.
+    fn pairs_inside(h: usize, w: usize, pairs: &AffinityPairs) -> impl Iterator<Item = (usize, usize)> {
+        let (h, w) = (h as isize, w as isize);
+        pairs.offsets().into_iter().flat_map(move |(dy, dx)| {
+            (0..h).flat_map(move |y| (0..w).map(move |x| (y, x))).filter_map(move |(y, x)| {
+                let (jy, jx) = (y + dy, x + dx);
+                let inside = (0..h).contains(&jy) && (0..w).contains(&jx);
+                inside.then(|| ((y * w + x) as usize, (jy * w + jx) as usize))
+            })
+        })
+    }
+
     /// The gradients as a plain loop over the pairs computes them, one pair after another.
     fn pair_by_pair_gradients(image: &Image, pairs: &AffinityPairs, upstream: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let [k, h, w] = image.shape;
         let plane = h * w;
         let (p, log_p, classes, mask) = (image.p, image.log_p, image.classes, image.mask);
         let (mut p_grad, mut log_p_grad) = (vec![0f32; p.len()], vec![0f32; p.len()]);
-        for &(dy, dx) in &pairs.offsets() {
-            for y in 0..h as isize {
-                for x in 0..w as isize {
-                    let (jy, jx) = (y + dy, x + dx);
-                    if jy < 0 || jx < 0 || jy >= h as isize || jx >= w as isize {
-                        continue;
-                    }
-                    let (i, j) = ((y * w as isize + x) as usize, (jy * w as isize + jx) as usize);
-                    let weight = mask[i] * mask[j];
-                    let divergence: f32 =
-                        (0..k).map(|c| p[c * plane + i] * (log_p[c * plane + i] - log_p[c * plane + j])).sum();
-                    let g = if classes[i] == classes[j] {
-                        upstream[classes[i] as usize] * weight
-                    } else if pairs.margin - divergence > 0.0 {
-                        -upstream[k] * weight
-                    } else {
-                        continue;
-                    };
-                    for c in 0..k {
-                        let (ci, cj) = (c * plane + i, c * plane + j);
-                        p_grad[ci] += g * (log_p[ci] - log_p[cj]);
-                        log_p_grad[ci] += g * p[ci];
-                        log_p_grad[cj] -= g * p[ci];
-                    }
-                }
+        for (i, j) in pairs_inside(h, w, pairs) {
+            let weight = mask[i] * mask[j];
+            let divergence: f32 =
+                (0..k).map(|c| p[c * plane + i] * (log_p[c * plane + i] - log_p[c * plane + j])).sum();
+            let g = if classes[i] == classes[j] {
+                upstream[classes[i] as usize] * weight
+            } else if pairs.margin - divergence > 0.0 {
+                -upstream[k] * weight
+            } else {
+                continue;
+            };
+            for c in 0..k {
+                let (ci, cj) = (c * plane + i, c * plane + j);
+                p_grad[ci] += g * (log_p[ci] - log_p[cj]);
+                log_p_grad[ci] += g * p[ci];
+                log_p_grad[cj] -= g * p[ci];
             }
         }
         (p_grad, log_p_grad)
@@ -215,31 +219,21 @@ mod tests {
         let [k, h, w] = image.shape;
         let plane = h * w;
         let mut sums = vec![0f64; 2 * k + 2];
-        for &(dy, dx) in &pairs.offsets() {
-            for y in 0..h as isize {
-                for x in 0..w as isize {
-                    let (jy, jx) = (y + dy, x + dx);
-                    if jy < 0 || jx < 0 || jy >= h as isize || jx >= w as isize {
-                        continue;
-                    }
-                    let (i, j) = ((y * w as isize + x) as usize, (jy * w as isize + jx) as usize);
-                    let weight = f64::from(image.mask[i]) * f64::from(image.mask[j]);
-                    let divergence: f64 = (0..k)
-                        .map(|c| {
-                            let (pi, li, lj) =
-                                (image.p[c * plane + i], image.log_p[c * plane + i], image.log_p[c * plane + j]);
-                            f64::from(pi) * (f64::from(li) - f64::from(lj))
-                        })
-                        .sum();
-                    let (a, b) = (image.classes[i] as usize, image.classes[j] as usize);
-                    if a == b {
-                        sums[a] += weight * divergence;
-                        sums[k + 1 + a] += weight;
-                    } else {
-                        sums[k] += weight * (f64::from(pairs.margin) - divergence).max(0.0);
-                        sums[2 * k + 1] += weight;
-                    }
-                }
+        for (i, j) in pairs_inside(h, w, pairs) {
+            let weight = f64::from(image.mask[i]) * f64::from(image.mask[j]);
+            let divergence: f64 = (0..k)
+                .map(|c| {
+                    let (pi, li, lj) = (image.p[c * plane + i], image.log_p[c * plane + i], image.log_p[c * plane + j]);
+                    f64::from(pi) * (f64::from(li) - f64::from(lj))
+                })
+                .sum();
+            let (a, b) = (image.classes[i] as usize, image.classes[j] as usize);
+            if a == b {
+                sums[a] += weight * divergence;
+                sums[k + 1 + a] += weight;
+            } else {
+                sums[k] += weight * (f64::from(pairs.margin) - divergence).max(0.0);
+                sums[2 * k + 1] += weight;
             }
         }
         sums
