@@ -138,6 +138,8 @@ impl PixelKlOps for Flex {
 }
 
 /// The node: the student's logits are its parent; the teacher's are a constant kept with it.
+/// Both distributions are recomputed backward (a few exponentials a pixel) rather than kept, as
+/// the affinity operation does.
 #[derive(Debug)]
 struct PixelKlNode;
 
