@@ -5,12 +5,14 @@ This runs TAPS's own `segment` (its preprocessing, sliding window, logit blur, t
 inversion to the source grid) on phantom cases and scores the mask against the phantom's label.
 Nothing here feeds back into the phantom: the generator never reads TAPS or its model.
 
-    python ci/realism_check.py DATA_ROOT OUT_DIR [--cases N] [--sites RUNMC,BMC,...] [--window]
+    python ci/realism_check.py DATA_ROOT OUT_DIR [--cases N] [--sites RUNMC,BMC,...] [--window | --by-window]
 
 Writes OUT_DIR/cases.tsv (one row per case), OUT_DIR/summary.md (per-site table) and TAPS's
 masks under OUT_DIR/masks/. With the phantom's `--tissues` volumes present it also reports the
 fraction of the peripheral zone and of the central gland that TAPS covered. `--window` runs
-a quick proxy instead (see `window_case`), seconds a case, for comparing phantom variants.
+a quick proxy instead (see `window_case`), seconds a case, for comparing phantom variants;
+`--by-window` writes OUT_DIR/windows.tsv: the gland's logits in each window of TAPS's sliding
+window (see `by_window_case`).
 """
 
 from __future__ import annotations
@@ -66,12 +68,9 @@ def _network():
     return ort.InferenceSession(str(inference.resolve_checkpoint(None)), providers=["CPUExecutionProvider"])
 
 
-def window_case(image: Path, label: Path):
-    """A quick proxy of `segment` (seconds, not minutes): TAPS's preprocessing of image and label
-    together, then one 128×128×32 window of TAPS's network centred on the label's centre, blurred
-    and thresholded as TAPS does. Returns (mask, label) on TAPS's 0.8×0.8×3 mm grid inside the
-    window. Kinder than `segment` (no sliding-window blend, the window centred on the gland by
-    the answer): for comparing phantom variants against each other, never for the acceptance."""
+def _preprocessed(image: Path, label: Path):
+    """TAPS's preprocessing (`build_preprocessing`) of image and label together, the label by
+    nearest neighbour: (z-scored image, boolean label) on TAPS's 0.8×0.8×3 mm grid, cropped."""
     import torch
     from monai.transforms import (
         Compose,
@@ -83,12 +82,9 @@ def window_case(image: Path, label: Path):
         Orientationd,
         Spacingd,
     )
-    from scipy import ndimage
     from taps import inference
 
-    session = _network()
     keys = ["image", "label"]
-    # TAPS's build_preprocessing() with the label carried along (nearest for it).
     preprocess = Compose(
         [
             LoadImaged(keys=keys, image_only=False),
@@ -101,7 +97,24 @@ def window_case(image: Path, label: Path):
         ]
     )
     data = preprocess({"image": str(image), "label": str(label)})
-    x, y = data["image"][0].numpy(), data["label"][0].numpy() > 0
+    return data["image"][0].numpy(), data["label"][0].numpy() > 0
+
+
+def _logits(window: np.ndarray) -> np.ndarray:
+    session = _network()
+    return session.run(None, {session.get_inputs()[0].name: window[None, None]})[0][0, 0]
+
+
+def window_case(image: Path, label: Path):
+    """A quick proxy of `segment` (seconds, not minutes): TAPS's preprocessing of image and label
+    together, then one 128×128×32 window of TAPS's network centred on the label's centre, blurred
+    and thresholded as TAPS does. Returns (mask, label) on TAPS's 0.8×0.8×3 mm grid inside the
+    window. Kinder than `segment` (no sliding-window blend, the window centred on the gland by
+    the answer): for comparing phantom variants against each other, never for the acceptance."""
+    from scipy import ndimage
+    from taps import inference
+
+    x, y = _preprocessed(image, label)
     window = np.zeros(inference.ROI_SIZE, np.float32)
     truth = np.zeros(inference.ROI_SIZE, bool)
     centre = np.argwhere(y).mean(axis=0).astype(int) if y.any() else np.array(x.shape) // 2
@@ -111,9 +124,52 @@ def window_case(image: Path, label: Path):
         src.append(slice(start, min(start + roi, n)))
         dst.append(slice(0, src[-1].stop - start))
     window[tuple(dst)], truth[tuple(dst)] = x[tuple(src)], y[tuple(src)]
-    logits = session.run(None, {session.get_inputs()[0].name: window[None, None]})[0][0, 0]
-    logits = ndimage.gaussian_filter(logits, inference.DEFAULT_SIGMA, mode="nearest")
+    logits = ndimage.gaussian_filter(_logits(window), inference.DEFAULT_SIGMA, mode="nearest")
     return 1.0 / (1.0 + np.exp(-logits)) > inference.DEFAULT_PROBABILITY_THRESHOLD, truth
+
+
+def by_window_case(image: Path, label: Path) -> list[tuple[float, float, float, float, float]]:
+    """Where TAPS's sliding window sees the gland (`--by-window`): for each of the 128×128×32
+    windows that `segment` runs (MONAI's positions at half overlap, the image padded with zeros,
+    the z-scored mean, where it is smaller than a window) holding at least a tenth of the gland,
+    (the gland's share inside the window; from the window's centre to the centroid of that part,
+    the in-plane distance, its anterior and its superior component, in mm; the median raw logit
+    over it). A logit
+    above 0.2 is TAPS's probability threshold of 0.55 before its blend and blur."""
+    from monai.data.utils import dense_patch_slices
+    from taps import inference
+
+    x, y = _preprocessed(image, label)
+    roi = inference.ROI_SIZE
+    pad = [((max(r - n, 0) + 1) // 2, max(r - n, 0) // 2) for n, r in zip(x.shape, roi)]
+    x, y = np.pad(x, pad), np.pad(y, pad)
+    gland = int(y.sum())
+    rows = []
+    for box in dense_patch_slices(x.shape, roi, [r // 2 for r in roi]):
+        inside = y[box]
+        if inside.sum() < 0.1 * gland:
+            continue
+        centroid = np.argwhere(inside).mean(axis=0)
+        offset = (centroid - (np.array(roi) - 1) / 2.0) * np.array(inference.VOXEL_SPACING)
+        logit = float(np.median(_logits(x[box].astype(np.float32))[inside]))
+        rows.append((float(inside.sum()) / gland, float(np.hypot(*offset[:2])), *map(float, offset[1:]), logit))
+    return rows
+
+
+def by_window_main(data: Path, out: Path, sites: list[str], cases: int) -> int:
+    """`--by-window`: OUT/windows.tsv, one row per window of `by_window_case`."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "windows.tsv").open("w") as tsv:
+        print("site\tcase\tgland_share\toffset_mm\tanterior_mm\tsuperior_mm\tmedian_logit", file=tsv, flush=True)
+        for site in sites:
+            for image in sorted((data / site).glob("Case??.nii.gz"))[:cases]:
+                case = image.name[: -len(".nii.gz")]
+                for share, offset, anterior, superior, logit in by_window_case(image, label_path(data / site, case)):
+                    line = f"{share:.2f}\t{offset:.0f}\t{anterior:+.0f}\t{superior:+.0f}\t{logit:+.1f}"
+                    print(f"{site}\t{case}\t{line}", file=tsv, flush=True)
+                print(f"{site} {case}", flush=True)
+    print(f"per window: {out / 'windows.tsv'}")
+    return 0
 
 
 def main() -> int:
@@ -123,12 +179,15 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=3, help="cases per site (default 3)")
     parser.add_argument("--sites", default=",".join(SITES), help="comma-separated site folders")
     parser.add_argument("--window", action="store_true", help="the quick proxy (window_case), not TAPS's segment")
+    parser.add_argument("--by-window", action="store_true", help="the gland's logits in each of TAPS's windows (by_window_case)")
     args = parser.parse_args()
     import taps.inference  # sets its logger to INFO on import: quieten it after
 
     # TAPS's QC warnings (volume range, holes, border) would interleave with the progress lines.
     logging.getLogger(taps.inference.__name__).setLevel(logging.ERROR)
 
+    if args.by_window:
+        return by_window_main(args.data, args.out, args.sites.split(","), args.cases)
     masks = args.out / "masks"
     masks.mkdir(parents=True, exist_ok=True)
     rows = []
