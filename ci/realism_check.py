@@ -43,6 +43,14 @@ def label_path(site_dir: Path, case: str) -> Path:
     raise FileNotFoundError(f"{site_dir}: no label for {case}")
 
 
+def site_cases(site_dir: Path, count: int) -> list[str]:
+    """The first `count` cases of a site folder (`CaseNN.nii.gz`) by name; exits if it has none."""
+    cases = sorted(p.name[: -len(".nii.gz")] for p in site_dir.glob("Case??.nii.gz"))[:count]
+    if not cases:
+        raise SystemExit(f"{site_dir}: no CaseNN.nii.gz")
+    return cases
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return 2.0 * float((a & b).sum()) / float(total) if total else 1.0
@@ -130,18 +138,19 @@ def window_case(image: Path, label: Path):
 
 def by_window_case(image: Path, label: Path) -> list[tuple[float, float, float, float, float]]:
     """Where TAPS's sliding window sees the gland (`--by-window`): for each of the 128×128×32
-    windows that `segment` runs (MONAI's positions at half overlap, the image padded with zeros,
-    the z-scored mean, where it is smaller than a window) holding at least a tenth of the gland,
-    (the gland's share inside the window; from the window's centre to the centroid of that part,
-    the in-plane distance, its anterior and its superior component, in mm; the median raw logit
-    over it). A logit
-    above 0.2 is TAPS's probability threshold of 0.55 before its blend and blur."""
+    windows that `segment` runs (MONAI's positions at half overlap; where the image is smaller
+    than a window, padded with zeros, the z-scored mean, as MONAI pads it, the smaller half
+    first) holding at least a tenth of the gland: (the gland's share inside the window; from the
+    window's centre to the centroid of that part, the in-plane distance, its anterior and its
+    superior component, in mm; the median raw logit over it). A logit above 0.2 is TAPS's
+    probability threshold of 0.55 before its blend and blur."""
     from monai.data.utils import dense_patch_slices
     from taps import inference
 
     x, y = _preprocessed(image, label)
     roi = inference.ROI_SIZE
-    pad = [((max(r - n, 0) + 1) // 2, max(r - n, 0) // 2) for n, r in zip(x.shape, roi)]
+    short = [max(r - n, 0) for n, r in zip(x.shape, roi)]
+    pad = [(d // 2, d - d // 2) for d in short]
     x, y = np.pad(x, pad), np.pad(y, pad)
     gland = int(y.sum())
     rows = []
@@ -162,9 +171,9 @@ def by_window_main(data: Path, out: Path, sites: list[str], cases: int) -> int:
     with (out / "windows.tsv").open("w") as tsv:
         print("site\tcase\tgland_share\toffset_mm\tanterior_mm\tsuperior_mm\tmedian_logit", file=tsv, flush=True)
         for site in sites:
-            for image in sorted((data / site).glob("Case??.nii.gz"))[:cases]:
-                case = image.name[: -len(".nii.gz")]
-                for share, offset, anterior, superior, logit in by_window_case(image, label_path(data / site, case)):
+            for case in site_cases(data / site, cases):
+                image, label = data / site / f"{case}.nii.gz", label_path(data / site, case)
+                for share, offset, anterior, superior, logit in by_window_case(image, label):
                     line = f"{share:.2f}\t{offset:.0f}\t{anterior:+.0f}\t{superior:+.0f}\t{logit:+.1f}"
                     print(f"{site}\t{case}\t{line}", file=tsv, flush=True)
                 print(f"{site} {case}", flush=True)
@@ -197,11 +206,7 @@ def main() -> int:
         print(header, file=tsv, flush=True)
         for site in args.sites.split(","):
             site_dir = args.data / site
-            cases = sorted(p.name[: -len(".nii.gz")] for p in site_dir.glob("Case??.nii.gz"))[: args.cases]
-            if not cases:
-                print(f"{site_dir}: no CaseNN.nii.gz", file=sys.stderr)
-                return 1
-            for case in cases:
+            for case in site_cases(site_dir, args.cases):
                 start = time.monotonic()
                 image, label_file = site_dir / f"{case}.nii.gz", label_path(site_dir, case)
                 if args.window:
