@@ -9,7 +9,7 @@
 //! a transposed convolution, and that transposed convolution by `conv_transpose2d_col2im`. Those
 //! two choices are committed (`tests/fixtures/cubecl-col2im-choices.db`, CubeCL's own cache
 //! format, the two entries alone); every other shape is tuned afresh in a private folder. With
-//! `--tune-afresh` nothing is given and CubeCL chooses for itself (on this machine: correct).
+//! `--tune-afresh` nothing is given and CubeCL chooses for itself (correct in the runs made here).
 //! Exit status 1 when the gradient differs from flex's by more than 1e-3 of its largest value.
 //!
 //! ```sh
