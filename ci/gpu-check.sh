@@ -55,8 +55,8 @@ if ((dry)); then
   cargo test --locked --profile cuda-check -p relkd-models -p relkd-train --features "$features" \
     --test device -- cubecl_cpu_
   # The parity test runs on kernel choices a cold tuning made here and that pass it, not on a new
-  # tuning: one new tuning in two chose two kernels together under which CubeCL computes a wrong
-  # gradient, a runtime bug (README, "The GPU code path on this CPU"; reproduction:
+  # tuning: two of six new tunings here chose two kernels together under which CubeCL computes a
+  # wrong gradient, a runtime bug (README, "The GPU code path on this CPU"; reproduction:
   # crates/models/examples/cubecl_col2im_gradient.rs). A fresh copy each run (its stale
   # write-ahead log removed with it), in an environment of its own: CUBECL_ENVIRONMENT names
   # the file.

@@ -10,7 +10,7 @@
 //!
 //! CI (`ci/gpu-check.sh`) runs the distillation test on kernel choices that a cold tuning made
 //! here once, `tests/fixtures/cubecl-parity-choices.db`, not on a new tuning: CubeCL's autotune
-//! chooses by timing, and one new tuning in two chose two kernels together under which the
+//! chooses by timing, and two of six new tunings here chose two kernels together under which the
 //! runtime computes a wrong gradient (`crates/models/examples/cubecl_col2im_gradient.rs`, README).
 //! Run directly, the test tunes as CubeCL does.
 
