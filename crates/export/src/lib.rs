@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod onnx;
 pub mod quantize;
+pub mod speed;
 pub mod web;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,11 @@ use relkd_infer::runtime::{Provider, runtime};
 use relkd_models::{Network, Segmenter};
 use relkd_runs::card::ModelCard;
 
+use crate::quantize::{Quantizer, Ranges};
+
 pub use onnx::Precision;
+pub use quantize::Activations;
+pub use speed::Int8Timing;
 
 /// The largest difference to Burn's logits an fp32 file may show.
 pub const FP32_TOLERANCE: f32 = 1e-4;
@@ -39,6 +44,8 @@ pub enum ExportError {
     Runtime(String),
     #[error("the exported graph disagrees with Burn on {what}: {detail}; nothing was written")]
     Mismatch { what: String, detail: String },
+    #[error("int8 activations need calibration slices, and none were given; nothing was written")]
+    NoCalibration,
 }
 
 /// How a file is written and when it is accepted.
@@ -319,12 +326,25 @@ pub struct Int8Options<'a> {
     /// Inputs whose activation ranges set the scales (slices of the training sites).
     pub calibration: &'a [Probe],
     pub acceptance: Acceptance,
+    /// Int8 or float32 activations; `None`: whichever ONNX Runtime runs faster on this CPU, timed
+    /// on calibration slices ([`speed`]).
+    pub activations: Option<Activations>,
 }
 
-/// Writes `net` to `out` as an int8 QDQ model ([`quantize`]): activation ranges from the
-/// `calibration` inputs (slices of the training sites), then the same check as [`export`] on
-/// `probes` (real slices: calibrated ranges mean little on noise), held to agreeing predictions
-/// (`export --int8` uses [`INT8_MASK_DISAGREEMENT`]).
+/// What [`export_int8`] wrote.
+pub struct Int8Export {
+    /// The verification of each probe.
+    pub checks: Vec<Check>,
+    pub activations: Activations,
+    /// The timings the form was chosen by (`None` where it was asked for).
+    pub timing: Option<Int8Timing>,
+}
+
+/// Writes `net` to `out` as an int8 QDQ model ([`quantize`]): with int8 activations, their
+/// ranges from the `calibration` inputs (slices of the training sites), or with float32 ones, or
+/// the faster of the two here; then the same check as [`export`] on `probes` (real slices:
+/// calibrated ranges mean little on noise), held to agreeing predictions (`export --int8` uses
+/// [`INT8_MASK_DISAGREEMENT`]).
 pub fn export_int8(
     net: &Network,
     card: &ModelCard,
@@ -332,27 +352,49 @@ pub fn export_int8(
     options: &Int8Options,
     probes: &[Probe],
     device: &Device,
-) -> Result<Vec<Check>, ExportError> {
-    let Int8Options { opset, calibration, acceptance } = *options;
+) -> Result<Int8Export, ExportError> {
+    let Int8Options { opset, calibration, acceptance, activations } = *options;
+    if calibration.is_empty() && activations != Some(Activations::Float) {
+        return Err(ExportError::NoCalibration);
+    }
     let net = net.valid();
     let model = to_onnx(&net, card, Precision::F32, opset, Outputs::Logits);
     remove_stale_partials(out);
-    let ranges = quantize::calibrate(&model, calibration, &Pending::beside(out))?;
-    let mut int8 = quantize::Quantizer::quantize(&model, &ranges);
+    let int8_activations = || -> Result<_, ExportError> {
+        let ranges = quantize::calibrate(&model, calibration, &Pending::beside(out))?;
+        Ok(Quantizer::quantize(&model, &ranges))
+    };
+    let float_activations = || Quantizer::quantize(&model, &Ranges::new());
+    let (activations, timing, mut int8) = match activations {
+        Some(Activations::Int8) => (Activations::Int8, None, int8_activations()?),
+        Some(Activations::Float) => (Activations::Float, None, float_activations()),
+        None => {
+            let (with_int8, with_float) = (int8_activations()?, float_activations());
+            let timing = speed::time_int8_forms(&model, [&with_int8, &with_float], &calibration[0], out)?;
+            let chosen = timing.faster();
+            (chosen, Some(timing), if chosen == Activations::Int8 { with_int8 } else { with_float })
+        }
+    };
     let slices: usize = calibration.iter().map(|p| p.shape[0]).sum();
     for entry in int8.metadata_props.iter_mut() {
         match entry.key.as_str() {
             "relkd.model" => entry.value.push_str(" int8"), // tables name it apart from float32
             "relkd.weights" => {
-                entry.value = format!(
-                    "int8 QDQ: weights per output channel, activations per tensor from {slices} calibration \
-                     slices of the training sites; logits float32"
-                )
+                entry.value = match activations {
+                    Activations::Int8 => format!(
+                        "int8 QDQ: weights per output channel, activations per tensor from {slices} calibration \
+                         slices of the training sites; logits float32"
+                    ),
+                    Activations::Float => "int8 QDQ weights per output channel, dequantised as the graph runs; \
+                                           activations float32"
+                        .into(),
+                }
             }
             _ => {}
         }
     }
-    write_verified(&net, &int8, out, acceptance, probes, device)
+    let checks = write_verified(&net, &int8, out, acceptance, probes, device)?;
+    Ok(Int8Export { checks, activations, timing })
 }
 
 /// Writes `model` (the ONNX form of `net`) beside `out`, runs it with ONNX Runtime on every

@@ -1,12 +1,13 @@
 //! `export --int8`: static quantisation in QDQ form, which ONNX Runtime turns into its int8
-//! kernels. Every activation before the logits is quantised (see [`activation_tensors`]) and
-//! every (transposed) convolution's weights:
+//! kernels. Every (transposed) convolution's weights become int8, and either every activation
+//! before the logits with them (see [`activation_tensors`]) or none ([`Activations`]):
 //!
 //! - activations: unsigned 8-bit, asymmetric, one scale per tensor, from the minimum and maximum
 //!   seen on calibration slices (the run's training sites, never its target site); an operator
 //!   that only moves values (MaxPool, Pad) keeps its input's scale;
 //! - weights: signed 8-bit, symmetric, one scale per output channel;
-//! - biases: 32-bit integers at the scale input × weight, as the int8 kernels expect.
+//! - biases: 32-bit integers at the scale input × weight, as the int8 kernels expect, where the
+//!   input is quantised; float32 where it is not.
 //!
 //! The last convolution's output (the logits) stays float32: the argmax between two classes is
 //! decided there, and an 8-bit step would move the boundary.
@@ -25,6 +26,26 @@ use crate::{ExportError, Probe};
 
 /// Minimum and maximum of each tensor whose quantisation needs them.
 pub type Ranges = HashMap<String, (f32, f32)>;
+
+/// Where an int8 file computes: on int8 activations, or on float32 activations with int8 weights
+/// that ONNX Runtime dequantises as the graph runs. The second is a quarter of the float32 size
+/// too, and where a network's operators have no int8 kernel (ESPNet's per-channel PReLU) the
+/// quantise and dequantise passes around them cost more than the int8 convolutions save (README,
+/// "`export --int8`").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    Int8,
+    Float,
+}
+
+impl Activations {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Activations::Int8 => "int8 activations",
+            Activations::Float => "float32 activations (int8 weights)",
+        }
+    }
+}
 
 /// A (transposed) convolution: its weights become int8 (and its bias int32).
 fn is_conv(node: &NodeProto) -> bool {
@@ -209,9 +230,10 @@ impl<'a> Quantizer<'a> {
         self.node("DequantizeLinear", &[&q, &s, &z], None)
     }
 
-    /// A convolution's weights as int8 per output channel (and its bias as int32), each behind
-    /// a `DequantizeLinear`; returns the new weight and bias names.
-    fn quantize_weights(&mut self, conv: &NodeProto, input_scale: f32) -> (String, Option<String>) {
+    /// A convolution's weights as int8 per output channel behind a `DequantizeLinear`, and its bias
+    /// as int32 the same way where its input is quantised (at `input_scale`); returns the new
+    /// weight and bias names (a float bias: none).
+    fn quantize_weights(&mut self, conv: &NodeProto, input_scale: Option<f32>) -> (String, Option<String>) {
         let w = self.initializers[conv.input[1].as_str()];
         let values = floats_of(w).expect("float32 weights");
         let transposed = conv.op_type == "ConvTranspose";
@@ -241,7 +263,7 @@ impl<'a> Quantizer<'a> {
         let ws = self.tensor("ws", scale_dims, DataType::FLOAT, raw_scales);
         let axis_attr = per_channel.then_some(axis as i64);
         let weight = self.node("DequantizeLinear", &[&wq, &ws], axis_attr);
-        let bias = conv.input.get(2).filter(|b| !b.is_empty()).map(|b| {
+        let bias = conv.input.get(2).filter(|b| !b.is_empty()).zip(input_scale).map(|(b, input_scale)| {
             let values = floats_of(self.initializers[b.as_str()]).expect("float32 biases");
             let n = values.len();
             let bias_scales: Vec<f32> = (0..n).map(|c| input_scale * scales[if per_channel { c } else { 0 }]).collect();
@@ -258,7 +280,8 @@ impl<'a> Quantizer<'a> {
         (weight, bias)
     }
 
-    /// The QDQ model of the float32 `model` with calibrated `ranges`.
+    /// The QDQ model of the float32 `model` with calibrated `ranges`; with no ranges, the weights
+    /// alone are quantised ([`Activations::Float`]).
     pub fn quantize(model: &'a ModelProto, ranges: &Ranges) -> ModelProto {
         let graph = model.graph.as_ref().expect("a graph");
         let initializers = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -277,11 +300,9 @@ impl<'a> Quantizer<'a> {
         }
         for node in &graph.node {
             let mut node = node.clone();
-            if is_conv(&node)
-                && q.initializers.contains_key(node.input[1].as_str())
-                && let Some(&scale) = q.scales.get(&node.input[0])
-            {
-                let (weight, bias) = q.quantize_weights(&node, scale);
+            if is_conv(&node) && q.initializers.contains_key(node.input[1].as_str()) {
+                let input_scale = q.scales.get(&node.input[0]).copied();
+                let (weight, bias) = q.quantize_weights(&node, input_scale);
                 replaced_weights.insert(node.input[1].clone());
                 node.input[1] = weight;
                 if let Some(bias) = bias {

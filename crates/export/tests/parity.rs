@@ -6,8 +6,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use onnx_protobuf::Message;
 use relkd_core::transforms::Preprocessing;
 use relkd_export::{
-    Acceptance, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Options, Options, Outputs, Precision, Probe, export,
-    export_int8, to_onnx,
+    Acceptance, Activations, FP32_TOLERANCE, INT8_MASK_DISAGREEMENT, Int8Export, Int8Options, OnnxPredictor, Options,
+    Outputs, Precision, Probe, export, export_int8, to_onnx,
 };
 use relkd_models::{Architecture, Network, NetworkConfig, Segmenter, trainable_params};
 use relkd_runs::card::ModelCard;
@@ -301,13 +301,16 @@ fn disk_probe(n: usize, device: &Device) -> Probe {
     Probe { what: format!("{n} disk images"), shape: [n, 1, 32, 32], data, unpool_ties: true }
 }
 
-#[test]
-fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
+/// Paper-width ENet fitted to disks, its float32 file and an int8 one with `activations`, both
+/// checked on the same probe, in `dir`; returns the card, the two paths and the int8 export.
+fn int8_export(
+    dir: &std::path::Path,
+    activations: Option<Activations>,
+) -> (std::path::PathBuf, std::path::PathBuf, Int8Export) {
     let net = fitted(Architecture::Enet, 1.0);
     let card = card(&net, Architecture::Enet, 1.0, 1);
     let device = Device::flex();
-    let dir = tempfile::tempdir().unwrap();
-    let (full, int8) = (dir.path().join("f32.onnx"), dir.path().join("int8.onnx"));
+    let (full, int8) = (dir.join("f32.onnx"), dir.join("int8.onnx"));
     // Calibrated on some images, checked on others of the same kind.
     let (calibration, probes) = {
         let _draws = lock_device_rng();
@@ -316,11 +319,16 @@ fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
         (calibration, [disk_probe(8, &device)])
     };
     export(&net, &card, &full, &Options::fp32(), &probes, &device).unwrap();
-    let options =
-        Int8Options { opset: 17, calibration: &calibration, acceptance: Acceptance::Masks(INT8_MASK_DISAGREEMENT) };
-    let checks = export_int8(&net, &card, &int8, &options, &probes, &device).unwrap();
+    let options = Int8Options {
+        opset: 17,
+        calibration: &calibration,
+        acceptance: Acceptance::Masks(INT8_MASK_DISAGREEMENT),
+        activations,
+    };
+    let written = export_int8(&net, &card, &int8, &options, &probes, &device).unwrap();
     let pixels = 8 * 32 * 32;
-    assert!(checks[0].mask_disagreement as f64 <= INT8_MASK_DISAGREEMENT * pixels as f64, "{:?}", checks[0]);
+    let check = &written.checks[0];
+    assert!(check.mask_disagreement as f64 <= INT8_MASK_DISAGREEMENT * pixels as f64, "{check:?}");
     // Paper-width ENet: 1.35 MB in float32, at most 0.45 MB in int8.
     let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&int8) <= 450_000, "int8: {} bytes (float32: {})", size(&int8), size(&full));
@@ -328,11 +336,66 @@ fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
     let cost = |p: &std::path::Path| relkd_infer::graph::cost(p, 1, 32, 32).unwrap();
     let (a, b) = (cost(&full), cost(&int8));
     assert_eq!((a.params, a.gflops.clone().unwrap()), (b.params, b.gflops.unwrap()));
-    let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(&int8).unwrap()).unwrap();
+    (full, int8, written)
+}
+
+/// Nodes of each kind in the file at `path`: (convolutions, QuantizeLinear, DequantizeLinear),
+/// and whether it holds int8 initializers.
+fn qdq_counts(path: &std::path::Path) -> (usize, usize, usize, bool) {
+    let model = onnx_protobuf::ModelProto::parse_from_bytes(&std::fs::read(path).unwrap()).unwrap();
     let graph = model.graph.as_ref().unwrap();
     let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
-    let convs = count("Conv") + count("ConvTranspose");
+    let int8 = graph.initializer.iter().any(|t| t.data_type == onnx_protobuf::tensor_proto::DataType::INT8 as i32);
+    (count("Conv") + count("ConvTranspose"), count("QuantizeLinear"), count("DequantizeLinear"), int8)
+}
+
+#[test]
+fn int8_keeps_the_predictions_at_a_quarter_of_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, int8, written) = int8_export(dir.path(), Some(Activations::Int8));
+    assert_eq!((written.activations, written.timing), (Activations::Int8, None));
+    let (convs, quantize, dequantize, int8_weights) = qdq_counts(&int8);
     // Weights of every convolution, and all but the last convolution's output.
-    assert!(count("DequantizeLinear") >= convs * 2, "{} DQ for {convs} convolutions", count("DequantizeLinear"));
-    assert!(graph.initializer.iter().any(|t| t.data_type == onnx_protobuf::tensor_proto::DataType::INT8 as i32));
+    assert!(dequantize >= convs * 2, "{dequantize} DQ for {convs} convolutions");
+    assert!(quantize >= convs - 1, "{quantize} Q for {convs} convolutions");
+    assert!(int8_weights);
+}
+
+#[test]
+fn int8_with_float_activations_dequantises_the_weights_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, int8, written) = int8_export(dir.path(), Some(Activations::Float));
+    assert_eq!(written.activations, Activations::Float);
+    let (convs, quantize, dequantize, int8_weights) = qdq_counts(&int8);
+    // One Dequantize per convolution's weights (ENet's biases stay float), no activation quantised.
+    assert_eq!((quantize, dequantize, int8_weights), (0, convs, true));
+    // Only the weights' rounding differs: the logits stay near the float32 file's.
+    let probe = {
+        let _draws = lock_device_rng();
+        let device = Device::flex();
+        device.seed(12);
+        disk_probe(4, &device)
+    };
+    let logits = |p: &std::path::Path| OnnxPredictor::new(p, 2).unwrap().run(probe.shape, &probe.data).unwrap().1;
+    let (a, b) = (logits(&full), logits(&int8));
+    let largest = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff <= 0.05 * largest, "int8 weights move the logits by {diff} (largest {largest})");
+}
+
+#[test]
+fn int8_auto_writes_the_form_it_timed_faster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, int8, written) = int8_export(dir.path(), None);
+    let timing = written.timing.expect("timed");
+    assert_eq!(written.activations, timing.faster());
+    assert!(timing.runs >= 6 && timing.slices == 8, "{timing:?}");
+    for ms in [timing.int8_activations_ms, timing.float_activations_ms, timing.float32_ms] {
+        assert!(ms > 0.0 && ms.is_finite(), "{timing:?}");
+    }
+    let (_, quantize, _, _) = qdq_counts(&int8);
+    assert_eq!(quantize > 0, written.activations == Activations::Int8);
+    // Nothing of the timing is left beside the file.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
 }

@@ -141,7 +141,8 @@ fn int8_and_web_exports(
     // int8: calibrated on the training sites, checked on the real slices only. The tiny run's
     // student is barely trained (logits without margins), so 8-bit activations move more than
     // 2% of its predictions: the export must refuse and write nothing. (A trained network's
-    // int8 export is held to its float32 predictions in the export crate's parity tests.)
+    // int8 export is held to its float32 predictions in the export crate's parity tests.) The
+    // form is fixed: `auto` would choose it by timing.
     let int8 = dir.join("student-int8.onnx");
     let args = [
         "export".as_ref(),
@@ -150,6 +151,8 @@ fn int8_and_web_exports(
         "--out".as_ref(),
         int8.as_os_str(),
         "--int8".as_ref(),
+        "--int8-activations".as_ref(),
+        "int8".as_ref(),
     ];
     let refused = relkd_export::cli::run(relkd_export::cli::Cli::try_parse_from(args).unwrap()).unwrap_err();
     let message = format!("{refused:#}");
