@@ -302,7 +302,7 @@ fn disk_probe(n: usize, device: &Device) -> Probe {
 }
 
 /// Paper-width ENet fitted to disks, its float32 file and an int8 one with `activations`, both
-/// checked on the same probe, in `dir`; returns the card, the two paths and the int8 export.
+/// checked on the same probe, in `dir`; returns the two paths and the int8 export.
 fn int8_export(
     dir: &std::path::Path,
     activations: Option<Activations>,
